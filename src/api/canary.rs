@@ -1,0 +1,698 @@
+//! The `Canary` custom resource (`canaryd.dev/v1alpha1`): what a user asks for (spec) and
+//! what canaryd reports (status). The schema the API server enforces is derived from these
+//! types; rules a schema cannot express live in [`super::validation`].
+
+use jiff::Timestamp;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::duration::HumanDuration;
+
+/// Progressive delivery of the `stage` environment's new revisions to `prod`.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "canaryd.dev",
+    version = "v1alpha1",
+    kind = "Canary",
+    namespaced,
+    status = "CanaryStatus",
+    shortname = "cny",
+    category = "canaryd",
+    doc = "A Canary drives the progressive delivery of one app from its stage environment to prod.",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Step","type":"integer","jsonPath":".status.step"}"#,
+    printcolumn = r#"{"name":"Stage weight","type":"integer","jsonPath":".status.stageWeight"}"#,
+    printcolumn = r#"{"name":"Revision","type":"string","jsonPath":".status.stageRevision","priority":1}"#,
+    printcolumn = r#"{"name":"Message","type":"string","jsonPath":".status.message","priority":1}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CanarySpec {
+    /// The Istio VirtualService whose HTTP route splits traffic between prod and stage.
+    pub virtual_service: VirtualServiceRef,
+    /// The environment that serves users by default and is promoted at the end.
+    pub prod: Environment,
+    /// The environment that receives new revisions first.
+    pub stage: Environment,
+    /// Stage traffic weight (percent) of each step. The first step must be 0 (the
+    /// pre-traffic test), the last 100; strictly increasing.
+    #[serde(default = "default_steps")]
+    #[schemars(length(min = 2, max = 20), inner(range(min = 0, max = 100)))]
+    pub steps: Vec<u8>,
+    /// How long each step lasts at least (before an advance) and at most (before canaryd
+    /// pauses for a human, or applies the noData policy).
+    #[serde(default)]
+    pub step_duration: StepDuration,
+    /// How stage is compared with prod at every step.
+    #[serde(default)]
+    pub analysis: AnalysisSpec,
+    /// Synthetic HTTP checks run against stage at 0 % (and at every step when asked), and
+    /// against prod after promotion, before traffic moves back to it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<CheckSpec>,
+    /// Webhooks called at points of the rollout; `pre-rollout` and `confirm-promotion` are gates.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<WebhookSpec>,
+    /// How prod is brought to the new revision once stage holds 100 %.
+    #[serde(default)]
+    pub promotion: PromotionSpec,
+    /// What to do when someone else changes the weights during a rollout.
+    #[serde(default)]
+    pub traffic_drift: TrafficDriftPolicy,
+}
+
+pub fn default_steps() -> Vec<u8> {
+    vec![0, 30, 60, 100]
+}
+
+/// Reference to the VirtualService and, optionally, the named HTTP route in it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VirtualServiceRef {
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// Defaults to the Canary's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Name of the HTTP route to drive. Without it, canaryd uses the one route whose
+    /// destinations are the prod and stage hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+}
+
+/// One environment: the host the VirtualService routes to and the Deployment behind it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Environment {
+    /// Destination host as written in the VirtualService, e.g. `flaskapp.prod.svc.cluster.local`.
+    #[schemars(length(min = 1))]
+    pub host: String,
+    pub deployment: DeploymentRef,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeploymentRef {
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// Defaults to the Canary's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StepDuration {
+    /// Minimum time at a step before canaryd may advance (default 2m).
+    #[serde(default = "default_step_min")]
+    pub min: HumanDuration,
+    /// Maximum time at a step without a decision (default 30m).
+    #[serde(default = "default_step_max")]
+    pub max: HumanDuration,
+}
+
+fn default_step_min() -> HumanDuration {
+    HumanDuration::from_secs(120)
+}
+
+fn default_step_max() -> HumanDuration {
+    HumanDuration::from_secs(1800)
+}
+
+impl Default for StepDuration {
+    fn default() -> Self {
+        Self {
+            min: default_step_min(),
+            max: default_step_max(),
+        }
+    }
+}
+
+/// The comparison of stage against prod. The same section is read by `canaryd analyze`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AnalysisSpec {
+    /// Probability budget for rolling back a release that is not worse, over the whole
+    /// rollout and all looks (default 0.01).
+    #[serde(default = "default_alpha")]
+    #[schemars(range(min = 0.0, max = 0.5))]
+    pub alpha: f64,
+    /// How often stage and prod are compared. Defaults to the daemon's `evaluationInterval`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<HumanDuration>,
+    /// The metrics compared; defaults to the error rate and requests slower than 500 ms.
+    #[serde(default = "default_metrics")]
+    pub metrics: Vec<MetricSpec>,
+    /// Absolute limits on stage, enforced even when prod is just as bad.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slo: Option<SloSpec>,
+    /// What happens when stage's telemetry is missing (no traffic, Prometheus down).
+    #[serde(default)]
+    pub no_data: NoDataPolicy,
+}
+
+pub fn default_alpha() -> f64 {
+    0.01
+}
+
+pub fn default_metrics() -> Vec<MetricSpec> {
+    vec![
+        MetricSpec {
+            name: "errors".into(),
+            kind: MetricKind::ErrorRate,
+            margin: default_margin(),
+            tolerance: default_tolerance(),
+            thresholds_ms: Vec::new(),
+            bad: None,
+            total: None,
+        },
+        MetricSpec {
+            name: "latency".into(),
+            kind: MetricKind::Latency,
+            margin: default_margin(),
+            tolerance: default_tolerance(),
+            thresholds_ms: vec![500.0],
+            bad: None,
+            total: None,
+        },
+    ]
+}
+
+impl Default for AnalysisSpec {
+    fn default() -> Self {
+        Self {
+            alpha: default_alpha(),
+            interval: None,
+            metrics: default_metrics(),
+            slo: None,
+            no_data: NoDataPolicy::default(),
+        }
+    }
+}
+
+/// One compared metric. Every metric is a rate of "bad" requests among all requests, so
+/// stage and prod are compared by the ratio of their rates.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MetricSpec {
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    pub kind: MetricKind,
+    /// Largest stage/prod rate ratio still accepted when advancing (default 1.5): canaryd
+    /// advances once it is confident the ratio is below this.
+    #[serde(default = "default_margin")]
+    #[schemars(range(min = 1.0))]
+    pub margin: f64,
+    /// Stage/prod rate ratio that is tolerated without a rollback (default 1.0: any proven
+    /// regression rolls back). Must be below `margin`.
+    #[serde(default = "default_tolerance")]
+    #[schemars(range(min = 1.0))]
+    pub tolerance: f64,
+    /// `latency` only: a request slower than a threshold counts as bad. Each threshold should
+    /// be a histogram bucket boundary.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub thresholds_ms: Vec<f64>,
+    /// `ratio` only: PromQL for the bad events of one arm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bad: Option<String>,
+    /// `ratio` only: PromQL for all events of one arm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<String>,
+}
+
+pub fn default_margin() -> f64 {
+    1.5
+}
+
+pub fn default_tolerance() -> f64 {
+    1.0
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum MetricKind {
+    /// 5xx responses among all requests.
+    ErrorRate,
+    /// Requests slower than each of `thresholdsMs`.
+    Latency,
+    /// A custom `bad` / `total` PromQL pair.
+    Ratio,
+}
+
+/// Absolute guardrails on stage.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SloSpec {
+    /// Largest acceptable fraction of 5xx responses (e.g. 0.01).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub max_error_rate: Option<f64>,
+    /// Largest acceptable latency quantiles, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_latency_ms: Option<LatencyQuantiles>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LatencyQuantiles {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p50: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p90: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p95: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p99: Option<f64>,
+}
+
+impl LatencyQuantiles {
+    /// The configured limits as (quantile, milliseconds) pairs.
+    pub fn limits(&self) -> Vec<(f64, f64)> {
+        [
+            (0.5, self.p50),
+            (0.9, self.p90),
+            (0.95, self.p95),
+            (0.99, self.p99),
+        ]
+        .into_iter()
+        .filter_map(|(q, ms)| ms.map(|ms| (q, ms)))
+        .collect()
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NoDataPolicy {
+    /// How long stage may go without telemetry before `action` is taken (default 10m).
+    #[serde(default = "default_no_data_after")]
+    pub after: HumanDuration,
+    #[serde(default)]
+    pub action: NoDataAction,
+}
+
+fn default_no_data_after() -> HumanDuration {
+    HumanDuration::from_secs(600)
+}
+
+impl Default for NoDataPolicy {
+    fn default() -> Self {
+        Self {
+            after: default_no_data_after(),
+            action: NoDataAction::default(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum NoDataAction {
+    /// Keep the weights and pause for a human (the default). Never advance.
+    #[default]
+    Hold,
+    /// Send all traffic back to prod.
+    Rollback,
+}
+
+/// A synthetic HTTP check.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CheckSpec {
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// URL to request. `{{ host }}` is replaced by the host of the environment under test
+    /// (stage during the rollout, prod after promotion).
+    #[schemars(length(min = 1))]
+    pub url: String,
+    #[serde(default = "default_method")]
+    pub method: String,
+    #[serde(default = "default_expect_status")]
+    #[schemars(range(min = 100, max = 599))]
+    pub expect_status: u16,
+    /// The response body must contain this text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_contains: Option<String>,
+    /// Number of requests; every one must pass.
+    #[serde(default = "default_check_count")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub count: u32,
+    #[serde(default = "default_check_timeout")]
+    pub timeout: HumanDuration,
+    /// Also run at every traffic step, not only at 0 %.
+    #[serde(default)]
+    pub every_step: bool,
+}
+
+fn default_method() -> String {
+    "GET".into()
+}
+
+fn default_expect_status() -> u16 {
+    200
+}
+
+fn default_check_count() -> u32 {
+    1
+}
+
+fn default_check_timeout() -> HumanDuration {
+    HumanDuration::from_secs(5)
+}
+
+/// Where and how a webhook is called.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WebhookTarget {
+    #[schemars(length(min = 1))]
+    pub url: String,
+    #[serde(default = "default_webhook_timeout")]
+    pub timeout: HumanDuration,
+    /// Secret key holding the HMAC-SHA256 signing key; the signature goes in a header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretKeyRef>,
+}
+
+fn default_webhook_timeout() -> HumanDuration {
+    HumanDuration::from_secs(10)
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretKeyRef {
+    pub name: String,
+    pub key: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WebhookSpec {
+    #[schemars(length(min = 1))]
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: WebhookKind,
+    #[serde(flatten)]
+    pub target: WebhookTarget,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum WebhookKind {
+    /// Gate before any traffic: a non-2xx answer rolls back.
+    PreRollout,
+    /// Gate before prod is updated: canaryd waits until it answers 2xx.
+    ConfirmPromotion,
+    /// Called once after a successful rollout.
+    PostRollout,
+    /// Called once after a rollback.
+    Rollback,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PromotionSpec {
+    #[serde(default)]
+    pub mode: PromotionMode,
+    /// `webhook` mode: the pipeline to call (for example one that runs `helm upgrade` on prod).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookTarget>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum PromotionMode {
+    /// Copy stage's pod template into the prod Deployment (prod keeps its labels and selector).
+    #[default]
+    CopyTemplate,
+    /// Call `promotion.webhook`, then wait until prod runs stage's revision.
+    Webhook,
+    /// Wait for a person: `canaryd promote`, or prod updated by other means.
+    Manual,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum TrafficDriftPolicy {
+    /// Record an Event and write canaryd's weights back (the default).
+    #[default]
+    Reassert,
+    /// Record an Event and pause the rollout for a human.
+    Pause,
+}
+
+// ---------------------------------------------------------------------------------------
+// Status
+// ---------------------------------------------------------------------------------------
+
+/// What canaryd observed and decided. State lives here, never only in memory, so a
+/// restarted daemon continues where it stopped.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CanaryStatus {
+    #[serde(default)]
+    pub phase: Phase,
+    /// One line, in plain words: what canaryd is doing and why.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Revision (pod template hash) of stage that the current or last rollout is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage_revision: Option<String>,
+    /// Revision prod runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prod_revision: Option<String>,
+    /// Index into `spec.steps`.
+    #[serde(default)]
+    pub step: u32,
+    /// Percent of traffic canaryd routes to stage; prod gets the rest.
+    #[serde(default)]
+    pub stage_weight: u8,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_started_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_started_at: Option<Timestamp>,
+    /// Since when stage's telemetry has been missing, while it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_data_since: Option<Timestamp>,
+    /// The phase a `Paused` rollout continues in on `resume`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_from: Option<Phase>,
+    /// Checks or webhooks canaryd started and waits for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_gate: Option<PendingGate>,
+    /// Stage revision that was rolled back; it is not rolled out again unless resumed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back_revision: Option<String>,
+    /// Id of the last operator command carried out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_command: Option<String>,
+    /// Foreign weights canaryd last reacted to (so it reacts once per change).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_drift: Option<u8>,
+    /// The analysis of the current rollout so far (a few numbers per metric); reset when a
+    /// new rollout starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisState>,
+    /// The last decision and the statistics behind it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_decision: Option<DecisionRecord>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The most recent phase changes and decisions, newest last (bounded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<HistoryEntry>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Phase {
+    /// No rollout in progress; prod has all traffic.
+    #[default]
+    Idle,
+    /// Stage at 0 %: synthetic checks and pre-rollout webhooks.
+    Testing,
+    /// Stage gets traffic, step by step, compared with prod.
+    Progressing,
+    /// Stage holds 100 %; prod is being brought to the new revision and checked.
+    Promoting,
+    /// Prod runs the new revision; traffic moves back to it.
+    SwitchingBack,
+    /// The rollout finished; prod runs the new revision with all traffic.
+    Succeeded,
+    /// Stage was worse, a check failed or an operator aborted; prod has all traffic.
+    RolledBack,
+    /// Waiting for a person (`canaryd resume`, `promote` or `abort`).
+    Paused,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Idle => "Idle",
+            Phase::Testing => "Testing",
+            Phase::Progressing => "Progressing",
+            Phase::Promoting => "Promoting",
+            Phase::SwitchingBack => "SwitchingBack",
+            Phase::Succeeded => "Succeeded",
+            Phase::RolledBack => "RolledBack",
+            Phase::Paused => "Paused",
+        }
+    }
+
+    /// True while a rollout is under way (canaryd owns the weights).
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            Phase::Testing
+                | Phase::Progressing
+                | Phase::Promoting
+                | Phase::SwitchingBack
+                | Phase::Paused
+        )
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A gate canaryd started (checks, webhooks) and whose result it waits for.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingGate {
+    /// Unique per rollout, step and gate, so a late result of an old gate is ignored.
+    pub id: String,
+    pub kind: GateKind,
+    pub started_at: Timestamp,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum GateKind {
+    /// Stage at 0 %: all checks and `pre-rollout` webhooks.
+    PreTraffic,
+    /// Stage at a traffic step: the checks marked `everyStep`.
+    StepChecks,
+    /// Before prod is updated: `confirm-promotion` webhooks.
+    ConfirmPromotion,
+    /// Prod at 0 % after promotion: all checks against prod.
+    ProdVerify,
+}
+
+impl GateKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GateKind::PreTraffic => "pre-traffic checks",
+            GateKind::StepChecks => "step checks",
+            GateKind::ConfirmPromotion => "promotion confirmation",
+            GateKind::ProdVerify => "prod checks",
+        }
+    }
+}
+
+/// Running state of the analysis of one rollout. Sums only, never raw samples.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisState {
+    /// Number of looks (evaluation intervals) folded in.
+    pub looks: u32,
+    /// End of the last window folded in; the next window starts here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_end: Option<Timestamp>,
+    /// Per compared quantity (a metric, or one threshold of a latency metric).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub series: Vec<SeriesState>,
+}
+
+/// The sufficient statistics of one compared quantity over the current step.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SeriesState {
+    /// Metric name, with `@<ms>` for a latency threshold.
+    pub name: String,
+    pub stage_requests: u64,
+    pub prod_requests: u64,
+    pub stage_bad: u64,
+    pub prod_bad: u64,
+    /// Log-likelihood of the conditional-binomial model at each point of the rate-ratio grid.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log_likelihood: Vec<f64>,
+}
+
+/// The verdict of one analysis look, as the rollout lifecycle consumes it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Verdict {
+    /// Not yet known: keep the weights and look again.
+    #[default]
+    Continue,
+    /// Stage is proven not worse than prod within the margins.
+    Advance,
+    /// Stage is proven worse (or breaks an SLO).
+    Rollback,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Continue => "continue",
+            Verdict::Advance => "advance",
+            Verdict::Rollback => "rollback",
+        }
+    }
+}
+
+/// A decision with the statistics behind it, in words and numbers.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DecisionRecord {
+    pub at: Option<Timestamp>,
+    pub verdict: Verdict,
+    pub step: u32,
+    pub stage_weight: u8,
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics: Vec<MetricReport>,
+}
+
+/// What one compared quantity showed at the last look.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricReport {
+    pub name: String,
+    pub verdict: Verdict,
+    /// Evidence that stage is worse; rollback when it reaches `rollbackThreshold`.
+    pub e_value: f64,
+    pub rollback_threshold: f64,
+    /// Confidence bounds of the stage/prod rate ratio.
+    pub ratio_lower: f64,
+    pub ratio_upper: f64,
+    pub margin: f64,
+    pub stage_rate: Option<f64>,
+    pub prod_rate: Option<f64>,
+    pub stage_requests: u64,
+    pub prod_requests: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// "True", "False" or "Unknown".
+    pub status: String,
+    pub reason: String,
+    pub message: String,
+    pub last_transition_time: Option<Timestamp>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryEntry {
+    pub at: Timestamp,
+    pub phase: Phase,
+    pub step: u32,
+    pub stage_weight: u8,
+    pub message: String,
+}

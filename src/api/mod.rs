@@ -1,0 +1,10 @@
+//! The Kubernetes-facing types canaryd owns (`Canary`) and the narrow views of foreign
+//! resources it touches (`VirtualService`). Pure data and validation; no client calls.
+
+pub mod canary;
+pub mod duration;
+pub mod validation;
+pub mod virtual_service;
+
+pub use canary::*;
+pub use validation::{validate, SpecError};

@@ -1,0 +1,12 @@
+//! canaryd: fire-and-forget progressive delivery on Kubernetes with Istio.
+//!
+//! The data flows observe -> decide -> act. `api` holds the resource types, `rollout` the
+//! pure lifecycle, `cli` the commands; only the I/O modules talk to the network.
+#![forbid(unsafe_code)]
+
+pub mod analysis;
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod crd;
+pub mod rollout;

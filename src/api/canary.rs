@@ -477,6 +477,9 @@ pub struct CanaryStatus {
     /// The phase a `Paused` rollout continues in on `resume`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused_from: Option<Phase>,
+    /// When canaryd asked for prod to be brought to stage's revision (during `Promoting`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prod_update_requested_at: Option<Timestamp>,
     /// Checks or webhooks canaryd started and waits for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_gate: Option<PendingGate>,
@@ -486,9 +489,10 @@ pub struct CanaryStatus {
     /// Id of the last operator command carried out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_command: Option<String>,
-    /// Foreign weights canaryd last reacted to (so it reacts once per change).
+    /// resourceVersion of the VirtualService canaryd last wrote over or reacted to, so a
+    /// foreign change of the weights gets exactly one reaction.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_drift: Option<u8>,
+    pub traffic_version: Option<String>,
     /// The analysis of the current rollout so far (a few numbers per metric); reset when a
     /// new rollout starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]

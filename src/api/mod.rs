@@ -7,4 +7,5 @@ pub mod validation;
 pub mod virtual_service;
 
 pub use canary::*;
+pub use duration::HumanDuration;
 pub use validation::{validate, SpecError};

@@ -1,1 +1,173 @@
-//! The rollout lifecycle (pure).
+//! The rollout lifecycle as a pure function:
+//! `(spec, status, observations, now) -> (new status, actions)`.
+//!
+//! It owns every decision about phases, steps and weights; it never calls a client. The
+//! reconciler observes (Deployments, VirtualService, one analysis look, gate results,
+//! operator commands), calls [`decide`], carries out the actions and writes the status.
+//! Actions are idempotent, and the status remembers what was started (pending gates, the
+//! last command, the last analysis window), so feeding the same observations twice yields
+//! no new actions and a restarted daemon continues where it stopped.
+
+mod lifecycle;
+
+#[cfg(test)]
+mod tests;
+
+use jiff::Timestamp;
+
+use crate::api::{AnalysisState, GateKind, MetricReport, Verdict, WebhookKind};
+
+pub use lifecycle::decide;
+
+/// How many history entries the status keeps.
+pub const HISTORY_LIMIT: usize = 20;
+
+/// One Deployment as the lifecycle sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Workload {
+    /// Stable hash of the pod template.
+    pub revision: String,
+    /// Rolled out: observedGeneration current, updated and available replicas as desired.
+    pub ready: bool,
+}
+
+/// Everything observed in one reconcile round.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Observations {
+    /// `None` when the Deployment does not exist.
+    pub stage: Option<Workload>,
+    pub prod: Option<Workload>,
+    /// The split the VirtualService has now (`None` when it could not be read).
+    pub traffic: Option<Traffic>,
+    /// The analysis look taken this round, if one was due.
+    pub look: Option<Look>,
+    /// The result of a gate (checks, webhooks) the status says is pending.
+    pub gate: Option<GateResult>,
+    /// An operator command found on the Canary.
+    pub command: Option<Command>,
+    /// The Canary is being deleted.
+    pub deleted: bool,
+}
+
+/// The prod/stage split as read from the VirtualService.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Traffic {
+    pub stage_weight: u8,
+    /// The VirtualService's resourceVersion: each change of it is a new version.
+    pub version: String,
+}
+
+/// One look of the analysis: the counts of one window, judged.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Look {
+    /// The step the look was taken at; a look from another step is ignored.
+    pub step: u32,
+    /// End of the window; a look not newer than the last one folded in is ignored.
+    pub window_end: Timestamp,
+    pub result: LookResult,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum LookResult {
+    /// The analysis ran on fresh counts.
+    Judged(Judgement),
+    /// Telemetry could not be read (Prometheus down, query error): hold, never advance.
+    Unavailable { reason: String },
+}
+
+/// The analysis engine's answer for one look.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Judgement {
+    /// The analysis state with this look folded in.
+    pub state: AnalysisState,
+    pub verdict: Verdict,
+    /// Plain words.
+    pub reason: String,
+    pub metrics: Vec<MetricReport>,
+    /// Stage served requests in this window.
+    pub stage_has_data: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GateResult {
+    pub id: String,
+    pub passed: bool,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Command {
+    /// Unique per command; a command already carried out is not repeated.
+    pub id: String,
+    pub verb: Verb,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verb {
+    /// Roll back now.
+    Abort,
+    /// Continue a paused rollout, or retry a rolled-back revision.
+    Resume,
+    /// Skip the remaining analysis and promote prod now; in manual promotion mode, the
+    /// go-ahead to update prod.
+    Promote,
+}
+
+/// What the reconciler must do, in order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Route `stage` percent to stage and the rest to prod.
+    SetWeights { stage: u8 },
+    /// Run a gate's checks or webhooks and report a [`GateResult`] with this id.
+    StartGate { id: String, kind: GateKind },
+    /// Bring prod to stage's revision.
+    UpdateProd { method: UpdateMethod },
+    /// Call the webhooks of this kind (not gates: their answers do not matter).
+    CallWebhooks { kind: WebhookKind },
+    /// Tell people (Alertmanager, Slack, webhooks) about a rollout event.
+    Notify { event: NotifyEvent, message: String },
+    /// Record a Kubernetes Event on the Canary.
+    RecordEvent {
+        warning: bool,
+        reason: &'static str,
+        message: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpdateMethod {
+    /// Copy stage's pod template into the prod Deployment.
+    CopyTemplate,
+    /// Call the promotion webhook (the user's pipeline updates prod).
+    Webhook,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NotifyEvent {
+    RolloutStarted,
+    StepAdvanced,
+    Paused,
+    RolledBack,
+    Promoted,
+    Succeeded,
+}
+
+impl NotifyEvent {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotifyEvent::RolloutStarted => "RolloutStarted",
+            NotifyEvent::StepAdvanced => "StepAdvanced",
+            NotifyEvent::Paused => "Paused",
+            NotifyEvent::RolledBack => "RolledBack",
+            NotifyEvent::Promoted => "Promoted",
+            NotifyEvent::Succeeded => "Succeeded",
+        }
+    }
+}
+
+/// The outcome of one decision.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    pub status: crate::api::CanaryStatus,
+    pub actions: Vec<Action>,
+}

@@ -1,0 +1,768 @@
+//! The phase machine behind [`decide`].
+//!
+//! ```text
+//! Idle/Succeeded/RolledBack --new ready stage revision--> Testing (0 %, pre-traffic gate)
+//! Testing --gate passed--> Progressing (steps[1]) --advance verdict, min dwell--> next step ...
+//! last step (100 %) --held for min dwell with data--> Promoting (update prod, prod checks)
+//! Promoting --prod ready and checked--> SwitchingBack (prod 100 %) --weights seen--> Succeeded
+//! any active phase --rollback verdict / failed gate / abort--> RolledBack (prod 100 %)
+//! any active phase --max duration, no data, drift (pause policy)--> Paused --resume--> back
+//! any active phase --stage revision changed--> traffic to prod, start over for the new one
+//! ```
+
+use jiff::Timestamp;
+
+use super::*;
+use crate::api::{
+    CanarySpec, CanaryStatus, DecisionRecord, HistoryEntry, NoDataAction, PendingGate, Phase,
+    PromotionMode, TrafficDriftPolicy,
+};
+
+/// Decides what to do next. `spec` must have passed [`crate::api::validate`].
+pub fn decide(
+    spec: &CanarySpec,
+    status: &CanaryStatus,
+    obs: &Observations,
+    now: Timestamp,
+) -> Decision {
+    let mut r = Round {
+        spec,
+        obs,
+        now,
+        status: status.clone(),
+        actions: Vec::new(),
+    };
+    if obs.deleted {
+        r.on_deleted();
+    } else {
+        r.step();
+    }
+    r.finish(status)
+}
+
+struct Round<'a> {
+    spec: &'a CanarySpec,
+    obs: &'a Observations,
+    now: Timestamp,
+    status: CanaryStatus,
+    actions: Vec<Action>,
+}
+
+fn short(rev: &str) -> &str {
+    &rev[..rev.len().min(10)]
+}
+
+impl Round<'_> {
+    fn step(&mut self) {
+        if let Some(cmd) = &self.obs.command {
+            if self.status.last_command.as_deref() != Some(cmd.id.as_str()) {
+                self.status.last_command = Some(cmd.id.clone());
+                self.on_command(cmd.verb);
+            }
+        }
+        // Run the phase handlers until the state settles, so that one round reaches the
+        // state these observations lead to and a repeat of them finds nothing to do.
+        for _ in 0..8 {
+            let before = self.marker();
+            let phase = self.status.phase;
+            if !phase.is_active() {
+                self.inactive();
+            } else if !self.on_stage_changed() {
+                match phase {
+                    Phase::Testing => self.testing(),
+                    Phase::Progressing => self.progressing(),
+                    Phase::Promoting => self.promoting(),
+                    Phase::SwitchingBack => self.switching_back(),
+                    _ => {}
+                }
+            }
+            if self.marker() == before {
+                break;
+            }
+        }
+        if self.status.phase.is_active() {
+            self.check_drift();
+        }
+    }
+
+    /// What identifies a point of progress; a handler that changes none of it is done.
+    fn marker(&self) -> (Phase, u32, Option<String>, Option<String>, bool) {
+        let s = &self.status;
+        (
+            s.phase,
+            s.step,
+            s.stage_revision.clone(),
+            s.pending_gate.as_ref().map(|g| g.id.clone()),
+            s.prod_update_requested_at.is_some(),
+        )
+    }
+
+    // -- inactive phases -------------------------------------------------------------
+
+    fn inactive(&mut self) {
+        let (Some(stage), Some(prod)) = (&self.obs.stage, &self.obs.prod) else {
+            let missing = if self.obs.stage.is_none() {
+                "stage"
+            } else {
+                "prod"
+            };
+            self.say(format!("waiting for the {missing} Deployment to exist"));
+            return;
+        };
+        if self.status.prod_revision.as_deref() != Some(prod.revision.as_str()) {
+            self.status.prod_revision = Some(prod.revision.clone());
+        }
+        if stage.revision == prod.revision {
+            if self.status.phase == Phase::Idle {
+                self.say(format!(
+                    "stage and prod both run {}; nothing to roll out",
+                    short(&prod.revision)
+                ));
+            }
+            return;
+        }
+        if self.status.rolled_back_revision.as_deref() == Some(stage.revision.as_str()) {
+            return;
+        }
+        if !stage.ready {
+            self.say(format!(
+                "stage revision {} is not available yet; waiting",
+                short(&stage.revision)
+            ));
+            return;
+        }
+        let revision = stage.revision.clone();
+        self.start_rollout(revision);
+    }
+
+    fn start_rollout(&mut self, revision: String) {
+        let s = &mut self.status;
+        s.phase = Phase::Testing;
+        s.stage_revision = Some(revision.clone());
+        s.rollout_started_at = Some(self.now);
+        s.step = 0;
+        s.step_started_at = Some(self.now);
+        s.analysis = None;
+        s.last_decision = None;
+        s.no_data_since = None;
+        s.paused_from = None;
+        s.prod_update_requested_at = None;
+        s.rolled_back_revision = None;
+        self.set_weight(self.spec.steps[0]);
+        self.start_gate(GateKind::PreTraffic);
+        let msg = format!(
+            "new stage revision {}: testing at 0 % before any traffic",
+            short(&revision)
+        );
+        self.event(false, "RolloutStarted", msg.clone());
+        self.notify(NotifyEvent::RolloutStarted, msg.clone());
+        self.say(msg);
+    }
+
+    // -- changes that cut across phases ---------------------------------------------
+
+    /// Stage vanished or got another revision mid-rollout. Returns true when handled.
+    fn on_stage_changed(&mut self) -> bool {
+        let Some(stage) = &self.obs.stage else {
+            self.rollback("the stage Deployment disappeared".into());
+            return true;
+        };
+        let current = self.status.stage_revision.clone().unwrap_or_default();
+        if stage.revision == current {
+            return false;
+        }
+        let new = stage.revision.clone();
+        self.event(
+            false,
+            "NewRevision",
+            format!(
+                "stage changed from {} to {} during the rollout; traffic back to prod, starting over",
+                short(&current),
+                short(&new)
+            ),
+        );
+        self.set_weight(0);
+        self.status.pending_gate = None;
+        self.status.phase = Phase::Idle;
+        self.status.stage_revision = Some(new);
+        self.status.analysis = None;
+        true
+    }
+
+    fn check_drift(&mut self) {
+        let Some(seen) = &self.obs.traffic else {
+            return;
+        };
+        if self.status.traffic_version.as_deref() == Some(seen.version.as_str()) {
+            return;
+        }
+        let ours = self.status.stage_weight;
+        if self
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::SetWeights { .. }))
+        {
+            // This version is being overwritten now.
+            self.status.traffic_version = Some(seen.version.clone());
+            return;
+        }
+        if seen.stage_weight == ours {
+            return;
+        }
+        self.status.traffic_version = Some(seen.version.clone());
+        let what = format!(
+            "the VirtualService routes {} % to stage but canaryd set {ours} %; someone else changed the weights",
+            seen.stage_weight
+        );
+        match self.spec.traffic_drift {
+            TrafficDriftPolicy::Reassert => {
+                self.event(
+                    true,
+                    "TrafficDrift",
+                    format!("{what}; writing {ours} % back"),
+                );
+                self.actions.push(Action::SetWeights { stage: ours });
+            }
+            TrafficDriftPolicy::Pause if self.status.phase != Phase::Paused => {
+                self.pause(format!("{what}; paused (spec.trafficDrift: pause)"));
+            }
+            TrafficDriftPolicy::Pause => {
+                self.event(true, "TrafficDrift", format!("{what}; staying paused"));
+            }
+        }
+    }
+
+    fn on_deleted(&mut self) {
+        if self.status.phase.is_active() || self.status.stage_weight != 0 {
+            self.set_weight(0);
+            self.event(
+                false,
+                "Deleted",
+                "the Canary is being deleted; all traffic restored to prod".into(),
+            );
+            self.status.phase = Phase::Idle;
+            self.status.pending_gate = None;
+        }
+    }
+
+    fn on_command(&mut self, verb: Verb) {
+        let phase = self.status.phase;
+        let from = self.status.paused_from.unwrap_or(Phase::Progressing);
+        match (verb, phase) {
+            (Verb::Abort, p) if p.is_active() => self.rollback("aborted by an operator".into()),
+            (Verb::Resume, Phase::Paused) => self.resume(from),
+            (Verb::Resume, Phase::RolledBack) => {
+                self.status.rolled_back_revision = None;
+                self.event(
+                    false,
+                    "Resumed",
+                    "an operator asked to retry the rolled-back revision".into(),
+                );
+                self.status.phase = Phase::Idle;
+            }
+            (Verb::Promote, Phase::Testing | Phase::Progressing) => {
+                self.event(
+                    false,
+                    "PromoteCommand",
+                    "an operator asked to promote now".into(),
+                );
+                self.enter_promoting(true);
+            }
+            (Verb::Promote, Phase::Paused) if from != Phase::SwitchingBack => {
+                self.event(
+                    false,
+                    "PromoteCommand",
+                    "an operator asked to promote now".into(),
+                );
+                self.enter_promoting(true);
+            }
+            (Verb::Promote, Phase::Promoting) => {
+                self.event(
+                    false,
+                    "PromoteCommand",
+                    "an operator confirmed the promotion".into(),
+                );
+                if self.status.prod_update_requested_at.is_none() {
+                    self.request_prod_update(true);
+                }
+            }
+            (verb, phase) => self.event(
+                false,
+                "CommandIgnored",
+                format!("{verb:?} does nothing in phase {phase}"),
+            ),
+        }
+    }
+
+    fn resume(&mut self, from: Phase) {
+        self.event(
+            false,
+            "Resumed",
+            format!("an operator resumed the rollout ({from})"),
+        );
+        self.status.paused_from = None;
+        self.status.no_data_since = None;
+        self.status.pending_gate = None;
+        self.status.step_started_at = Some(self.now);
+        let weight = self.current_step_weight();
+        self.set_weight(weight);
+        match from {
+            Phase::Testing => {
+                self.status.phase = Phase::Testing;
+                self.start_gate(GateKind::PreTraffic);
+            }
+            Phase::Promoting => self.enter_promoting(false),
+            Phase::SwitchingBack => self.enter_switching_back(),
+            _ => {
+                self.status.phase = Phase::Progressing;
+                self.start_step_checks();
+            }
+        }
+        self.say(format!(
+            "resumed at {} % to stage",
+            self.status.stage_weight
+        ));
+    }
+
+    // -- active phases ----------------------------------------------------------------
+
+    fn testing(&mut self) {
+        match self.take_gate_result() {
+            Some(g) if g.passed => {
+                self.advance(format!("pre-traffic checks passed: {}", g.message))
+            }
+            Some(g) => self.rollback(format!("pre-traffic checks failed: {}", g.message)),
+            None if self.elapsed_in_step() > self.spec.step_duration.max.span() => {
+                self.pause(format!(
+                    "the pre-traffic checks gave no result within {}",
+                    self.spec.step_duration.max
+                ))
+            }
+            None if self.status.pending_gate.is_none() => self.start_gate(GateKind::PreTraffic),
+            None => {}
+        }
+    }
+
+    fn progressing(&mut self) {
+        if let Some(g) = self.take_gate_result() {
+            if !g.passed {
+                return self.rollback(format!("step checks failed: {}", g.message));
+            }
+        }
+        let judged = self.fold_look();
+        if let Some(j) = &judged {
+            if j.verdict == Verdict::Rollback {
+                return self.rollback(j.reason.clone());
+            }
+        }
+        let weight = self.status.stage_weight;
+        let min_passed = self.elapsed_in_step() >= self.spec.step_duration.min.span();
+        let gates_clear = self.status.pending_gate.is_none();
+        let data_ok = self.status.no_data_since.is_none();
+        if let Some(j) = &judged {
+            let proven = if weight >= 100 {
+                // Prod is idle at 100 %, so nothing can be compared: stage must hold the
+                // full load for the minimum dwell with data and no rollback verdict.
+                j.stage_has_data
+            } else {
+                j.verdict == Verdict::Advance
+            };
+            if proven && min_passed && gates_clear && data_ok {
+                let why = if weight >= 100 {
+                    format!(
+                        "stage held 100 % for {}: {}",
+                        self.spec.step_duration.min, j.reason
+                    )
+                } else {
+                    j.reason.clone()
+                };
+                return self.advance(why);
+            }
+        }
+        let policy = self.spec.analysis.no_data;
+        if let Some(since) = self.status.no_data_since {
+            if self.now.duration_since(since) >= policy.after.span() {
+                let why = format!("no telemetry from stage for {}", policy.after);
+                return match policy.action {
+                    NoDataAction::Hold => self.pause(format!("{why} (noData: hold)")),
+                    NoDataAction::Rollback => self.rollback(format!("{why} (noData: rollback)")),
+                };
+            }
+        }
+        if self.elapsed_in_step() > self.spec.step_duration.max.span() {
+            let last = self
+                .status
+                .last_decision
+                .as_ref()
+                .map(|d| d.reason.clone())
+                .unwrap_or_else(|| "no analysis yet".into());
+            return self.pause(format!(
+                "no decision within {} at {weight} % to stage (last look: {last})",
+                self.spec.step_duration.max
+            ));
+        }
+        if let Some(j) = judged {
+            self.say(format!("{weight} % to stage: {}", j.reason));
+        }
+    }
+
+    fn promoting(&mut self) {
+        if let Some(g) = self.take_gate_result() {
+            if self.status.prod_update_requested_at.is_none() {
+                // The confirm-promotion gate: ask again until it says yes.
+                if g.passed {
+                    self.request_prod_update(false);
+                } else {
+                    self.say(format!(
+                        "waiting for the promotion to be confirmed: {}",
+                        g.message
+                    ));
+                    self.start_gate(GateKind::ConfirmPromotion);
+                }
+            } else if g.passed {
+                self.enter_switching_back();
+            } else {
+                self.pause(format!(
+                    "prod failed its checks after promotion ({}); traffic stays on stage",
+                    g.message
+                ));
+            }
+            return;
+        }
+        if self.elapsed_in_step() > self.spec.step_duration.max.span() {
+            return self.pause(format!(
+                "prod did not reach stage's revision and pass its checks within {}",
+                self.spec.step_duration.max
+            ));
+        }
+        if self.status.pending_gate.is_none() {
+            let stage_rev = self.status.stage_revision.clone().unwrap_or_default();
+            let prod_done = self
+                .obs
+                .prod
+                .as_ref()
+                .is_some_and(|p| p.revision == stage_rev && p.ready);
+            if prod_done {
+                self.status.prod_revision = Some(stage_rev.clone());
+                if self.spec.checks.is_empty() {
+                    self.enter_switching_back();
+                } else {
+                    self.start_gate(GateKind::ProdVerify);
+                    self.say(format!(
+                        "prod runs {}: checking prod at 0 %",
+                        short(&stage_rev)
+                    ));
+                }
+            }
+        }
+    }
+
+    fn switching_back(&mut self) {
+        if self
+            .obs
+            .traffic
+            .as_ref()
+            .is_some_and(|t| t.stage_weight == 0)
+        {
+            let rev = self.status.stage_revision.clone().unwrap_or_default();
+            let took = self
+                .status
+                .rollout_started_at
+                .map(|t| {
+                    humantime::format_duration(self.now.duration_since(t).unsigned_abs())
+                        .to_string()
+                })
+                .unwrap_or_default();
+            self.status.phase = Phase::Succeeded;
+            self.status.prod_revision = Some(rev.clone());
+            let msg = format!(
+                "prod runs {} with all traffic; rollout took {took}",
+                short(&rev)
+            );
+            self.event(false, "Succeeded", msg.clone());
+            self.notify(NotifyEvent::Succeeded, msg.clone());
+            self.actions.push(Action::CallWebhooks {
+                kind: WebhookKind::PostRollout,
+            });
+            self.say(msg);
+        } else if self.elapsed_in_step() > self.spec.step_duration.max.span() {
+            self.pause("the VirtualService did not show all traffic on prod".into());
+        }
+    }
+
+    // -- transitions ------------------------------------------------------------------
+
+    fn advance(&mut self, why: String) {
+        let next = self.status.step as usize + 1;
+        if next >= self.spec.steps.len() {
+            self.record_decision(Verdict::Advance, why.clone());
+            return self.enter_promoting(false);
+        }
+        let weight = self.spec.steps[next];
+        self.status.phase = Phase::Progressing;
+        self.status.step = next as u32;
+        self.status.step_started_at = Some(self.now);
+        self.status.no_data_since = None;
+        self.status.pending_gate = None;
+        self.record_decision(Verdict::Advance, why.clone());
+        self.set_weight(weight);
+        self.start_step_checks();
+        let msg = format!("{weight} % to stage (step {next}): {why}");
+        self.event(false, "StepAdvanced", msg.clone());
+        self.notify(NotifyEvent::StepAdvanced, msg.clone());
+        self.say(msg);
+    }
+
+    fn enter_promoting(&mut self, forced: bool) {
+        self.status.phase = Phase::Promoting;
+        self.status.paused_from = None;
+        self.status.step = (self.spec.steps.len() - 1) as u32;
+        self.status.step_started_at = Some(self.now);
+        self.status.pending_gate = None;
+        self.status.prod_update_requested_at = None;
+        self.set_weight(100);
+        let rev = self.status.stage_revision.clone().unwrap_or_default();
+        self.event(
+            false,
+            "Promoting",
+            format!("stage holds 100 %; bringing prod to {}", short(&rev)),
+        );
+        let confirm = self
+            .spec
+            .webhooks
+            .iter()
+            .any(|w| w.kind == WebhookKind::ConfirmPromotion);
+        if confirm && !forced {
+            self.start_gate(GateKind::ConfirmPromotion);
+            self.say("stage holds 100 %: waiting for the confirm-promotion webhooks".into());
+        } else {
+            self.request_prod_update(forced);
+        }
+    }
+
+    fn request_prod_update(&mut self, by_operator: bool) {
+        let rev = self.status.stage_revision.clone().unwrap_or_default();
+        let method = match self.spec.promotion.mode {
+            PromotionMode::CopyTemplate => Some(UpdateMethod::CopyTemplate),
+            PromotionMode::Webhook => Some(UpdateMethod::Webhook),
+            PromotionMode::Manual if by_operator => Some(UpdateMethod::CopyTemplate),
+            PromotionMode::Manual => None,
+        };
+        let Some(method) = method else {
+            self.say(format!(
+                "stage holds 100 %: waiting for a person to promote prod to {} (canaryd promote, or update prod)",
+                short(&rev)
+            ));
+            return;
+        };
+        self.status.prod_update_requested_at = Some(self.now);
+        self.actions.push(Action::UpdateProd { method });
+        let msg = format!("promoting prod to {}", short(&rev));
+        self.notify(NotifyEvent::Promoted, msg.clone());
+        self.say(msg);
+    }
+
+    fn enter_switching_back(&mut self) {
+        self.status.phase = Phase::SwitchingBack;
+        self.status.pending_gate = None;
+        self.status.step_started_at = Some(self.now);
+        self.set_weight(0);
+        let msg = "prod runs the new revision; moving all traffic back to prod".to_string();
+        self.event(false, "SwitchingBack", msg.clone());
+        self.say(msg);
+    }
+
+    fn rollback(&mut self, why: String) {
+        let weight = self.status.stage_weight;
+        self.status.phase = Phase::RolledBack;
+        self.status.rolled_back_revision = self.status.stage_revision.clone();
+        self.status.pending_gate = None;
+        self.status.paused_from = None;
+        self.record_decision(Verdict::Rollback, why.clone());
+        if weight != 0
+            || self
+                .obs
+                .traffic
+                .as_ref()
+                .is_some_and(|t| t.stage_weight != 0)
+        {
+            self.actions.push(Action::SetWeights { stage: 0 });
+        }
+        self.status.stage_weight = 0;
+        let msg = format!("rolled back at {weight} % to stage: {why}");
+        self.event(true, "RolledBack", msg.clone());
+        self.notify(NotifyEvent::RolledBack, msg.clone());
+        self.actions.push(Action::CallWebhooks {
+            kind: WebhookKind::Rollback,
+        });
+        self.say(msg);
+    }
+
+    fn pause(&mut self, why: String) {
+        self.status.paused_from = Some(self.status.phase);
+        self.status.phase = Phase::Paused;
+        self.status.pending_gate = None;
+        let msg = format!("paused at {} % to stage: {why}", self.status.stage_weight);
+        self.event(true, "Paused", msg.clone());
+        self.notify(NotifyEvent::Paused, msg.clone());
+        self.say(msg);
+    }
+
+    // -- helpers ----------------------------------------------------------------------
+
+    fn current_step_weight(&self) -> u8 {
+        let last = self.spec.steps.len().saturating_sub(1);
+        self.spec.steps[(self.status.step as usize).min(last)]
+    }
+
+    fn elapsed_in_step(&self) -> jiff::SignedDuration {
+        self.status
+            .step_started_at
+            .map(|t| self.now.duration_since(t))
+            .unwrap_or_default()
+    }
+
+    fn set_weight(&mut self, stage: u8) {
+        let stage = stage.min(100);
+        if self.status.stage_weight != stage {
+            self.status.stage_weight = stage;
+            self.actions.push(Action::SetWeights { stage });
+        }
+    }
+
+    fn start_gate(&mut self, kind: GateKind) {
+        let rev = self.status.stage_revision.clone().unwrap_or_default();
+        let id = format!(
+            "{}-{}-{:?}-{}",
+            short(&rev),
+            self.status.step,
+            kind,
+            self.now.as_millisecond()
+        );
+        self.status.pending_gate = Some(PendingGate {
+            id: id.clone(),
+            kind,
+            started_at: self.now,
+        });
+        self.actions.push(Action::StartGate { id, kind });
+    }
+
+    fn start_step_checks(&mut self) {
+        if self.status.stage_weight > 0 && self.spec.checks.iter().any(|c| c.every_step) {
+            self.start_gate(GateKind::StepChecks);
+        }
+    }
+
+    /// The result of the pending gate, if it arrived; clears the pending gate.
+    fn take_gate_result(&mut self) -> Option<GateResult> {
+        let pending = self.status.pending_gate.as_ref()?;
+        let result = self
+            .obs
+            .gate
+            .as_ref()
+            .filter(|g| g.id == pending.id)?
+            .clone();
+        self.status.pending_gate = None;
+        Some(result)
+    }
+
+    /// Folds a fresh look of the current step into the status; returns its judgement.
+    fn fold_look(&mut self) -> Option<Judgement> {
+        let look = self.obs.look.as_ref()?;
+        let last_end = self.status.analysis.as_ref().and_then(|a| a.window_end);
+        let stale = look.step != self.status.step
+            || last_end.is_some_and(|end| look.window_end <= end)
+            || self
+                .status
+                .step_started_at
+                .is_some_and(|start| look.window_end <= start);
+        if stale {
+            return None;
+        }
+        match &look.result {
+            LookResult::Unavailable { reason } => {
+                self.status.no_data_since.get_or_insert(self.now);
+                self.say(format!(
+                    "holding at {} % to stage: telemetry unavailable ({reason})",
+                    self.status.stage_weight
+                ));
+                None
+            }
+            LookResult::Judged(j) => {
+                let mut state = j.state.clone();
+                state.window_end = Some(look.window_end);
+                self.status.analysis = Some(state);
+                if j.stage_has_data {
+                    self.status.no_data_since = None;
+                } else {
+                    self.status.no_data_since.get_or_insert(self.now);
+                }
+                self.status.last_decision = Some(DecisionRecord {
+                    at: Some(self.now),
+                    verdict: j.verdict,
+                    step: self.status.step,
+                    stage_weight: self.status.stage_weight,
+                    reason: j.reason.clone(),
+                    metrics: j.metrics.clone(),
+                });
+                Some(j.clone())
+            }
+        }
+    }
+
+    /// Records a decision that was not a plain look (gates, timeouts, commands), keeping
+    /// the last look's statistics when it belongs to the same step.
+    fn record_decision(&mut self, verdict: Verdict, reason: String) {
+        let metrics = self
+            .status
+            .last_decision
+            .as_ref()
+            .filter(|d| d.step == self.status.step)
+            .map(|d| d.metrics.clone())
+            .unwrap_or_default();
+        self.status.last_decision = Some(DecisionRecord {
+            at: Some(self.now),
+            verdict,
+            step: self.status.step,
+            stage_weight: self.status.stage_weight,
+            reason,
+            metrics,
+        });
+    }
+
+    fn event(&mut self, warning: bool, reason: &'static str, message: String) {
+        self.actions.push(Action::RecordEvent {
+            warning,
+            reason,
+            message,
+        });
+    }
+
+    fn notify(&mut self, event: NotifyEvent, message: String) {
+        self.actions.push(Action::Notify { event, message });
+    }
+
+    fn say(&mut self, message: String) {
+        self.status.message = message;
+    }
+
+    fn finish(mut self, before: &CanaryStatus) -> Decision {
+        let s = &mut self.status;
+        if s.phase != before.phase || s.step != before.step || s.stage_weight != before.stage_weight
+        {
+            s.history.push(HistoryEntry {
+                at: self.now,
+                phase: s.phase,
+                step: s.step,
+                stage_weight: s.stage_weight,
+                message: s.message.clone(),
+            });
+            let excess = s.history.len().saturating_sub(HISTORY_LIMIT);
+            s.history.drain(..excess);
+        }
+        Decision {
+            status: self.status,
+            actions: self.actions,
+        }
+    }
+}

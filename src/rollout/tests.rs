@@ -1,0 +1,879 @@
+//! Lifecycle scenarios (the seed's release, rollbacks, restarts, commands) and properties
+//! over random observation sequences.
+
+use jiff::{SignedDuration, Timestamp};
+use proptest::prelude::*;
+
+use super::*;
+use crate::api::{
+    AnalysisState, CanarySpec, CanaryStatus, CheckSpec, HumanDuration, NoDataAction, Phase,
+    PromotionMode, TrafficDriftPolicy, WebhookKind, WebhookSpec, WebhookTarget,
+};
+
+fn seed_spec() -> CanarySpec {
+    let mut spec: CanarySpec = serde_yaml_ng::from_str(
+        r#"
+virtualService: {name: demoapp, namespace: prod}
+prod:  {host: flaskapp.prod.svc.cluster.local,  deployment: {namespace: prod,  name: flaskapp}}
+stage: {host: flaskapp.stage.svc.cluster.local, deployment: {namespace: stage, name: flaskapp}}
+steps: [0, 30, 60, 100]
+stepDuration: {min: 2m, max: 30m}
+"#,
+    )
+    .unwrap();
+    spec.checks.push(CheckSpec {
+        name: "smoke".into(),
+        url: "http://{{ host }}/health".into(),
+        method: "GET".into(),
+        expect_status: 200,
+        body_contains: None,
+        count: 20,
+        timeout: HumanDuration::from_secs(5),
+        every_step: false,
+    });
+    crate::api::validate(&spec, "prod").unwrap();
+    spec
+}
+
+fn t0() -> Timestamp {
+    "2026-11-29T12:00:00Z".parse().unwrap()
+}
+
+fn ready(rev: &str) -> Option<Workload> {
+    Some(Workload {
+        revision: rev.into(),
+        ready: true,
+    })
+}
+
+/// Drives the lifecycle like the reconciler would, one round at a time.
+struct Sim {
+    spec: CanarySpec,
+    status: CanaryStatus,
+    now: Timestamp,
+    stage: Option<Workload>,
+    prod: Option<Workload>,
+    /// What the VirtualService holds; actions write it and bump its version.
+    vs_weight: u8,
+    vs_version: u64,
+}
+
+impl Sim {
+    fn new(spec: CanarySpec) -> Self {
+        Sim {
+            spec,
+            status: CanaryStatus::default(),
+            now: t0(),
+            stage: ready("v1"),
+            prod: ready("v1"),
+            vs_weight: 0,
+            vs_version: 1,
+        }
+    }
+
+    fn set_vs(&mut self, stage: u8) {
+        self.vs_weight = stage;
+        self.vs_version += 1;
+    }
+
+    fn wait(&mut self, secs: i64) {
+        self.now += SignedDuration::from_secs(secs);
+    }
+
+    fn obs(&self) -> Observations {
+        Observations {
+            stage: self.stage.clone(),
+            prod: self.prod.clone(),
+            traffic: Some(Traffic {
+                stage_weight: self.vs_weight,
+                version: self.vs_version.to_string(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// One round; applies weight and prod-update actions like the reconciler.
+    fn round(&mut self, obs: Observations) -> Vec<Action> {
+        let d = decide(&self.spec, &self.status, &obs, self.now);
+        for a in &d.actions {
+            match a {
+                Action::SetWeights { stage } => self.set_vs(*stage),
+                Action::UpdateProd { .. } => self.prod = self.stage.clone(),
+                _ => {}
+            }
+        }
+        self.status = d.status;
+        d.actions
+    }
+
+    fn idle_round(&mut self) -> Vec<Action> {
+        self.round(self.obs())
+    }
+
+    fn gate_result(&mut self, passed: bool) -> Vec<Action> {
+        let id = self
+            .status
+            .pending_gate
+            .as_ref()
+            .expect("a pending gate")
+            .id
+            .clone();
+        let mut obs = self.obs();
+        obs.gate = Some(GateResult {
+            id,
+            passed,
+            message: if passed {
+                "20/20 passed"
+            } else {
+                "3/20 failed"
+            }
+            .into(),
+        });
+        self.round(obs)
+    }
+
+    fn look(&mut self, verdict: Verdict, has_data: bool) -> Vec<Action> {
+        let mut obs = self.obs();
+        obs.look = Some(Look {
+            step: self.status.step,
+            window_end: self.now,
+            result: LookResult::Judged(Judgement {
+                state: AnalysisState::default(),
+                verdict,
+                reason: format!("analysis says {}", verdict.as_str()),
+                metrics: vec![],
+                stage_has_data: has_data,
+            }),
+        });
+        self.round(obs)
+    }
+
+    fn unavailable_look(&mut self) -> Vec<Action> {
+        let mut obs = self.obs();
+        obs.look = Some(Look {
+            step: self.status.step,
+            window_end: self.now,
+            result: LookResult::Unavailable {
+                reason: "Prometheus: connection refused".into(),
+            },
+        });
+        self.round(obs)
+    }
+
+    fn command(&mut self, id: &str, verb: Verb) -> Vec<Action> {
+        let mut obs = self.obs();
+        obs.command = Some(Command {
+            id: id.into(),
+            verb,
+        });
+        self.round(obs)
+    }
+
+    /// A new stage revision arrives and passes the pre-traffic gate: stage at steps[1].
+    fn start_and_pass_pre_traffic(&mut self, rev: &str) {
+        self.stage = ready(rev);
+        self.idle_round();
+        assert_eq!(self.status.phase, Phase::Testing);
+        self.gate_result(true);
+        assert_eq!(self.status.phase, Phase::Progressing);
+    }
+
+    /// Advances from the current traffic step to the next one with an advance verdict.
+    fn pass_step(&mut self) -> Vec<Action> {
+        self.wait(120);
+        let verdict = if self.status.stage_weight == 100 {
+            Verdict::Continue
+        } else {
+            Verdict::Advance
+        };
+        self.look(verdict, true)
+    }
+
+    fn phase_weight(&self) -> (Phase, u8) {
+        (self.status.phase, self.status.stage_weight)
+    }
+}
+
+fn has(actions: &[Action], pred: impl Fn(&Action) -> bool) -> bool {
+    actions.iter().any(pred)
+}
+
+fn set_weights(actions: &[Action]) -> Vec<u8> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::SetWeights { stage } => Some(*stage),
+            _ => None,
+        })
+        .collect()
+}
+
+fn notified(actions: &[Action], event: NotifyEvent) -> bool {
+    has(
+        actions,
+        |a| matches!(a, Action::Notify { event: e, .. } if *e == event),
+    )
+}
+
+#[test]
+fn the_seed_release_goes_0_30_60_100_then_promotes_prod_and_switches_back() {
+    let mut sim = Sim::new(seed_spec());
+    assert!(
+        sim.idle_round().is_empty(),
+        "same revision everywhere: nothing to do"
+    );
+    assert_eq!(sim.status.phase, Phase::Idle);
+
+    sim.stage = ready("v2");
+    let a = sim.idle_round();
+    assert_eq!(sim.phase_weight(), (Phase::Testing, 0));
+    assert!(has(&a, |a| matches!(
+        a,
+        Action::StartGate {
+            kind: GateKind::PreTraffic,
+            ..
+        }
+    )));
+    assert!(notified(&a, NotifyEvent::RolloutStarted));
+
+    let a = sim.gate_result(true);
+    assert_eq!(sim.phase_weight(), (Phase::Progressing, 30));
+    assert_eq!(set_weights(&a), vec![30]);
+
+    // An advance verdict before the minimum dwell does not advance.
+    sim.wait(30);
+    assert!(set_weights(&sim.look(Verdict::Advance, true)).is_empty());
+    assert_eq!(sim.status.stage_weight, 30);
+
+    assert_eq!(set_weights(&sim.pass_step()), vec![60]);
+    assert_eq!(set_weights(&sim.pass_step()), vec![100]);
+    assert_eq!(sim.phase_weight(), (Phase::Progressing, 100));
+
+    // Stage held 100 % for the minimum dwell: prod is brought to the new revision.
+    let a = sim.pass_step();
+    assert_eq!(sim.phase_weight(), (Phase::Promoting, 100));
+    assert!(has(&a, |a| *a
+        == Action::UpdateProd {
+            method: UpdateMethod::CopyTemplate
+        }));
+    assert!(notified(&a, NotifyEvent::Promoted));
+
+    // Prod now runs v2 and is ready: its checks run at 0 %.
+    let a = sim.idle_round();
+    assert!(has(&a, |a| matches!(
+        a,
+        Action::StartGate {
+            kind: GateKind::ProdVerify,
+            ..
+        }
+    )));
+    let a = sim.gate_result(true);
+    assert_eq!(sim.phase_weight(), (Phase::SwitchingBack, 0));
+    assert_eq!(set_weights(&a), vec![0]);
+
+    let a = sim.idle_round();
+    assert_eq!(sim.status.phase, Phase::Succeeded);
+    assert!(notified(&a, NotifyEvent::Succeeded));
+    assert!(has(&a, |a| *a
+        == Action::CallWebhooks {
+            kind: WebhookKind::PostRollout
+        }));
+    assert_eq!(sim.status.prod_revision.as_deref(), Some("v2"));
+    assert_eq!(sim.vs_weight, 0, "prod has all the traffic again");
+    assert!(
+        sim.idle_round().is_empty(),
+        "a finished rollout stays finished"
+    );
+    let phases: Vec<Phase> = sim.status.history.iter().map(|h| h.phase).collect();
+    assert_eq!(
+        phases,
+        [
+            Phase::Testing,
+            Phase::Progressing,
+            Phase::Progressing,
+            Phase::Progressing,
+            Phase::Promoting,
+            Phase::SwitchingBack,
+            Phase::Succeeded
+        ]
+    );
+}
+
+#[test]
+fn a_rollback_verdict_at_any_traffic_step_sends_everything_to_prod() {
+    for step in 1..=3u32 {
+        let mut sim = Sim::new(seed_spec());
+        sim.start_and_pass_pre_traffic("v2");
+        while sim.status.step < step {
+            sim.pass_step();
+        }
+        let weight = sim.status.stage_weight;
+        sim.wait(30);
+        let a = sim.look(Verdict::Rollback, true);
+        assert_eq!(sim.phase_weight(), (Phase::RolledBack, 0), "step {step}");
+        assert_eq!(set_weights(&a), vec![0]);
+        assert!(notified(&a, NotifyEvent::RolledBack));
+        assert!(has(&a, |a| matches!(
+            a,
+            Action::RecordEvent {
+                warning: true,
+                reason: "RolledBack",
+                ..
+            }
+        )));
+        assert!(has(&a, |a| *a
+            == Action::CallWebhooks {
+                kind: WebhookKind::Rollback
+            }));
+        assert!(sim
+            .status
+            .message
+            .contains(&format!("rolled back at {weight} %")));
+        assert_eq!(
+            sim.status.last_decision.as_ref().unwrap().verdict,
+            Verdict::Rollback
+        );
+        // The rolled-back revision is not tried again on its own.
+        sim.wait(600);
+        assert!(sim.idle_round().is_empty());
+        assert_eq!(sim.status.phase, Phase::RolledBack);
+    }
+}
+
+#[test]
+fn failed_pre_traffic_checks_roll_back_before_any_traffic() {
+    let mut sim = Sim::new(seed_spec());
+    sim.stage = ready("v2");
+    sim.idle_round();
+    let a = sim.gate_result(false);
+    assert_eq!(sim.phase_weight(), (Phase::RolledBack, 0));
+    assert!(set_weights(&a).is_empty(), "stage never had traffic");
+    assert!(sim
+        .status
+        .message
+        .contains("pre-traffic checks failed: 3/20 failed"));
+}
+
+#[test]
+fn a_new_stage_revision_mid_rollout_restarts_from_zero() {
+    let mut sim = Sim::new(seed_spec());
+    sim.start_and_pass_pre_traffic("v2");
+    sim.pass_step();
+    assert_eq!(sim.status.stage_weight, 60);
+
+    sim.stage = Some(Workload {
+        revision: "v3".into(),
+        ready: false,
+    });
+    let a = sim.idle_round();
+    assert_eq!(set_weights(&a), vec![0], "traffic back to prod at once");
+    assert_eq!(
+        sim.status.phase,
+        Phase::Idle,
+        "waits for v3 to be available"
+    );
+    assert!(has(&a, |a| matches!(
+        a,
+        Action::RecordEvent {
+            reason: "NewRevision",
+            ..
+        }
+    )));
+
+    sim.stage = ready("v3");
+    let a = sim.idle_round();
+    assert_eq!(sim.phase_weight(), (Phase::Testing, 0));
+    assert_eq!(sim.status.stage_revision.as_deref(), Some("v3"));
+    assert_eq!(sim.status.step, 0);
+    assert!(
+        sim.status.analysis.is_none(),
+        "the old revision's evidence is dropped"
+    );
+    assert!(has(&a, |a| matches!(
+        a,
+        Action::StartGate {
+            kind: GateKind::PreTraffic,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn stage_reverted_to_prods_revision_means_nothing_to_do() {
+    let mut sim = Sim::new(seed_spec());
+    sim.start_and_pass_pre_traffic("v2");
+    sim.stage = ready("v1");
+    let a = sim.idle_round();
+    assert_eq!(sim.phase_weight(), (Phase::Idle, 0));
+    assert_eq!(set_weights(&a), vec![0]);
+    assert!(!has(&a, |a| matches!(a, Action::StartGate { .. })));
+    assert!(sim.idle_round().is_empty());
+    assert!(sim.status.message.contains("nothing to roll out"));
+}
+
+#[test]
+fn no_decision_within_the_maximum_step_duration_pauses() {
+    let mut sim = Sim::new(seed_spec());
+    sim.start_and_pass_pre_traffic("v2");
+    for _ in 0..61 {
+        sim.wait(30);
+        sim.look(Verdict::Continue, true);
+    }
+    assert_eq!(sim.phase_weight(), (Phase::Paused, 30), "weights are held");
+    assert!(sim.status.message.contains("no decision within 30m"));
+    assert_eq!(sim.status.paused_from, Some(Phase::Progressing));
+}
+
+#[test]
+fn missing_telemetry_holds_then_follows_the_no_data_policy() {
+    for action in [NoDataAction::Hold, NoDataAction::Rollback] {
+        let mut spec = seed_spec();
+        spec.analysis.no_data.action = action;
+        let mut sim = Sim::new(spec);
+        sim.start_and_pass_pre_traffic("v2");
+        let mut moved = vec![];
+        for i in 0..25 {
+            sim.wait(30);
+            let a = if i % 2 == 0 {
+                sim.unavailable_look()
+            } else {
+                sim.look(Verdict::Advance, false)
+            };
+            moved.extend(set_weights(&a));
+        }
+        let expected = match action {
+            NoDataAction::Hold => (Phase::Paused, 30),
+            NoDataAction::Rollback => (Phase::RolledBack, 0),
+        };
+        assert_eq!(sim.phase_weight(), expected);
+        assert!(!moved.contains(&60), "never advances on missing data");
+        assert!(sim
+            .status
+            .message
+            .contains("no telemetry from stage for 10m"));
+    }
+}
+
+#[test]
+fn deleting_the_canary_restores_prod() {
+    let mut sim = Sim::new(seed_spec());
+    sim.start_and_pass_pre_traffic("v2");
+    sim.pass_step();
+    let mut obs = sim.obs();
+    obs.deleted = true;
+    let a = sim.round(obs.clone());
+    assert_eq!(set_weights(&a), vec![0]);
+    assert!(sim.round(obs).is_empty());
+
+    let mut idle = Sim::new(seed_spec());
+    let mut obs = idle.obs();
+    obs.deleted = true;
+    assert!(
+        idle.round(obs).is_empty(),
+        "an idle Canary leaves the weights alone"
+    );
+}
+
+#[test]
+fn abort_rolls_back_and_resume_retries() {
+    let mut sim = Sim::new(seed_spec());
+    sim.start_and_pass_pre_traffic("v2");
+    let a = sim.command("c1", Verb::Abort);
+    assert_eq!(sim.phase_weight(), (Phase::RolledBack, 0));
+    assert!(sim.status.message.contains("aborted by an operator"));
+    assert!(notified(&a, NotifyEvent::RolledBack));
+    assert!(
+        sim.command("c1", Verb::Abort).is_empty(),
+        "a command runs once"
+    );
+
+    let a = sim.command("c2", Verb::Resume);
+    assert_eq!(
+        sim.phase_weight(),
+        (Phase::Testing, 0),
+        "resume retries the revision"
+    );
+    assert!(has(&a, |a| matches!(
+        a,
+        Action::StartGate {
+            kind: GateKind::PreTraffic,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn resume_continues_a_paused_step_with_a_fresh_clock() {
+    let mut sim = Sim::new(seed_spec());
+    sim.start_and_pass_pre_traffic("v2");
+    sim.pass_step();
+    sim.wait(1900);
+    sim.look(Verdict::Continue, true);
+    assert_eq!(sim.phase_weight(), (Phase::Paused, 60));
+    let a = sim.command("r1", Verb::Resume);
+    assert_eq!(sim.phase_weight(), (Phase::Progressing, 60));
+    assert!(set_weights(&a).is_empty());
+    assert_eq!(sim.status.step_started_at, Some(sim.now));
+    assert_eq!(set_weights(&sim.pass_step()), vec![100]);
+}
+
+#[test]
+fn promote_now_skips_the_analysis() {
+    let mut sim = Sim::new(seed_spec());
+    sim.start_and_pass_pre_traffic("v2");
+    let a = sim.command("p1", Verb::Promote);
+    assert_eq!(sim.phase_weight(), (Phase::Promoting, 100));
+    assert_eq!(set_weights(&a), vec![100]);
+    assert!(has(&a, |a| matches!(a, Action::UpdateProd { .. })));
+}
+
+#[test]
+fn manual_promotion_waits_for_a_person() {
+    let mut spec = seed_spec();
+    spec.promotion.mode = PromotionMode::Manual;
+    let mut sim = Sim::new(spec);
+    sim.start_and_pass_pre_traffic("v2");
+    sim.pass_step();
+    sim.pass_step();
+    let a = sim.pass_step();
+    assert_eq!(sim.status.phase, Phase::Promoting);
+    assert!(!has(&a, |a| matches!(a, Action::UpdateProd { .. })));
+    assert!(sim.status.message.contains("waiting for a person"));
+    sim.wait(60);
+    assert!(sim.idle_round().is_empty());
+    let a = sim.command("go", Verb::Promote);
+    assert!(has(&a, |a| *a
+        == Action::UpdateProd {
+            method: UpdateMethod::CopyTemplate
+        }));
+}
+
+#[test]
+fn confirm_promotion_gate_is_asked_until_it_agrees() {
+    let mut spec = seed_spec();
+    spec.webhooks.push(WebhookSpec {
+        name: "approve".into(),
+        kind: WebhookKind::ConfirmPromotion,
+        target: WebhookTarget {
+            url: "http://approver/".into(),
+            timeout: HumanDuration::from_secs(5),
+            secret_ref: None,
+        },
+    });
+    let mut sim = Sim::new(spec);
+    sim.start_and_pass_pre_traffic("v2");
+    sim.pass_step();
+    sim.pass_step();
+    let a = sim.pass_step();
+    assert!(has(&a, |a| matches!(
+        a,
+        Action::StartGate {
+            kind: GateKind::ConfirmPromotion,
+            ..
+        }
+    )));
+    sim.wait(30);
+    let a = sim.gate_result(false);
+    assert!(has(&a, |a| matches!(
+        a,
+        Action::StartGate {
+            kind: GateKind::ConfirmPromotion,
+            ..
+        }
+    )));
+    assert!(!has(&a, |a| matches!(a, Action::UpdateProd { .. })));
+    sim.wait(30);
+    let a = sim.gate_result(true);
+    assert!(has(&a, |a| matches!(a, Action::UpdateProd { .. })));
+}
+
+#[test]
+fn prod_failing_its_checks_after_promotion_keeps_traffic_on_stage() {
+    let mut sim = Sim::new(seed_spec());
+    sim.start_and_pass_pre_traffic("v2");
+    sim.pass_step();
+    sim.pass_step();
+    sim.pass_step();
+    sim.idle_round();
+    let a = sim.gate_result(false);
+    assert_eq!(sim.phase_weight(), (Phase::Paused, 100));
+    assert!(notified(&a, NotifyEvent::Paused));
+    assert!(set_weights(&a).is_empty());
+}
+
+#[test]
+fn foreign_weight_changes_are_reasserted_once_or_pause() {
+    let mut sim = Sim::new(seed_spec());
+    sim.start_and_pass_pre_traffic("v2");
+    sim.set_vs(50);
+    let a = sim.idle_round();
+    assert_eq!(set_weights(&a), vec![30]);
+    assert!(has(&a, |a| matches!(
+        a,
+        Action::RecordEvent {
+            reason: "TrafficDrift",
+            ..
+        }
+    )));
+
+    let mut spec = seed_spec();
+    spec.traffic_drift = TrafficDriftPolicy::Pause;
+    let mut sim = Sim::new(spec);
+    sim.start_and_pass_pre_traffic("v2");
+    sim.set_vs(50);
+    let a = sim.idle_round();
+    assert_eq!(sim.phase_weight(), (Phase::Paused, 30));
+    assert!(set_weights(&a).is_empty());
+    assert!(sim.idle_round().is_empty(), "one reaction per change");
+}
+
+#[test]
+fn looks_from_another_step_or_an_old_window_are_ignored() {
+    let mut sim = Sim::new(seed_spec());
+    sim.start_and_pass_pre_traffic("v2");
+    sim.wait(300);
+    let mut obs = sim.obs();
+    obs.look = Some(Look {
+        step: 2,
+        window_end: sim.now,
+        result: LookResult::Judged(Judgement {
+            state: AnalysisState::default(),
+            verdict: Verdict::Rollback,
+            reason: "stale".into(),
+            metrics: vec![],
+            stage_has_data: true,
+        }),
+    });
+    assert!(sim.round(obs).is_empty());
+    assert_eq!(sim.status.phase, Phase::Progressing);
+}
+
+// -- properties over random observation sequences ---------------------------------------
+
+/// One random round: which observations change and how.
+#[derive(Clone, Debug)]
+struct Choice {
+    secs: i64,
+    /// A new stage revision (3: the Deployment is gone), or the same as before.
+    stage_rev: Option<u8>,
+    stage_ready: bool,
+    /// prod's revision: v0..v2, 3 = the revision under rollout, or the same as before.
+    prod_rev: Option<u8>,
+    prod_ready: bool,
+    weight: Option<u8>,
+    look: Option<(u8, bool, bool)>,
+    gate: Option<(bool, bool)>,
+    command: Option<u8>,
+    deleted: bool,
+}
+
+fn choice() -> impl Strategy<Value = Choice> {
+    (
+        1i64..900,
+        (
+            prop::option::weighted(0.08, 0u8..4),
+            prop::bool::weighted(0.95),
+            prop::option::weighted(0.3, 0u8..4),
+            prop::bool::weighted(0.9),
+        ),
+        prop::option::weighted(0.1, 0u8..=100),
+        prop::option::weighted(
+            0.7,
+            (
+                // Mostly advance, sometimes continue, rarely roll back.
+                prop::sample::select(vec![0u8, 0, 1, 1, 1, 1, 1, 1, 2]),
+                prop::bool::weighted(0.9),
+                prop::bool::weighted(0.9),
+            ),
+        ),
+        prop::option::weighted(0.5, (prop::bool::weighted(0.9), prop::bool::weighted(0.8))),
+        prop::option::weighted(0.03, 0u8..3),
+        prop::bool::weighted(0.02),
+    )
+        .prop_map(
+            |(secs, (sr, sok, pr, pok), weight, look, gate, command, deleted)| Choice {
+                secs,
+                stage_rev: sr,
+                stage_ready: sok,
+                prod_rev: pr,
+                prod_ready: pok,
+                weight,
+                look,
+                gate,
+                command,
+                deleted,
+            },
+        )
+}
+
+fn spec_variant() -> impl Strategy<Value = CanarySpec> {
+    (
+        prop::sample::select(vec![
+            vec![0u8, 100],
+            vec![0, 30, 60, 100],
+            vec![0, 5, 10, 25, 50, 100],
+        ]),
+        prop::sample::select(vec![
+            PromotionMode::CopyTemplate,
+            PromotionMode::Manual,
+            PromotionMode::Webhook,
+        ]),
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(steps, mode, every_step, pause_on_drift, rollback_on_no_data)| {
+                let mut spec = seed_spec();
+                spec.steps = steps;
+                spec.promotion.mode = mode;
+                if mode == PromotionMode::Webhook {
+                    spec.promotion.webhook = Some(WebhookTarget {
+                        url: "http://pipeline/".into(),
+                        timeout: HumanDuration::from_secs(5),
+                        secret_ref: None,
+                    });
+                }
+                spec.checks[0].every_step = every_step;
+                if pause_on_drift {
+                    spec.traffic_drift = TrafficDriftPolicy::Pause;
+                }
+                if rollback_on_no_data {
+                    spec.analysis.no_data.action = NoDataAction::Rollback;
+                }
+                spec
+            },
+        )
+}
+
+fn observe(c: &Choice, status: &CanaryStatus, vs_weight: (u8, u64)) -> Observations {
+    let rev = |i: u8| format!("v{i}");
+    let verdicts = [Verdict::Continue, Verdict::Advance, Verdict::Rollback];
+    Observations {
+        stage: match c.stage_rev {
+            Some(3) => None,
+            Some(r) => Some(Workload {
+                revision: rev(r),
+                ready: c.stage_ready,
+            }),
+            None => Some(Workload {
+                revision: status.stage_revision.clone().unwrap_or_else(|| rev(1)),
+                ready: c.stage_ready,
+            }),
+        },
+        prod: Some(Workload {
+            revision: match (c.prod_rev, &status.stage_revision) {
+                (Some(3), Some(r)) => r.clone(),
+                (Some(r), _) => rev(r.min(2)),
+                (None, _) => status.prod_revision.clone().unwrap_or_else(|| rev(0)),
+            },
+            ready: c.prod_ready,
+        }),
+        traffic: Some(match c.weight {
+            Some(w) => Traffic {
+                stage_weight: w,
+                version: format!("foreign-{}", status.history.len()),
+            },
+            None => Traffic {
+                stage_weight: vs_weight.0,
+                version: vs_weight.1.to_string(),
+            },
+        }),
+        look: c.look.map(|(v, this_step, data)| Look {
+            step: if this_step {
+                status.step
+            } else {
+                status.step + 1
+            },
+            window_end: Timestamp::MAX,
+            result: LookResult::Judged(Judgement {
+                state: AnalysisState::default(),
+                verdict: verdicts[v as usize],
+                reason: "random".into(),
+                metrics: vec![],
+                stage_has_data: data,
+            }),
+        }),
+        gate: c.gate.map(|(matching, passed)| {
+            let id = match &status.pending_gate {
+                Some(p) if matching => p.id.clone(),
+                _ => "unrelated".into(),
+            };
+            GateResult {
+                id,
+                passed,
+                message: "random".into(),
+            }
+        }),
+        command: c.command.map(|v| Command {
+            id: format!("cmd-{}", status.history.len()),
+            verb: [Verb::Abort, Verb::Resume, Verb::Promote][v as usize],
+        }),
+        deleted: c.deleted,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn lifecycle_invariants_hold_over_random_observations(
+        spec in spec_variant(),
+        choices in prop::collection::vec(choice(), 1..80),
+    ) {
+        let mut status = CanaryStatus::default();
+        let mut vs = (0u8, 1u64);
+        let mut now = t0();
+        for c in &choices {
+            now += SignedDuration::from_secs(c.secs);
+            let mut obs = observe(c, &status, vs);
+            if let Some(look) = &mut obs.look {
+                look.window_end = now;
+            }
+            let d = decide(&spec, &status, &obs, now);
+            let new = &d.status;
+            let written = set_weights(&d.actions);
+
+            // Weights stay within 0..=100 and what is written is what the status records
+            // (unless reasserting the recorded weight after a foreign change).
+            prop_assert!(new.stage_weight <= 100);
+            prop_assert!(written.iter().all(|w| *w <= 100));
+            if let Some(last) = written.last() {
+                prop_assert_eq!(*last, new.stage_weight);
+            }
+
+            // No advance without an advance verdict, passing checks or an operator's promote.
+            if new.stage_weight > status.stage_weight {
+                let gate_passed = obs.gate.as_ref().is_some_and(|g| g.passed
+                    && status.pending_gate.as_ref().is_some_and(|p| p.id == g.id));
+                let judged = matches!(&obs.look, Some(Look { step, result: LookResult::Judged(j), .. })
+                    if *step == status.step && j.verdict == Verdict::Advance);
+                let promote = obs.command.as_ref().is_some_and(|c| c.verb == Verb::Promote);
+                let resume = obs.command.as_ref().is_some_and(|c| c.verb == Verb::Resume);
+                prop_assert!(gate_passed || judged || promote || resume,
+                    "weight {} -> {} without cause", status.stage_weight, new.stage_weight);
+                if resume && !(gate_passed || judged || promote) {
+                    // Resume only restores the weight of the step it paused at.
+                    prop_assert_eq!(new.stage_weight, spec.steps[status.step as usize]);
+                }
+            }
+
+            // Every rollback ends with prod at 100 %.
+            if new.phase == Phase::RolledBack && status.phase != Phase::RolledBack {
+                prop_assert_eq!(new.stage_weight, 0);
+                prop_assert!(written.contains(&0) || (status.stage_weight == 0 && obs.traffic.as_ref().is_some_and(|t| t.stage_weight == 0)));
+            }
+
+            // Feeding the same observations again changes nothing.
+            let again = decide(&spec, new, &obs, now);
+            prop_assert!(again.actions.is_empty(), "repeat produced {:?}", again.actions);
+            prop_assert_eq!(&again.status, new);
+
+            if let Some(w) = written.last() {
+                vs = (*w, vs.1 + 1);
+            }
+            status = d.status;
+            prop_assert!(status.history.len() <= HISTORY_LIMIT);
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! The offline commands, run as a user runs them: the real binary, real files.
+
+use std::process::Command;
+
+fn canaryd(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_canaryd"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run canaryd");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn crd_prints_the_committed_manifest() {
+    let (code, out, _) = canaryd(&["crd"]);
+    assert_eq!(code, 0);
+    let committed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/crds/canary.yaml"
+    ))
+    .unwrap();
+    assert!(
+        out == committed,
+        "deploy/crds/canary.yaml is stale: regenerate with `cargo run -- crd > deploy/crds/canary.yaml`"
+    );
+}
+
+#[test]
+fn the_shipped_examples_validate() {
+    let (code, out, err) = canaryd(&[
+        "validate",
+        "config/canary-flaskapp.yaml",
+        "config/canaryd.yaml",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Canary prod/flaskapp is valid"), "{out}");
+    assert!(out.contains("daemon config is valid"), "{out}");
+}
+
+#[test]
+fn a_bad_canary_is_explained_field_by_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/canary-flaskapp.yaml"
+    ))
+    .unwrap()
+    .replace("steps: [0, 30, 60, 100]", "steps: [0, 60, 30]")
+    .replace("alpha: 0.01", "alpha: 0.7");
+    std::fs::write(&path, text).unwrap();
+    let (code, _, err) = canaryd(&["validate", path.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("spec.steps: ends at 30; end with 100"),
+        "{err}"
+    );
+    assert!(
+        err.contains("spec.steps[2]: 30 does not exceed the step before it (60)"),
+        "{err}"
+    );
+    assert!(err.contains("spec.analysis.alpha: is 0.7"), "{err}");
+}
+
+#[test]
+fn a_misspelled_key_is_named_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("typo.yaml");
+    std::fs::write(
+        &path,
+        "apiVersion: canaryd.dev/v1alpha1\nkind: Canary\nmetadata: {name: x, namespace: prod}\nspec:\n  \
+         virtualService: {name: demoapp}\n  prod: {host: a, deployment: {name: a}}\n  \
+         stage: {host: b, deployment: {name: b}}\n  analysis: {alpah: 0.01}\n",
+    )
+    .unwrap();
+    let (code, _, err) = canaryd(&["validate", path.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("spec.analysis.alpah: unknown field `alpah`"),
+        "{err}"
+    );
+}

@@ -73,8 +73,9 @@ impl Grid {
         if m == 0.0 || !(pi > 0.0 && pi < 1.0) {
             return; // no events, or one arm without traffic: the likelihood is flat
         }
-        for i in 0..self.len {
-            ll[i] += stage_bad * self.log_ratios[i] - m * (pi * (self.ratios[i] - 1.0)).ln_1p();
+        let points = self.ratios[..self.len].iter().zip(&self.log_ratios);
+        for (l, (r, ln_r)) in ll.iter_mut().zip(points) {
+            *l += stage_bad * ln_r - m * (pi * (r - 1.0)).ln_1p();
         }
     }
 }

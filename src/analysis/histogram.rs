@@ -7,8 +7,8 @@ use super::counts::Bucket;
 pub fn slower_than(buckets: &[Bucket], threshold_ms: f64) -> Option<(f64, f64)> {
     let b = buckets
         .iter()
-        .filter(|b| b.le_ms.is_finite() && b.le_ms <= threshold_ms)
-        .last()?;
+        .rev()
+        .find(|b| b.le_ms.is_finite() && b.le_ms <= threshold_ms)?;
     Some((b.le_ms, total(buckets) - b.count))
 }
 

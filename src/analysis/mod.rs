@@ -340,7 +340,8 @@ pub fn evaluate_look(
         reports.push(MetricReport {
             name: s.name.clone(),
             verdict,
-            e_value: log_e.exp(),
+            // Capped so the status stays finite JSON; anything this large decided long ago.
+            e_value: log_e.min(700.0).exp(),
             rollback_threshold: k / spec.alpha,
             ratio_lower: lower,
             ratio_upper: upper,

@@ -15,7 +15,7 @@ use jiff::Timestamp;
 use super::*;
 use crate::api::{
     CanarySpec, CanaryStatus, DecisionRecord, HistoryEntry, NoDataAction, PendingGate, Phase,
-    PromotionMode, TrafficDriftPolicy,
+    PromotionMode, TrafficDriftPolicy, Verdict,
 };
 
 /// Decides what to do next. `spec` must have passed [`crate::api::validate`].
@@ -667,7 +667,7 @@ impl Round<'_> {
     }
 
     /// Folds a fresh look of the current step into the status; returns its judgement.
-    fn fold_look(&mut self) -> Option<Judgement> {
+    fn fold_look(&mut self) -> Option<LookOutcome> {
         let look = self.obs.look.as_ref()?;
         let last_end = self.status.analysis.as_ref().and_then(|a| a.window_end);
         let stale = look.step != self.status.step

@@ -15,7 +15,8 @@ mod tests;
 
 use jiff::Timestamp;
 
-use crate::api::{AnalysisState, GateKind, MetricReport, Verdict, WebhookKind};
+pub use crate::analysis::LookOutcome;
+use crate::api::{GateKind, WebhookKind};
 
 pub use lifecycle::decide;
 
@@ -70,22 +71,9 @@ pub struct Look {
 #[derive(Clone, Debug, PartialEq)]
 pub enum LookResult {
     /// The analysis ran on fresh counts.
-    Judged(Judgement),
+    Judged(LookOutcome),
     /// Telemetry could not be read (Prometheus down, query error): hold, never advance.
     Unavailable { reason: String },
-}
-
-/// The analysis engine's answer for one look.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Judgement {
-    /// The analysis state with this look folded in.
-    pub state: AnalysisState,
-    pub verdict: Verdict,
-    /// Plain words.
-    pub reason: String,
-    pub metrics: Vec<MetricReport>,
-    /// Stage served requests in this window.
-    pub stage_has_data: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use super::*;
 use crate::api::{
     AnalysisState, CanarySpec, CanaryStatus, CheckSpec, HumanDuration, NoDataAction, Phase,
-    PromotionMode, TrafficDriftPolicy, WebhookKind, WebhookSpec, WebhookTarget,
+    PromotionMode, TrafficDriftPolicy, Verdict, WebhookKind, WebhookSpec, WebhookTarget,
 };
 
 fn seed_spec() -> CanarySpec {
@@ -137,7 +137,7 @@ impl Sim {
         obs.look = Some(Look {
             step: self.status.step,
             window_end: self.now,
-            result: LookResult::Judged(Judgement {
+            result: LookResult::Judged(LookOutcome {
                 state: AnalysisState::default(),
                 verdict,
                 reason: format!("analysis says {}", verdict.as_str()),
@@ -636,7 +636,7 @@ fn looks_from_another_step_or_an_old_window_are_ignored() {
     obs.look = Some(Look {
         step: 2,
         window_end: sim.now,
-        result: LookResult::Judged(Judgement {
+        result: LookResult::Judged(LookOutcome {
             state: AnalysisState::default(),
             verdict: Verdict::Rollback,
             reason: "stale".into(),
@@ -786,7 +786,7 @@ fn observe(c: &Choice, status: &CanaryStatus, vs_weight: (u8, u64)) -> Observati
                 status.step + 1
             },
             window_end: Timestamp::MAX,
-            result: LookResult::Judged(Judgement {
+            result: LookResult::Judged(LookOutcome {
                 state: AnalysisState::default(),
                 verdict: verdicts[v as usize],
                 reason: "random".into(),

@@ -218,7 +218,7 @@ pub fn render(template: &str, vars: &ArmVars, window: Duration) -> Result<String
 /// A PromQL duration: whole seconds when possible, else milliseconds.
 pub fn format_window(window: Duration) -> String {
     let ms = window.as_millis();
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")

@@ -212,16 +212,27 @@ async fn no_data_bad_promql_and_prometheus_down_are_told_apart() {
         &arms[0],
         r#"[{name: broken, kind: ratio, bad: "sum(increase(app_orders_total[{{ window }}])", total: "sum(app_orders_total)"}]"#,
     );
+    // 0/0 is NaN: an error of its own, neither zero nor a query error.
+    let nan = canary(
+        &arms[1],
+        &arms[0],
+        r#"[{name: nan, kind: ratio, bad: "vector(0) / vector(0)", total: "vector(1)"}]"#,
+    );
     let good = canary(&arms[1], &arms[0], "[{name: errors, kind: errorRate}]");
     let targets = [
+        QueryTarget {
+            key: "good",
+            spec: &good,
+            namespace: "prod",
+        },
         QueryTarget {
             key: "broken",
             spec: &broken,
             namespace: "prod",
         },
         QueryTarget {
-            key: "good",
-            spec: &good,
+            key: "nan",
+            spec: &nan,
             namespace: "prod",
         },
     ];
@@ -235,10 +246,15 @@ async fn no_data_bad_promql_and_prometheus_down_are_told_apart() {
     assert!(message.contains("parse error"), "{message}");
     assert!(!err.is_transient());
     assert_eq!(looks["good"].as_ref().unwrap().stage.errors, 10.0);
+    let err = looks["nan"].as_ref().unwrap_err();
+    assert!(
+        matches!(err, TelemetryError::NotANumber { series, .. } if series == "stage bad"),
+        "{err:?}"
+    );
 
     // Prometheus stopped: an error that says so, never zero counts.
     lab.prometheus.stop();
-    let looks = telemetry.fetch(&targets[1..], lab.window_end, WINDOW).await;
+    let looks = telemetry.fetch(&targets[..1], lab.window_end, WINDOW).await;
     let err = looks["good"].as_ref().unwrap_err();
     assert!(
         matches!(err, TelemetryError::Unavailable { attempts: 2, .. }),
@@ -249,7 +265,7 @@ async fn no_data_bad_promql_and_prometheus_down_are_told_apart() {
 
     // Back up with the same data: the same counts as before.
     lab.prometheus.restart().await.unwrap();
-    let looks = telemetry.fetch(&targets[1..], lab.window_end, WINDOW).await;
+    let looks = telemetry.fetch(&targets[..1], lab.window_end, WINDOW).await;
     assert_eq!(
         looks["good"].as_ref().unwrap(),
         &LookCounts {

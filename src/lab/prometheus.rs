@@ -35,12 +35,43 @@ pub struct ScrapeTarget {
     pub address: SocketAddr,
 }
 
+/// Prometheus's `--web.config.file`: TLS and basic auth on its HTTP API.
+#[derive(Clone, Debug, Default)]
+pub struct WebConfig {
+    /// PEM certificate and key files; the server speaks https when set.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// (username, bcrypt hash of the password).
+    pub basic_auth_users: Vec<(String, String)>,
+}
+
+impl WebConfig {
+    fn yaml(&self) -> String {
+        let mut yaml = String::new();
+        if let Some((cert, key)) = &self.tls {
+            let _ = write!(
+                yaml,
+                "tls_server_config:\n  cert_file: {:?}\n  key_file: {:?}\n",
+                cert.display().to_string(),
+                key.display().to_string()
+            );
+        }
+        if !self.basic_auth_users.is_empty() {
+            yaml.push_str("basic_auth_users:\n");
+            for (user, hash) in &self.basic_auth_users {
+                let _ = writeln!(yaml, "  {user:?}: {hash:?}");
+            }
+        }
+        yaml
+    }
+}
+
 /// A running (or stopped) Prometheus owned by the lab.
 #[derive(Debug)]
 pub struct LabPrometheus {
     binary: PathBuf,
     dir: tempfile::TempDir,
     port: u16,
+    web: WebConfig,
     child: Option<Child>,
 }
 
@@ -50,6 +81,15 @@ impl LabPrometheus {
         targets: &[ScrapeTarget],
         scrape_interval: Duration,
     ) -> Result<Self, LabError> {
+        Self::start_with_web_config(targets, scrape_interval, WebConfig::default()).await
+    }
+
+    /// [`Self::start`] with TLS and/or basic auth in front of the HTTP API.
+    pub async fn start_with_web_config(
+        targets: &[ScrapeTarget],
+        scrape_interval: Duration,
+        web: WebConfig,
+    ) -> Result<Self, LabError> {
         let binary = find_on_path("prometheus").ok_or(LabError::NotInstalled)?;
         let dir = tempfile::Builder::new()
             .prefix("canaryd-prometheus-")
@@ -58,11 +98,14 @@ impl LabPrometheus {
         let config = config_yaml(targets, scrape_interval);
         std::fs::write(dir.path().join("prometheus.yml"), config)
             .map_err(|source| io("cannot write prometheus.yml", source))?;
+        std::fs::write(dir.path().join("web.yml"), web.yaml())
+            .map_err(|source| io("cannot write web.yml", source))?;
         let port = free_port()?;
         let mut prometheus = Self {
             binary,
             dir,
             port,
+            web,
             child: None,
         };
         prometheus.restart().await?;
@@ -71,7 +114,12 @@ impl LabPrometheus {
 
     /// Base URL of the HTTP API, e.g. `http://127.0.0.1:41234`.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.web.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Kills the server; its data stays for [`Self::restart`].
@@ -104,6 +152,10 @@ impl LabPrometheus {
                 dir.join("data").display()
             ))
             .arg(format!("--web.listen-address=127.0.0.1:{}", self.port))
+            .arg(format!(
+                "--web.config.file={}",
+                dir.join("web.yml").display()
+            ))
             .arg("--storage.tsdb.retention.time=1d")
             .stdin(Stdio::null())
             .stdout(log)
@@ -115,7 +167,13 @@ impl LabPrometheus {
     }
 
     async fn wait_ready(&mut self) -> Result<(), LabError> {
-        let http = reqwest::Client::new();
+        // The lab's own probe trusts the lab's certificate; it only asks "are you up?".
+        let http = reqwest::Client::builder()
+            .tls_danger_accept_invalid_certs(true)
+            .build()
+            .map_err(|e| io("cannot build an HTTP client", std::io::Error::other(e)))?;
+        // Behind basic auth, "401" is the answer of a server that is up.
+        let auth = !self.web.basic_auth_users.is_empty();
         let ready = format!("{}/-/ready", self.url());
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
@@ -133,7 +191,9 @@ impl LabPrometheus {
                 .timeout(Duration::from_secs(2))
                 .send()
                 .await;
-            if answer.is_ok_and(|r| r.status().is_success()) {
+            if answer.is_ok_and(|r| {
+                r.status().is_success() || (auth && r.status() == reqwest::StatusCode::UNAUTHORIZED)
+            }) {
                 return Ok(());
             }
             if Instant::now() > deadline {

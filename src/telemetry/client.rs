@@ -171,6 +171,17 @@ impl PromClient {
                 error_type: p.error_type().to_string(),
                 message: p.message().to_string(),
             },
+            prometheus_http_query::Error::Client(e)
+                if e.inner()
+                    .and_then(|e| e.status())
+                    // 429: overloaded, worth another attempt.
+                    .is_some_and(|s| s.is_client_error() && s.as_u16() != 429) =>
+            {
+                TelemetryError::Refused {
+                    url: self.url.clone(),
+                    status: e.inner().and_then(|e| e.status()).map_or(0, |s| s.as_u16()),
+                }
+            }
             other => TelemetryError::Unavailable {
                 url: self.url.clone(),
                 attempts: attempt,

@@ -15,6 +15,10 @@ pub enum TelemetryError {
         attempts: u32,
         message: String,
     },
+    /// Prometheus, or a proxy in front of it, refused the request without a Prometheus
+    /// error: wrong credentials (401, 403) or a wrong URL path (404).
+    #[error("Prometheus at {url} refused the request with HTTP {status}; check {}", refused_hint(*.status))]
+    Refused { url: String, status: u16 },
     /// Prometheus answered with an error: bad PromQL (`bad_data`), a failed evaluation.
     #[error("Prometheus rejected the query ({error_type}: {message}); query: {query}")]
     Query {
@@ -48,6 +52,7 @@ impl TelemetryError {
     pub fn reason(&self) -> &'static str {
         match self {
             TelemetryError::Unavailable { .. } => "unavailable",
+            TelemetryError::Refused { .. } => "refused",
             TelemetryError::Query { .. } => "query_error",
             TelemetryError::NotANumber { .. } => "nan",
             TelemetryError::UnexpectedResult { .. } => "unexpected_result",
@@ -70,5 +75,13 @@ impl TelemetryError {
             }
             _ => false,
         }
+    }
+}
+
+fn refused_hint(status: u16) -> &'static str {
+    match status {
+        401 | 403 => "bearerTokenFile or basicAuth",
+        404 => "the URL, including any path prefix of a proxy",
+        _ => "the URL and the headers",
     }
 }

@@ -238,27 +238,26 @@ impl Telemetry {
             let (stage, prod) = target.arms();
             let metrics = &target.spec.analysis.metrics;
             let latency = metrics.iter().any(|m| m.kind == MetricKind::Latency);
-            let mut ratio_queries = Vec::new();
-            let mut failed = None;
-            for metric in metrics.iter().filter(|m| m.kind == MetricKind::Ratio) {
-                match ratio_promql(metric, &stage, &prod, window) {
-                    Ok(promql) => ratio_queries.push(PlannedQuery {
+            let ratio_queries: Result<Vec<_>, _> = metrics
+                .iter()
+                .filter(|m| m.kind == MetricKind::Ratio)
+                .map(|metric| {
+                    ratio_promql(metric, &stage, &prod, window).map(|promql| PlannedQuery {
                         promql,
                         purpose: Purpose::Ratio {
                             target: i,
                             metric: metric.name.clone(),
                         },
-                    }),
-                    Err(e) => {
-                        failed = Some(e);
-                        break;
-                    }
+                    })
+                })
+                .collect();
+            let ratio_queries = match ratio_queries {
+                Ok(q) => q,
+                Err(e) => {
+                    planned.push(Err(e));
+                    continue;
                 }
-            }
-            if let Some(e) = failed {
-                planned.push(Err(e));
-                continue;
-            }
+            };
             queries.extend(ratio_queries);
             let (stage, prod) = (self.grouping.key(&stage), self.grouping.key(&prod));
             if chunks
@@ -388,4 +387,103 @@ fn split_ratio(
         out.insert(name, s.value);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(stage: &str, prod: &str, metrics: &str) -> CanarySpec {
+        serde_yaml_ng::from_str(&format!(
+            "{{virtualService: {{name: vs}}, prod: {{host: {prod}, deployment: {{name: app}}}}, stage: {{host: {stage}, deployment: {{name: app, namespace: stage}}}}, analysis: {{metrics: {metrics}}}}}"
+        ))
+        .unwrap()
+    }
+
+    fn telemetry(mesh: MeshPreset) -> Telemetry {
+        let config = serde_yaml_ng::from_str("{url: \"http://127.0.0.1:9\"}").unwrap();
+        Telemetry::new(&config, mesh).unwrap()
+    }
+
+    const THREE: &str = r#"[{name: errors, kind: errorRate}, {name: latency, kind: latency, thresholdsMs: [250]}, {name: orders, kind: ratio, bad: "sum(increase(bad{ns='{{ namespace }}'}[{{ window }}]))", total: "sum(increase(all{ns='{{ namespace }}'}[{{ window }}]))"}]"#;
+
+    #[test]
+    fn one_canary_with_three_metrics_takes_three_queries() {
+        let spec = spec("s.example", "p.example", THREE);
+        let targets = [QueryTarget {
+            key: 0,
+            spec: &spec,
+            namespace: "prod",
+        }];
+        let queries = telemetry(MeshPreset::Istio).queries(&targets, Duration::from_secs(30));
+        assert_eq!(queries.len(), 3, "{queries:#?}");
+        assert!(queries[0].starts_with("sum by (destination_service, canaryd_class)"));
+        assert!(queries[1].starts_with("sum by (destination_service, le)"));
+        assert!(
+            queries[2].contains(r#"bad{ns='stage'}[30s]"#),
+            "{}",
+            queries[2]
+        );
+        assert!(
+            queries[2].contains(r#"bad{ns='prod'}[30s]"#),
+            "{}",
+            queries[2]
+        );
+    }
+
+    #[test]
+    fn many_canaries_share_the_batched_queries_in_bounded_chunks() {
+        let specs: Vec<CanarySpec> = (0..MAX_ARMS_PER_QUERY)
+            .map(|i| {
+                spec(
+                    &format!("s{i}"),
+                    &format!("p{i}"),
+                    "[{name: e, kind: errorRate}]",
+                )
+            })
+            .collect();
+        let targets: Vec<_> = specs
+            .iter()
+            .enumerate()
+            .map(|(key, spec)| QueryTarget {
+                key,
+                spec,
+                namespace: "prod",
+            })
+            .collect();
+        let queries = telemetry(MeshPreset::Envoy).queries(&targets, Duration::from_secs(30));
+        // Two arms per Canary: MAX_ARMS_PER_QUERY / 2 Canaries per traffic query, no latency.
+        assert_eq!(queries.len(), 2);
+        assert!(
+            queries[0].contains("(p0|p1|p10|p100|"),
+            "{}",
+            &queries[0][..300]
+        );
+        assert!(queries[1].contains(&format!("s{}", MAX_ARMS_PER_QUERY - 1)));
+    }
+
+    #[tokio::test]
+    async fn a_broken_template_fails_only_its_canary_before_any_query() {
+        let broken = spec(
+            "s",
+            "p",
+            r#"[{name: orders, kind: ratio, bad: "x{{ pod }}", total: "y"}]"#,
+        );
+        let targets = [QueryTarget {
+            key: "broken",
+            spec: &broken,
+            namespace: "prod",
+        }];
+        let t = telemetry(MeshPreset::Istio);
+        let plan = t.plan(&targets, Duration::from_secs(30));
+        // Its chunk was never opened, so nothing is queried at all.
+        assert!(plan.queries.is_empty());
+        let err = plan.targets[0].as_ref().unwrap_err();
+        assert_eq!(err.reason(), "template");
+        assert!(
+            err.to_string()
+                .starts_with("metric orders: bad: unknown placeholder {{ pod }}"),
+            "{err}"
+        );
+    }
 }

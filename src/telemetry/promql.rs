@@ -74,16 +74,16 @@ impl Grouping {
         match self {
             Grouping::IstioHost => format!(
                 "increase({name}{{reporter=\"destination\", destination_service=~{}}}[{window}])",
-                alternation(keys.iter().map(|k| k.0[0].as_str()))
+                string_literal(&alternation(keys.iter().map(|k| k.0[0].as_str())))
             ),
             Grouping::IstioWorkload => format!(
                 "increase({name}{{reporter=\"destination\", destination_workload_namespace=~{}, destination_workload=~{}}}[{window}])",
-                alternation(keys.iter().map(|k| k.0[0].as_str())),
-                alternation(keys.iter().map(|k| k.0[1].as_str()))
+                string_literal(&alternation(keys.iter().map(|k| k.0[0].as_str()))),
+                string_literal(&alternation(keys.iter().map(|k| k.0[1].as_str())))
             ),
             Grouping::EnvoyCluster => {
-                let hosts: Vec<String> = keys.iter().map(|k| regex_escape(&k.0[0])).collect();
-                let cluster = format!("{ENVOY_CLUSTER_PREFIX}({})", hosts.join("|"));
+                let hosts = alternation(keys.iter().map(|k| k.0[0].as_str()));
+                let cluster = format!("{ENVOY_CLUSTER_PREFIX}({hosts})");
                 format!(
                     "label_replace(increase({name}{{envoy_cluster_name=~{}}}[{window}]), \"{ENVOY_HOST_LABEL}\", \"$1\", \"envoy_cluster_name\", {})",
                     string_literal(&cluster),
@@ -275,13 +275,14 @@ pub fn regex_escape(s: &str) -> String {
     out
 }
 
-/// `"a|b|c"`: an anchored RE2 alternation matching exactly the given values (deduplicated).
+/// `a|b|c`: an RE2 alternation matching exactly the given values (sorted, deduplicated);
+/// Prometheus anchors it.
 fn alternation<'a>(values: impl Iterator<Item = &'a str>) -> String {
     let mut values: Vec<&str> = values.collect();
     values.sort_unstable();
     values.dedup();
     let escaped: Vec<String> = values.into_iter().map(regex_escape).collect();
-    string_literal(&escaped.join("|"))
+    escaped.join("|")
 }
 
 #[cfg(test)]

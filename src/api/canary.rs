@@ -605,19 +605,32 @@ pub struct AnalysisState {
     pub series: Vec<SeriesState>,
 }
 
-/// The sufficient statistics of one compared quantity over the current step.
+/// The sufficient statistics of one compared quantity (or one SLO guardrail) over the rollout.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SeriesState {
-    /// Metric name, with `@<ms>` for a latency threshold.
+    /// Metric name, with `@<ms>` for a latency threshold; `slo:` for a guardrail.
     pub name: String,
     pub stage_requests: u64,
     pub prod_requests: u64,
     pub stage_bad: u64,
     pub prod_bad: u64,
-    /// Log-likelihood of the conditional-binomial model at each point of the rate-ratio grid.
+    /// The tolerance and margin the likelihood grid was built for; a spec change restarts
+    /// the series.
+    #[serde(default)]
+    pub tolerance: f64,
+    #[serde(default)]
+    pub margin: f64,
+    /// Log-likelihood of the conditional-binomial model at each point of the rate-ratio
+    /// grid, over the whole rollout.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub log_likelihood: Vec<f64>,
+    /// The step the step-local likelihood belongs to.
+    #[serde(default)]
+    pub step: u32,
+    /// The same log-likelihood since the current step started.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub step_log_likelihood: Vec<f64>,
 }
 
 /// The verdict of one analysis look, as the rollout lifecycle consumes it.
@@ -660,19 +673,44 @@ pub struct DecisionRecord {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MetricReport {
+    /// Metric name, with `@<ms>` for a latency threshold; `slo:` for a guardrail.
     pub name: String,
     pub verdict: Verdict,
     /// Evidence that stage is worse; rollback when it reaches `rollbackThreshold`.
     pub e_value: f64,
     pub rollback_threshold: f64,
-    /// Confidence bounds of the stage/prod rate ratio.
+    /// Confidence bounds of the stage/prod rate ratio over the rollout; no upper bound
+    /// while the data cannot bound it. For a guardrail, bounds of stage rate / limit.
     pub ratio_lower: f64,
-    pub ratio_upper: f64,
+    #[serde(default)]
+    pub ratio_upper: Option<f64>,
+    /// Ratio to advance below (for a guardrail: the limit on the stage's rate).
     pub margin: f64,
+    /// Observed rates of bad requests over the rollout.
     pub stage_rate: Option<f64>,
     pub prod_rate: Option<f64>,
     pub stage_requests: u64,
     pub prod_requests: u64,
+    /// Latency: the histogram boundary (ms) actually used for the threshold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boundary_ms: Option<f64>,
+    /// Latency: quantiles of this look, interpolated from the buckets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage_latency_ms: Option<LatencyEstimate>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prod_latency_ms: Option<LatencyEstimate>,
+    /// Latency: P(a stage request is slower than a prod request) in this look, from bucket
+    /// counts (Mann-Whitney U / (n_s n_p), ties half); 0.5 is no difference. Reported only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cles: Option<f64>,
+}
+
+/// Latency quantiles (ms) of one arm, estimated from histogram buckets.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, JsonSchema)]
+pub struct LatencyEstimate {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]

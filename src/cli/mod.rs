@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod analyze;
 mod validate;
 
 #[derive(Debug, Parser)]
@@ -23,6 +24,15 @@ pub struct Cli {
 pub enum Command {
     /// Print the Canary CustomResourceDefinition (YAML) to install in a cluster.
     Crd,
+    /// Evaluate one step from recorded counts (JSON), offline, as the daemon would.
+    Analyze {
+        /// The recorded counts and the analysis spec; `-` reads stdin.
+        #[arg(long)]
+        input: String,
+        /// Say the decision in plain words instead of JSON.
+        #[arg(long)]
+        explain: bool,
+    },
     /// Check Canary manifests and daemon config files without a cluster.
     Validate {
         /// YAML files: Canary manifests (several documents allowed) or a daemon config.
@@ -39,5 +49,6 @@ pub fn run(cli: Cli) -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Validate { files } => validate::run(&files),
+        Command::Analyze { input, explain } => analyze::run(&input, explain),
     }
 }

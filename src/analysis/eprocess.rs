@@ -1,0 +1,296 @@
+//! The conditional-binomial likelihood of the stage/prod rate ratio on a fixed grid, the
+//! mixture e-processes built on it, their inversion into confidence bounds, and the
+//! Bernoulli mixture e-process of the absolute SLO guardrails. Numbers only: no spec, no I/O.
+
+/// Ratios of the base grid: 2^(k/4) for k = -8..=16, that is 0.25 to 16, four per doubling.
+const BASE_LOW: i32 = -8;
+const BASE_HIGH: i32 = 16;
+/// Base points plus the tolerance and the margin, inserted when they are not on it.
+pub const MAX_POINTS: usize = (BASE_HIGH - BASE_LOW + 1) as usize + 2;
+
+/// The rate ratios at which the likelihood is tracked, sorted, with the tolerance (`r0`,
+/// the rollback null) and the margin (the advance null) among them.
+#[derive(Clone, Copy, Debug)]
+pub struct Grid {
+    ratios: [f64; MAX_POINTS],
+    /// ln of each ratio, precomputed for the update.
+    log_ratios: [f64; MAX_POINTS],
+    len: usize,
+    pub tolerance_idx: usize,
+}
+
+impl Grid {
+    /// Callers guarantee `1 <= tolerance < margin`, both finite (the spec validation does).
+    pub fn new(tolerance: f64, margin: f64) -> Self {
+        let mut ratios = [0.0; MAX_POINTS];
+        let mut len = 0;
+        let mut push = |r: f64, ratios: &mut [f64; MAX_POINTS]| {
+            if !ratios[..len].iter().any(|x| (x / r - 1.0).abs() < 1e-9) {
+                ratios[len] = r;
+                len += 1;
+            }
+        };
+        for k in BASE_LOW..=BASE_HIGH {
+            push((k as f64 / 4.0).exp2(), &mut ratios);
+        }
+        push(tolerance, &mut ratios);
+        push(margin, &mut ratios);
+        ratios[..len].sort_by(f64::total_cmp);
+        let find = |r: f64| {
+            ratios[..len]
+                .iter()
+                .position(|x| (x / r - 1.0).abs() < 1e-9)
+                .unwrap_or(0)
+        };
+        let mut log_ratios = [0.0; MAX_POINTS];
+        for (l, r) in log_ratios.iter_mut().zip(&ratios[..len]) {
+            *l = r.ln();
+        }
+        Grid {
+            tolerance_idx: find(tolerance),
+            ratios,
+            log_ratios,
+            len,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    #[cfg(test)]
+    pub fn ratios(&self) -> &[f64] {
+        &self.ratios[..self.len]
+    }
+
+    /// Folds one look into log-likelihoods `ll` (one per grid ratio).
+    ///
+    /// Given m = b_s + b_p bad events and the stage share `pi` of requests, b_s is
+    /// Binomial(m, q(r)) with q(r) = r pi / (r pi + 1 - pi). Dropping the terms that do not
+    /// depend on r, ln L(r) gains b_s ln r - m ln(1 + pi (r - 1)).
+    pub fn fold(&self, ll: &mut [f64], stage_bad: f64, prod_bad: f64, pi: f64) {
+        let m = stage_bad + prod_bad;
+        if m == 0.0 || !(pi > 0.0 && pi < 1.0) {
+            return; // no events, or one arm without traffic: the likelihood is flat
+        }
+        let points = self.ratios[..self.len].iter().zip(&self.log_ratios);
+        for (l, (r, ln_r)) in ll.iter_mut().zip(points) {
+            *l += stage_bad * ln_r - m * (pi * (r - 1.0)).ln_1p();
+        }
+    }
+}
+
+/// ln of the mean of exp(x) over `xs` (uniform mixture weights); -inf when empty.
+fn log_mean_exp(xs: &[f64]) -> f64 {
+    if xs.is_empty() {
+        return f64::NEG_INFINITY;
+    }
+    let max = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let sum: f64 = xs.iter().map(|x| (x - max).exp()).sum();
+    max + sum.ln() - (xs.len() as f64).ln()
+}
+
+/// ln e-value against "r <= ratios[idx]", mixing uniformly over the grid ratios above it.
+/// A test supermartingale under every r at or below the null value: per look, the expected
+/// likelihood ratio of an alternative above the null is at most 1 when the truth is below.
+pub fn log_e_above(ll: &[f64], idx: usize) -> f64 {
+    log_mean_exp(&ll[idx + 1..]) - ll[idx]
+}
+
+/// Confidence bounds on the ratio at level exp(-log_threshold), from the tests of every
+/// grid point. The lower bound is the largest grid ratio such that it and every grid ratio
+/// below it are rejected by the "r <= x" test (0 when none is); the upper bound the smallest
+/// such that it and every ratio above it are rejected by the "r >= x" test (None: unbounded).
+/// A true ratio between two grid points is covered unless the test at the grid point on its
+/// conservative side rejects, so coverage holds at the test's level.
+pub fn bounds(grid: &Grid, ll: &[f64], log_threshold: f64) -> (f64, Option<f64>) {
+    let n = grid.len();
+    // Running sums from each end, so all 2n tests cost O(n).
+    let mut lower = 0.0;
+    let mut suffix = [f64::NEG_INFINITY; MAX_POINTS]; // ln sum exp(ll[i+1..])
+    for i in (0..n).rev() {
+        if i + 1 < n {
+            let x = ll[i + 1];
+            let prev = suffix[i + 1];
+            suffix[i] = if prev == f64::NEG_INFINITY {
+                x
+            } else {
+                let hi = prev.max(x);
+                hi + ((prev - hi).exp() + (x - hi).exp()).ln()
+            };
+        }
+    }
+    for (i, s) in suffix.iter().enumerate().take(n - 1) {
+        let e = s - ((n - 1 - i) as f64).ln() - ll[i];
+        if e >= log_threshold {
+            lower = grid.ratios[i];
+        } else {
+            break;
+        }
+    }
+    let mut upper = None;
+    let mut prefix = f64::NEG_INFINITY; // ln sum exp(ll[..i])
+    let mut prefixes = [f64::NEG_INFINITY; MAX_POINTS];
+    for i in 0..n {
+        prefixes[i] = prefix;
+        let x = ll[i];
+        prefix = if prefix == f64::NEG_INFINITY {
+            x
+        } else {
+            let hi = prefix.max(x);
+            hi + ((prefix - hi).exp() + (x - hi).exp()).ln()
+        };
+    }
+    for i in (1..n).rev() {
+        let e = prefixes[i] - (i as f64).ln() - ll[i];
+        if e >= log_threshold {
+            upper = Some(grid.ratios[i]);
+        } else {
+            break;
+        }
+    }
+    (lower, upper)
+}
+
+/// ln e-value against "the stage's per-request bad probability is at most `limit`", from
+/// its totals: a uniform mixture over p_j = limit * 2^(j/4) (below 1) of the Bernoulli
+/// likelihood ratios (p_j / limit)^B ((1 - p_j) / (1 - limit))^(N - B). A test
+/// supermartingale however the probability drifts, as long as it stays at or below `limit`.
+pub fn slo_log_e(bad: f64, requests: f64, limit: f64) -> f64 {
+    let mut xs = [0.0; 32];
+    let mut n = 0;
+    let ln_keep0 = (-limit).ln_1p();
+    for j in 1..=32 {
+        let p = limit * (j as f64 / 4.0).exp2();
+        if p >= 0.999 || n == xs.len() {
+            break;
+        }
+        xs[n] = bad * (j as f64 / 4.0) * std::f64::consts::LN_2
+            + (requests - bad) * ((-p).ln_1p() - ln_keep0);
+        n += 1;
+    }
+    log_mean_exp(&xs[..n])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ln_binomial_ratio(b: f64, m: f64, q: f64, q0: f64) -> f64 {
+        b * (q / q0).ln() + (m - b) * ((1.0 - q) / (1.0 - q0)).ln()
+    }
+
+    fn q(r: f64, pi: f64) -> f64 {
+        r * pi / (r * pi + 1.0 - pi)
+    }
+
+    #[test]
+    fn grid_holds_tolerance_and_margin_exactly() {
+        let g = Grid::new(1.1, 1.5);
+        assert_eq!(g.ratios()[g.tolerance_idx], 1.1);
+        assert!(g.ratios().contains(&1.5));
+        assert!(g.ratios().windows(2).all(|w| w[0] < w[1]));
+        let on_grid = Grid::new(1.0, 2.0);
+        assert_eq!(on_grid.len(), MAX_POINTS - 2);
+    }
+
+    #[test]
+    fn looks_at_constant_allocation_equal_one_binomial_on_the_totals() {
+        // With a constant share the e-value depends only on the totals, however the
+        // events are split into looks: the closed form is a binomial likelihood ratio mixture.
+        let g = Grid::new(1.0, 1.5);
+        let pi = 0.3;
+        let looks = [(3.0, 4.0), (0.0, 7.0), (5.0, 2.0), (1.0, 1.0)];
+        let mut ll = vec![0.0; g.len()];
+        for (bs, bp) in looks {
+            g.fold(&mut ll, bs, bp, pi);
+        }
+        let (b, m) = (9.0, 23.0);
+        let r0 = g.tolerance_idx;
+        let alts: Vec<f64> = g.ratios()[r0 + 1..]
+            .iter()
+            .map(|&r| ln_binomial_ratio(b, m, q(r, pi), q(1.0, pi)))
+            .collect();
+        let closed = log_mean_exp(&alts);
+        assert!((log_e_above(&ll, r0) - closed).abs() < 1e-9);
+    }
+
+    #[test]
+    fn fine_beta_mixture_matches_the_beta_binomial_closed_form() {
+        // Lindon & Malek: at constant allocation, a Beta(a, b) mixture over q gives the
+        // Beta-binomial Bayes factor B(a + B, b + M - B) / B(a, b) / (q0^B (1 - q0)^(M - B)).
+        // Our fold with a dense grid of ratios weighted by the Beta density in q must match.
+        use statrs::function::beta::ln_beta;
+        let (a, bpar, pi) = (2.0, 3.0, 0.4);
+        let n = 4000;
+        let mut ratios = Vec::new();
+        let mut log_w = Vec::new();
+        for i in 0..n {
+            let qq = (i as f64 + 0.5) / n as f64;
+            ratios.push(qq * (1.0 - pi) / (pi * (1.0 - qq)));
+            log_w.push(
+                (a - 1.0) * qq.ln() + (bpar - 1.0) * (1.0 - qq).ln()
+                    - ln_beta(a, bpar)
+                    - (n as f64).ln(),
+            );
+        }
+        let mut ll = vec![0.0; n];
+        let looks = [(4.0, 2.0), (1.0, 6.0), (3.0, 3.0)];
+        for (bs, bp) in looks {
+            for (l, r) in ll.iter_mut().zip(&ratios) {
+                *l += bs * r.ln() - (bs + bp) * (pi * (r - 1.0)).ln_1p();
+            }
+        }
+        // Relative to r = 1 (q0 = pi): the ll above drops the same constant for every r.
+        let ll0 = 0.0;
+        let mixed: f64 = ll
+            .iter()
+            .zip(&log_w)
+            .map(|(l, w)| (l + w - ll0).exp())
+            .sum::<f64>()
+            .ln();
+        let (b, m) = (8.0, 19.0);
+        let closed = ln_beta(a + b, bpar + m - b)
+            - ln_beta(a, bpar)
+            - (b * pi.ln() + (m - b) * (1.0 - pi).ln());
+        assert!((mixed - closed).abs() < 1e-4, "{mixed} vs {closed}");
+    }
+
+    #[test]
+    fn bounds_bracket_the_observed_ratio_and_tighten_with_data() {
+        let g = Grid::new(1.0, 1.5);
+        let pi = 0.5;
+        let mut ll = vec![0.0; g.len()];
+        let thr = (100.0f64).ln();
+        let (lo, hi) = bounds(&g, &ll, thr);
+        assert_eq!((lo, hi), (0.0, None), "no data, no bounds");
+        g.fold(&mut ll, 200.0, 100.0, pi); // ratio 2
+        let (lo, hi) = bounds(&g, &ll, thr);
+        let hi = hi.expect("bounded with 300 events");
+        assert!(lo > 1.0 && lo < 2.0 && hi > 2.0 && hi < 4.0, "{lo} {hi}");
+        g.fold(&mut ll, 2000.0, 1000.0, pi);
+        let (lo2, hi2) = bounds(&g, &ll, thr);
+        assert!(
+            lo2 >= lo && hi2.unwrap() <= hi && lo2 > 1.6,
+            "{lo2} {hi2:?}"
+        );
+    }
+
+    #[test]
+    fn no_events_or_one_sided_traffic_leave_the_evidence_at_one() {
+        let g = Grid::new(1.0, 1.5);
+        let mut ll = vec![0.0; g.len()];
+        g.fold(&mut ll, 0.0, 0.0, 0.3);
+        g.fold(&mut ll, 5.0, 0.0, 1.0);
+        g.fold(&mut ll, 0.0, 5.0, 0.0);
+        assert!(ll.iter().all(|&x| x == 0.0));
+        assert_eq!(log_e_above(&ll, g.tolerance_idx), 0.0);
+    }
+
+    #[test]
+    fn slo_evidence_grows_only_above_the_limit() {
+        assert!(slo_log_e(30.0, 1000.0, 0.01) > (400.0f64).ln());
+        assert!(slo_log_e(5.0, 1000.0, 0.01) < 0.0);
+        assert_eq!(slo_log_e(0.0, 0.0, 0.01), 0.0);
+    }
+}

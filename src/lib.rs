@@ -9,4 +9,6 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod crd;
+pub mod lab;
 pub mod rollout;
+pub mod telemetry;

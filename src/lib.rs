@@ -7,6 +7,7 @@
 pub mod analysis;
 pub mod api;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod crd;
 pub mod lab;

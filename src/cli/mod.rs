@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod analyze;
+mod operate;
 mod validate;
 
 #[derive(Debug, Parser)]
@@ -39,6 +40,36 @@ pub enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Run the daemon: watch Canaries and drive their rollouts (uses the kubeconfig or the
+    /// in-cluster service account).
+    Run {
+        /// The daemon's config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Show a Canary's rollout: phase, weights, the last decision and its statistics.
+    Status {
+        #[command(flatten)]
+        target: operate::Target,
+        /// Keep showing every change until Ctrl-C.
+        #[arg(long, short)]
+        watch: bool,
+    },
+    /// Skip the remaining analysis and promote prod now (in manual mode: go ahead).
+    Promote {
+        #[command(flatten)]
+        target: operate::Target,
+    },
+    /// Roll back now: all traffic to prod.
+    Abort {
+        #[command(flatten)]
+        target: operate::Target,
+    },
+    /// Continue a paused rollout, or retry a rolled-back revision.
+    Resume {
+        #[command(flatten)]
+        target: operate::Target,
+    },
 }
 
 /// Runs a parsed command line and maps the outcome to an exit code.
@@ -50,5 +81,10 @@ pub fn run(cli: Cli) -> ExitCode {
         }
         Command::Validate { files } => validate::run(&files),
         Command::Analyze { input, explain } => analyze::run(&input, explain),
+        Command::Run { config } => operate::run_daemon(&config),
+        Command::Status { target, watch } => operate::status(&target, watch),
+        Command::Promote { target } => operate::command(&target, crate::rollout::Verb::Promote),
+        Command::Abort { target } => operate::command(&target, crate::rollout::Verb::Abort),
+        Command::Resume { target } => operate::command(&target, crate::rollout::Verb::Resume),
     }
 }

@@ -159,9 +159,15 @@ impl Telemetry {
     ) -> HashMap<K, Result<LookCounts, TelemetryError>> {
         let plan = self.plan(targets, window);
         let results: Vec<Result<Vec<Sample>, TelemetryError>> =
-            futures::stream::iter(plan.queries.iter())
-                .map(|q| self.client.instant(&q.promql, window_end))
-                .buffered(MAX_CONCURRENT_QUERIES)
+            // Futures built up front (not in a stream closure) keep `fetch` Send for callers
+            // that box it.
+            futures::stream::iter(
+                plan.queries
+                    .iter()
+                    .map(|q| self.client.instant(&q.promql, window_end))
+                    .collect::<Vec<_>>(),
+            )
+            .buffered(MAX_CONCURRENT_QUERIES)
                 .collect()
                 .await;
         let mut traffic = HashMap::new();

@@ -1,0 +1,153 @@
+//! `canaryd run`: builds the Context, campaigns for leadership, keeps one shared cache per
+//! watched kind (Canaries, Deployments, VirtualServices) and runs the Controller. A change of
+//! a Deployment or VirtualService wakes exactly the Canaries that name it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::Api;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{watcher, Controller, WatchStreamExt};
+use kube::{Client, ResourceExt};
+
+use super::leader::{Election, Leadership};
+use super::reconcile::{error_policy, reconcile};
+use super::{Context, MetricsSource};
+use crate::api::virtual_service::VirtualService;
+use crate::api::Canary;
+use crate::config::Config;
+
+/// The Canaries whose spec names this object (a Deployment or a VirtualService).
+fn canaries_naming(
+    canaries: &Store<Canary>,
+    namespace: &str,
+    name: &str,
+    names: impl Fn(&Canary) -> Vec<(Option<String>, String)>,
+) -> Vec<ObjectRef<Canary>> {
+    canaries
+        .state()
+        .into_iter()
+        .filter(|c| {
+            let own = c.namespace().unwrap_or_default();
+            names(c)
+                .into_iter()
+                .any(|(ns, n)| n == name && ns.unwrap_or_else(|| own.clone()) == namespace)
+        })
+        .map(|c| ObjectRef::from_obj(&*c))
+        .collect()
+}
+
+/// Runs the controller until Ctrl-C / SIGTERM.
+pub async fn run(
+    client: Client,
+    config: &Config,
+    metrics: Arc<dyn MetricsSource>,
+) -> anyhow::Result<()> {
+    let leader = if config.leader_election.enabled {
+        let le = &config.leader_election;
+        let namespace = le
+            .namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .unwrap_or_else(|| client.default_namespace().to_string());
+        let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
+            format!(
+                "canaryd-{}-{}",
+                std::process::id(),
+                jiff::Timestamp::now().as_millisecond()
+            )
+        });
+        tracing::info!(%identity, lease = %le.lease_name, %namespace, "campaigning for leadership");
+        Election {
+            api: Api::<Lease>::namespaced(client.clone(), &namespace),
+            lease_name: le.lease_name.clone(),
+            identity,
+            lease_duration: le.lease_duration.0,
+            renew_deadline: le.renew_deadline.0,
+        }
+        .spawn()
+    } else {
+        Leadership::always()
+    };
+
+    let (deployments, dep_writer) = reflector::store();
+    let (virtual_services, vs_writer) = reflector::store();
+    let dep_stream = watcher(
+        Api::<Deployment>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(dep_writer)
+    .touched_objects();
+    let vs_stream = watcher(
+        Api::<VirtualService>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(vs_writer)
+    .touched_objects();
+
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        metrics,
+        leader,
+        deployments,
+        virtual_services,
+        config.evaluation_interval.0,
+    ));
+
+    let controller = Controller::new(
+        Api::<Canary>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let canaries = controller.store();
+    let for_deployments = canaries.clone();
+    controller
+        .watches_stream(dep_stream, move |d: Deployment| {
+            canaries_naming(
+                &for_deployments,
+                &d.namespace().unwrap_or_default(),
+                &d.name_any(),
+                |c| {
+                    vec![
+                        (
+                            c.spec.stage.deployment.namespace.clone(),
+                            c.spec.stage.deployment.name.clone(),
+                        ),
+                        (
+                            c.spec.prod.deployment.namespace.clone(),
+                            c.spec.prod.deployment.name.clone(),
+                        ),
+                    ]
+                },
+            )
+        })
+        .watches_stream(vs_stream, move |vs: VirtualService| {
+            canaries_naming(
+                &canaries,
+                &vs.namespace().unwrap_or_default(),
+                &vs.name_any(),
+                |c| {
+                    vec![(
+                        c.spec.virtual_service.namespace.clone(),
+                        c.spec.virtual_service.name.clone(),
+                    )]
+                },
+            )
+        })
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((obj, _)) => tracing::debug!(canary = %obj.name, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile error"),
+            }
+        })
+        .await;
+    tracing::info!("controller stopped");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    Ok(())
+}

@@ -1,0 +1,138 @@
+//! Kubernetes I/O: the controller that watches Canaries (and the Deployments and
+//! VirtualServices they name), observes, asks the pure core to decide, and acts: weights,
+//! prod's template, gates, status, Events. It never decides anything itself.
+
+pub mod commands;
+pub mod controller;
+pub mod gates;
+pub mod leader;
+pub mod reconcile;
+pub mod traffic;
+pub mod workload;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::Store;
+use kube::Client;
+
+use crate::analysis::LookCounts;
+use crate::api::virtual_service::VirtualService;
+use crate::api::Canary;
+
+pub use leader::Leadership;
+
+/// The one field manager for everything canaryd writes.
+pub const FIELD_MANAGER: &str = "canaryd";
+/// Finalizer that lets canaryd restore prod's traffic before a Canary goes away.
+pub const FINALIZER: &str = "canaryd.dev/restore-traffic";
+
+/// Where the counts of a look come from (Prometheus in production, fixed counts in tests).
+pub trait MetricsSource: Send + Sync {
+    /// Counts of stage and prod over `(window_end - window, window_end]`. An `Err` is a
+    /// failed query (the Canary holds), never "no traffic" (that is zero counts).
+    fn counts<'a>(
+        &'a self,
+        canary: &'a Canary,
+        window_end: Timestamp,
+        window: Duration,
+    ) -> BoxFuture<'a, Result<LookCounts, String>>;
+}
+
+/// Every I/O handle the reconciler uses, built once.
+#[derive(Clone)]
+pub struct Context {
+    pub client: Client,
+    pub metrics: Arc<dyn MetricsSource>,
+    pub recorder: Recorder,
+    pub gates: gates::GateRunner,
+    pub leader: Leadership,
+    pub deployments: Store<Deployment>,
+    pub virtual_services: Store<VirtualService>,
+    /// Default time between two looks.
+    pub interval: Duration,
+    /// The clock; tests pin it.
+    pub now: fn() -> Timestamp,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        metrics: Arc<dyn MetricsSource>,
+        leader: Leadership,
+        deployments: Store<Deployment>,
+        virtual_services: Store<VirtualService>,
+        interval: Duration,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: "canaryd".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            gates: gates::GateRunner::new(),
+            leader,
+            deployments,
+            virtual_services,
+            interval,
+            now: Timestamp::now,
+        }
+    }
+}
+
+/// Why a reconcile did not finish. Every kind holds the Canary where it is and retries.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Api(#[from] kube::Error),
+    #[error(transparent)]
+    Traffic(#[from] traffic::TrafficError),
+    #[error("promotion: {0}")]
+    Promotion(String),
+    #[error("not the leader; not writing")]
+    NotLeader,
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+}
+
+impl Error {
+    /// A small fixed set of categories for metrics and logs (never the error's text).
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Api(_) => "api",
+            Error::Traffic(_) => "traffic",
+            Error::Promotion(_) => "promotion",
+            Error::NotLeader => "not_leader",
+            Error::Finalizer(_) => "finalizer",
+        }
+    }
+}
+
+impl MetricsSource for crate::telemetry::Telemetry {
+    fn counts<'a>(
+        &'a self,
+        canary: &'a Canary,
+        window_end: Timestamp,
+        window: Duration,
+    ) -> BoxFuture<'a, Result<LookCounts, String>> {
+        Box::pin(async move {
+            let namespace = kube::ResourceExt::namespace(canary).unwrap_or_default();
+            let target = crate::telemetry::QueryTarget {
+                key: (),
+                spec: &canary.spec,
+                namespace: &namespace,
+            };
+            let mut results = self.fetch(&[target], window_end, window).await;
+            match results.remove(&()) {
+                Some(result) => result.map_err(|e| e.to_string()),
+                None => Err("telemetry returned no result".into()),
+            }
+        })
+    }
+}

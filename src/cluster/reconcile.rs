@@ -1,0 +1,559 @@
+//! One reconcile of one Canary, as a pipeline: observe (Deployments and VirtualService from
+//! the shared caches, one analysis look from Prometheus, gate results, operator commands)
+//! -> decide ([`crate::rollout::decide`], pure) -> act (weights, prod's template, gates,
+//! webhooks, Events) -> write the status. Actions are carried out before the status is
+//! written, so a failed action leaves the old status and the next round decides again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action as Requeue;
+use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::runtime::finalizer::{finalizer, Event as Finalize};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use super::gates::{ContainerImage, GateJob, WebhookCall, WebhookPayload};
+use super::{commands, traffic, workload, Context, Error, FIELD_MANAGER, FINALIZER};
+use crate::analysis::{evaluate_look, LookContext};
+use crate::api::validation::{describe, validate};
+use crate::api::{Canary, CanarySpec, CanaryStatus, Condition, GateKind, Phase, WebhookKind};
+use crate::rollout::{self, Action, Look, LookResult, Observations, UpdateMethod};
+
+/// Entry point for the kube-rs Controller.
+pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    if !ctx.leader.is_leader() {
+        return Ok(Requeue::requeue(Duration::from_secs(5)));
+    }
+    let api: Api<Canary> =
+        Api::namespaced(ctx.client.clone(), &canary.namespace().unwrap_or_default());
+    finalizer(&api, FINALIZER, canary, |event| async {
+        match event {
+            Finalize::Apply(c) => apply(&c, &ctx, false).await,
+            Finalize::Cleanup(c) => apply(&c, &ctx, true).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(other.to_string()),
+    })
+}
+
+/// What the controller does after a failed reconcile: hold, and try again soon.
+pub fn error_policy(canary: Arc<Canary>, error: &Error, _ctx: Arc<Context>) -> Requeue {
+    tracing::warn!(
+        canary = %canary.name_any(),
+        namespace = canary.namespace().unwrap_or_default(),
+        category = error.category(),
+        %error,
+        "reconcile failed; holding and retrying"
+    );
+    Requeue::requeue(Duration::from_secs(5))
+}
+
+async fn apply(canary: &Canary, ctx: &Context, deleting: bool) -> Result<Requeue, Error> {
+    let now = Timestamp::from_second((ctx.now)().as_second()).unwrap_or_else(|_| (ctx.now)());
+    let ns = canary.namespace().unwrap_or_default();
+    let name = canary.name_any();
+    let api: Api<Canary> = Api::namespaced(ctx.client.clone(), &ns);
+    let spec = &canary.spec;
+    let old = canary.status.clone().unwrap_or_default();
+    let mut status = old.clone();
+
+    if let Err(errors) = validate(spec, &ns) {
+        if deleting {
+            return Ok(Requeue::await_change());
+        }
+        let text = describe(&errors);
+        set_condition(&mut status, "SpecValid", false, "InvalidSpec", &text, now);
+        status.message = format!("invalid spec, nothing done: {text}");
+        status.observed_generation = canary.metadata.generation;
+        write_status(ctx, &api, &name, &old, &status).await?;
+        return Ok(Requeue::await_change());
+    }
+    set_condition(
+        &mut status,
+        "SpecValid",
+        true,
+        "Valid",
+        "the spec passed every check",
+        now,
+    );
+
+    let env_ns = |d: &Option<String>| d.clone().unwrap_or_else(|| ns.clone());
+    let stage_ref = ObjectRef::<Deployment>::new(&spec.stage.deployment.name)
+        .within(&env_ns(&spec.stage.deployment.namespace));
+    let prod_ref = ObjectRef::<Deployment>::new(&spec.prod.deployment.name)
+        .within(&env_ns(&spec.prod.deployment.namespace));
+    let vs_ns = env_ns(&spec.virtual_service.namespace);
+    let vs_ref = ObjectRef::new(&spec.virtual_service.name).within(&vs_ns);
+
+    let traffic = match ctx.virtual_services.get(&vs_ref) {
+        None => Err(format!(
+            "VirtualService {vs_ns}/{} not found",
+            spec.virtual_service.name
+        )),
+        Some(vs) => traffic::observe(&vs, spec).map_err(|e| e.to_string()),
+    };
+    let traffic = match traffic {
+        Ok(t) => {
+            set_condition(
+                &mut status,
+                "TrafficReady",
+                true,
+                "RouteFound",
+                "the route carries prod and stage",
+                now,
+            );
+            t
+        }
+        Err(problem) if deleting => {
+            tracing::info!(canary = %name, %problem, "deleting; nothing to restore");
+            return Ok(Requeue::await_change());
+        }
+        Err(problem) => {
+            set_condition(
+                &mut status,
+                "TrafficReady",
+                false,
+                "RouteProblem",
+                &problem,
+                now,
+            );
+            status.message = format!("holding: {problem}");
+            status.observed_generation = canary.metadata.generation;
+            write_status(ctx, &api, &name, &old, &status).await?;
+            return Ok(Requeue::requeue(ctx.interval));
+        }
+    };
+
+    let look = if status.phase == Phase::Progressing && !deleting {
+        take_look(canary, &status, ctx, now).await
+    } else {
+        None
+    };
+    let gate = match &status.pending_gate {
+        Some(p) if !deleting => match ctx.gates.take(&p.id) {
+            Some(result) => Some(result),
+            None => {
+                if !ctx.gates.is_running(&p.id) {
+                    start_gate(canary, &status, ctx, p.id.clone(), p.kind).await?;
+                }
+                None
+            }
+        },
+        _ => None,
+    };
+    let obs = Observations {
+        stage: ctx
+            .deployments
+            .get(&stage_ref)
+            .map(|d| workload::observe(&d)),
+        prod: ctx
+            .deployments
+            .get(&prod_ref)
+            .map(|d| workload::observe(&d)),
+        traffic: Some(traffic),
+        look,
+        gate,
+        command: commands::pending(canary),
+        deleted: deleting,
+    };
+
+    let decision = rollout::decide(spec, &status, &obs, now);
+    let mut new = decision.status;
+    for action in &decision.actions {
+        act(canary, &new, ctx, action).await?;
+    }
+    if deleting {
+        return Ok(Requeue::await_change());
+    }
+    new.observed_generation = canary.metadata.generation;
+    write_status(ctx, &api, &name, &old, &new).await?;
+    Ok(next_round(spec, &new, ctx, now))
+}
+
+/// One analysis look when one is due: the window runs from the end of the last window (or
+/// the start of the step) to now, evaluated at a whole second so both arms share it.
+async fn take_look(
+    canary: &Canary,
+    status: &CanaryStatus,
+    ctx: &Context,
+    now: Timestamp,
+) -> Option<Look> {
+    let spec = &canary.spec;
+    let interval = look_interval(spec, ctx);
+    let step_start = status.step_started_at?;
+    let start = status
+        .analysis
+        .as_ref()
+        .and_then(|a| a.window_end)
+        .map_or(step_start, |end| end.max(step_start));
+    let window = now.duration_since(start);
+    if window < jiff::SignedDuration::try_from(interval).ok()? {
+        return None;
+    }
+    let window = window.unsigned_abs();
+    let result = match ctx.metrics.counts(canary, now, window).await {
+        Err(reason) => LookResult::Unavailable { reason },
+        Ok(counts) => {
+            let lctx = LookContext {
+                step: status.step,
+                stage_weight: status.stage_weight,
+                elapsed_in_step: now.duration_since(step_start).unsigned_abs(),
+                min_duration: spec.step_duration.min.0,
+            };
+            let state = status.analysis.clone().unwrap_or_default();
+            match evaluate_look(&spec.analysis, &state, &counts, &lctx) {
+                Ok(outcome) => LookResult::Judged(outcome),
+                Err(e) => LookResult::Unavailable {
+                    reason: format!("the counts are unusable: {e}"),
+                },
+            }
+        }
+    };
+    Some(Look {
+        step: status.step,
+        window_end: now,
+        result,
+    })
+}
+
+fn look_interval(spec: &CanarySpec, ctx: &Context) -> Duration {
+    spec.analysis.interval.map(|d| d.0).unwrap_or(ctx.interval)
+}
+
+/// When to look at this Canary again (watches wake it sooner on any change).
+fn next_round(spec: &CanarySpec, status: &CanaryStatus, ctx: &Context, now: Timestamp) -> Requeue {
+    let interval = look_interval(spec, ctx);
+    let soon = Duration::from_secs(1)
+        .max(interval / 10)
+        .min(Duration::from_secs(5));
+    match status.phase {
+        Phase::Testing | Phase::Promoting | Phase::SwitchingBack => Requeue::requeue(soon),
+        Phase::Progressing => {
+            let from = status
+                .analysis
+                .as_ref()
+                .and_then(|a| a.window_end)
+                .into_iter()
+                .chain(status.step_started_at)
+                .max()
+                .unwrap_or(now);
+            let due = from + jiff::SignedDuration::try_from(interval).unwrap_or_default();
+            let wait = due.duration_since(now).unsigned_abs();
+            if status.pending_gate.is_some() {
+                Requeue::requeue(wait.min(soon))
+            } else {
+                Requeue::requeue(wait.max(Duration::from_millis(200)))
+            }
+        }
+        _ => Requeue::requeue(interval),
+    }
+}
+
+async fn act(
+    canary: &Canary,
+    status: &CanaryStatus,
+    ctx: &Context,
+    action: &Action,
+) -> Result<(), Error> {
+    let spec = &canary.spec;
+    let ns = canary.namespace().unwrap_or_default();
+    match action {
+        Action::SetWeights { stage } => {
+            ensure_leader(ctx)?;
+            let vs_ns = spec
+                .virtual_service
+                .namespace
+                .clone()
+                .unwrap_or_else(|| ns.clone());
+            let api = Api::namespaced(ctx.client.clone(), &vs_ns);
+            traffic::set_weights(&api, &spec.virtual_service.name, spec, *stage).await?;
+            tracing::info!(canary = %canary.name_any(), namespace = %ns, stage = stage, prod = 100 - stage, "weights written");
+        }
+        Action::StartGate { id, kind } => {
+            start_gate(canary, status, ctx, id.clone(), *kind).await?
+        }
+        Action::UpdateProd { method } => {
+            ensure_leader(ctx)?;
+            update_prod(canary, status, ctx, *method).await?;
+        }
+        Action::CallWebhooks { kind } => {
+            let calls = webhook_calls(canary, ctx, *kind).await?;
+            if !calls.is_empty() {
+                ctx.gates
+                    .fire(calls, payload(canary, status, kind_name(*kind)));
+            }
+        }
+        Action::Notify { event, message } => {
+            tracing::info!(canary = %canary.name_any(), namespace = %ns, event = event.as_str(), %message, "rollout event");
+        }
+        Action::RecordEvent {
+            warning,
+            reason,
+            message,
+        } => {
+            ensure_leader(ctx)?;
+            let event = KubeEvent {
+                type_: if *warning {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                },
+                reason: (*reason).into(),
+                note: Some(message.chars().take(1000).collect()),
+                action: "Rollout".into(),
+                secondary: None,
+            };
+            if let Err(e) = ctx.recorder.publish(&event, &canary.object_ref(&())).await {
+                tracing::warn!(canary = %canary.name_any(), error = %e, "cannot record an Event");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn ensure_leader(ctx: &Context) -> Result<(), Error> {
+    if ctx.leader.is_leader() {
+        Ok(())
+    } else {
+        Err(Error::NotLeader)
+    }
+}
+
+fn kind_name(kind: WebhookKind) -> &'static str {
+    match kind {
+        WebhookKind::PreRollout => "pre-rollout",
+        WebhookKind::ConfirmPromotion => "confirm-promotion",
+        WebhookKind::PostRollout => "post-rollout",
+        WebhookKind::Rollback => "rollback",
+    }
+}
+
+fn payload(canary: &Canary, status: &CanaryStatus, event: &str) -> WebhookPayload {
+    WebhookPayload {
+        event: event.into(),
+        canary: canary.name_any(),
+        namespace: canary.namespace().unwrap_or_default(),
+        phase: status.phase.to_string(),
+        stage_revision: status.stage_revision.clone(),
+        prod_revision: status.prod_revision.clone(),
+        stage_weight: status.stage_weight,
+        message: status.message.clone(),
+        images: Vec::new(),
+    }
+}
+
+/// Reads a webhook's HMAC key from its Secret, in the Canary's namespace.
+async fn secret_key(
+    ctx: &Context,
+    ns: &str,
+    secret: &Option<crate::api::SecretKeyRef>,
+) -> Result<Option<Vec<u8>>, Error> {
+    let Some(r) = secret else { return Ok(None) };
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let found = api.get(&r.name).await?;
+    let bytes = found
+        .data
+        .and_then(|d| d.get(&r.key).map(|b| b.0.clone()))
+        .ok_or_else(|| Error::Promotion(format!("Secret {ns}/{} has no key {}", r.name, r.key)))?;
+    Ok(Some(bytes))
+}
+
+async fn webhook_calls(
+    canary: &Canary,
+    ctx: &Context,
+    kind: WebhookKind,
+) -> Result<Vec<WebhookCall>, Error> {
+    let ns = canary.namespace().unwrap_or_default();
+    let mut calls = Vec::new();
+    for w in canary.spec.webhooks.iter().filter(|w| w.kind == kind) {
+        calls.push(WebhookCall {
+            name: w.name.clone(),
+            url: w.target.url.clone(),
+            timeout: w.target.timeout.0,
+            key: secret_key(ctx, &ns, &w.target.secret_ref).await?,
+        });
+    }
+    Ok(calls)
+}
+
+async fn start_gate(
+    canary: &Canary,
+    status: &CanaryStatus,
+    ctx: &Context,
+    id: String,
+    kind: GateKind,
+) -> Result<(), Error> {
+    let spec = &canary.spec;
+    let (checks, host, webhook_kind) = match kind {
+        GateKind::PreTraffic => (
+            spec.checks.clone(),
+            &spec.stage.host,
+            Some(WebhookKind::PreRollout),
+        ),
+        GateKind::StepChecks => (
+            spec.checks
+                .iter()
+                .filter(|c| c.every_step)
+                .cloned()
+                .collect(),
+            &spec.stage.host,
+            None,
+        ),
+        GateKind::ConfirmPromotion => (
+            Vec::new(),
+            &spec.prod.host,
+            Some(WebhookKind::ConfirmPromotion),
+        ),
+        GateKind::ProdVerify => (spec.checks.clone(), &spec.prod.host, None),
+    };
+    let webhooks = match webhook_kind {
+        Some(k) => webhook_calls(canary, ctx, k).await?,
+        None => Vec::new(),
+    };
+    let job = GateJob {
+        checks,
+        host: host.clone(),
+        payload: webhook_kind.map(|k| payload(canary, status, kind_name(k))),
+        webhooks,
+    };
+    tracing::info!(canary = %canary.name_any(), gate = %id, kind = kind.as_str(), "starting gate");
+    ctx.gates.start(id, job);
+    Ok(())
+}
+
+async fn update_prod(
+    canary: &Canary,
+    status: &CanaryStatus,
+    ctx: &Context,
+    method: UpdateMethod,
+) -> Result<(), Error> {
+    let spec = &canary.spec;
+    let ns = canary.namespace().unwrap_or_default();
+    let env_ns = |d: &Option<String>| d.clone().unwrap_or_else(|| ns.clone());
+    let stage_api: Api<Deployment> = Api::namespaced(
+        ctx.client.clone(),
+        &env_ns(&spec.stage.deployment.namespace),
+    );
+    let prod_api: Api<Deployment> =
+        Api::namespaced(ctx.client.clone(), &env_ns(&spec.prod.deployment.namespace));
+    let stage = stage_api.get(&spec.stage.deployment.name).await?;
+    match method {
+        UpdateMethod::CopyTemplate => {
+            let mut last = None;
+            for _ in 0..3 {
+                let prod = prod_api.get(&spec.prod.deployment.name).await?;
+                let patch =
+                    workload::copy_template_patch(&stage, &prod).map_err(Error::Promotion)?;
+                let patch: json_patch::Patch =
+                    serde_json::from_value(patch).expect("a valid JSON patch");
+                let params = PatchParams::apply(FIELD_MANAGER);
+                match prod_api
+                    .patch(
+                        &spec.prod.deployment.name,
+                        &params,
+                        &Patch::Json::<()>(patch),
+                    )
+                    .await
+                {
+                    Ok(_) => {
+                        tracing::info!(canary = %canary.name_any(), revision = %workload::revision(&stage), "prod given stage's pod template");
+                        return Ok(());
+                    }
+                    Err(kube::Error::Api(s)) if s.code == 409 || s.code == 422 => {
+                        last = Some(kube::Error::Api(s))
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Err(last.expect("the loop ran").into())
+        }
+        UpdateMethod::Webhook => {
+            let target = spec
+                .promotion
+                .webhook
+                .as_ref()
+                .ok_or_else(|| Error::Promotion("spec.promotion.webhook is missing".into()))?;
+            let call = WebhookCall {
+                name: "promotion".into(),
+                url: target.url.clone(),
+                timeout: target.timeout.0,
+                key: secret_key(ctx, &ns, &target.secret_ref).await?,
+            };
+            let mut body = payload(canary, status, "promote");
+            body.images = stage
+                .spec
+                .iter()
+                .flat_map(|s| s.template.spec.iter())
+                .flat_map(|p| p.containers.iter())
+                .map(|c| ContainerImage {
+                    container: c.name.clone(),
+                    image: c.image.clone().unwrap_or_default(),
+                })
+                .collect();
+            super::gates::call_webhook(ctx.gates.http(), &call, &body)
+                .await
+                .map_err(Error::Promotion)
+        }
+    }
+}
+
+fn set_condition(
+    status: &mut CanaryStatus,
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: &str,
+    now: Timestamp,
+) {
+    let value = if ok { "True" } else { "False" };
+    match status.conditions.iter_mut().find(|c| c.type_ == type_) {
+        Some(c) if c.status == value && c.reason == reason && c.message == message => {}
+        Some(c) => {
+            if c.status != value {
+                c.last_transition_time = Some(now);
+            }
+            c.status = value.into();
+            c.reason = reason.into();
+            c.message = message.into();
+        }
+        None => status.conditions.push(Condition {
+            type_: type_.into(),
+            status: value.into(),
+            reason: reason.into(),
+            message: message.into(),
+            last_transition_time: Some(now),
+        }),
+    }
+}
+
+/// Replaces the whole status (through the status subresource) when it changed.
+async fn write_status(
+    ctx: &Context,
+    api: &Api<Canary>,
+    name: &str,
+    old: &CanaryStatus,
+    new: &CanaryStatus,
+) -> Result<(), Error> {
+    if old == new {
+        return Ok(());
+    }
+    ensure_leader(ctx)?;
+    let patch: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "add", "path": "/status", "value": new}
+    ]))
+    .expect("a valid JSON patch");
+    let params = PatchParams::apply(FIELD_MANAGER);
+    api.patch_status(name, &params, &Patch::Json::<()>(patch))
+        .await?;
+    Ok(())
+}

@@ -26,7 +26,7 @@ impl Leadership {
         self.0.load(Ordering::SeqCst)
     }
 
-    fn set(&self, leader: bool) {
+    pub(crate) fn set(&self, leader: bool) {
         let was = self.0.swap(leader, Ordering::SeqCst);
         if was != leader {
             tracing::info!(leader, "leadership changed");

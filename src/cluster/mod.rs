@@ -136,3 +136,6 @@ impl MetricsSource for crate::telemetry::Telemetry {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

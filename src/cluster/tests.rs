@@ -1,0 +1,632 @@
+//! Reconciler scenarios against a mocked API server (kube-rs tower-test pattern: every
+//! request the reconciler makes must be the next expected one, answered with a canned
+//! response), and a check that the RBAC in deploy/ covers every call made.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::client::Body;
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::watcher;
+use kube::Client;
+use serde_json::{json, Value};
+
+use super::leader::Leadership;
+use super::*;
+use crate::analysis::{ArmCounts, LookCounts};
+use crate::api::virtual_service::VirtualService;
+use crate::api::{Canary, CanaryStatus, Phase};
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+fn fixed_now() -> Timestamp {
+    "2026-11-29T12:00:00Z".parse().unwrap()
+}
+
+fn minutes_ago(m: i64) -> Timestamp {
+    fixed_now() - jiff::SignedDuration::from_mins(m)
+}
+
+/// Fixed counts for every look: stage's and prod's error rates.
+struct FixedCounts {
+    stage_error_rate: f64,
+    prod_error_rate: f64,
+}
+
+impl MetricsSource for FixedCounts {
+    fn counts<'a>(
+        &'a self,
+        _: &'a Canary,
+        _: Timestamp,
+        _: Duration,
+    ) -> BoxFuture<'a, Result<LookCounts, String>> {
+        let arm = |requests: f64, rate: f64| ArmCounts {
+            requests,
+            errors: requests * rate,
+            ..Default::default()
+        };
+        Box::pin(async move {
+            Ok(LookCounts {
+                stage: arm(300_000.0, self.stage_error_rate),
+                prod: arm(700_000.0, self.prod_error_rate),
+            })
+        })
+    }
+}
+
+fn canary(status: CanaryStatus) -> Canary {
+    let mut c: Canary = serde_json::from_value(json!({
+        "apiVersion": "canaryd.dev/v1alpha1", "kind": "Canary",
+        "metadata": {"name": "flaskapp", "namespace": "prod", "uid": "u1", "resourceVersion": "5",
+                     "generation": 1, "finalizers": [FINALIZER]},
+        "spec": {
+            "virtualService": {"name": "demoapp", "namespace": "prod"},
+            "prod":  {"host": "flaskapp.prod.svc.cluster.local",  "deployment": {"namespace": "prod",  "name": "flaskapp"}},
+            "stage": {"host": "flaskapp.stage.svc.cluster.local", "deployment": {"namespace": "stage", "name": "flaskapp"}},
+            "stepDuration": {"min": "2m", "max": "30m"},
+            "analysis": {"interval": "30s", "metrics": [{"name": "errors", "kind": "errorRate", "margin": 1.5}]}
+        }
+    }))
+    .unwrap();
+    c.status = Some(status);
+    c
+}
+
+fn deployment(ns: &str, image: &str, ready: bool) -> Deployment {
+    serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "flaskapp", "namespace": ns, "generation": 1, "resourceVersion": "11"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "flaskapp", "env": ns}},
+                 "template": {"metadata": {"labels": {"app": "flaskapp", "env": ns}},
+                              "spec": {"containers": [{"name": "app", "image": image}]}}},
+        "status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1,
+                   "availableReplicas": if ready { 1 } else { 0 }}
+    }))
+    .unwrap()
+}
+
+fn virtual_service(stage_weight: i64) -> Value {
+    json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+        "metadata": {"name": "demoapp", "namespace": "prod", "resourceVersion": "21"},
+        "spec": {"hosts": ["demoapp.example.com"], "http": [{"name": "primary", "timeout": "10s", "route": [
+            {"destination": {"host": "flaskapp.prod.svc.cluster.local"}, "weight": 100 - stage_weight},
+            {"destination": {"host": "flaskapp.stage.svc.cluster.local"}, "weight": stage_weight}
+        ]}]}
+    })
+}
+
+struct World {
+    stage_image: &'static str,
+    prod_image: &'static str,
+    prod_ready: bool,
+    stage_weight: i64,
+    leader: bool,
+    metrics: FixedCounts,
+}
+
+impl Default for World {
+    fn default() -> Self {
+        World {
+            stage_image: "demoapp:v2",
+            prod_image: "demoapp:v1",
+            prod_ready: true,
+            stage_weight: 0,
+            leader: true,
+            metrics: FixedCounts {
+                stage_error_rate: 0.01,
+                prod_error_rate: 0.01,
+            },
+        }
+    }
+}
+
+fn context(world: World) -> (Arc<Context>, Handle) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let mut deployments = Writer::<Deployment>::default();
+    for d in [
+        deployment("stage", world.stage_image, true),
+        deployment("prod", world.prod_image, world.prod_ready),
+    ] {
+        deployments.apply_watcher_event(&watcher::Event::Apply(d));
+    }
+    let mut services = Writer::<VirtualService>::default();
+    let vs: VirtualService = serde_json::from_value(virtual_service(world.stage_weight)).unwrap();
+    services.apply_watcher_event(&watcher::Event::Apply(vs));
+    let leader = Leadership::always();
+    leader.set(world.leader);
+    let mut ctx = Context::new(
+        client,
+        Arc::new(world.metrics),
+        leader,
+        deployments.as_reader(),
+        services.as_reader(),
+        Duration::from_secs(30),
+    );
+    ctx.now = fixed_now;
+    (Arc::new(ctx), handle)
+}
+
+/// One expected request and how to answer it.
+struct Expect {
+    method: Method,
+    path: &'static str,
+    answer: fn(&Value) -> (StatusCode, Value),
+}
+
+fn echo(body: &Value) -> (StatusCode, Value) {
+    (StatusCode::OK, body.clone())
+}
+
+/// The Canary as stored after a status patch.
+fn status_answer(body: &Value) -> (StatusCode, Value) {
+    let mut c = serde_json::to_value(canary(CanaryStatus::default())).unwrap();
+    c["status"] = body[0]["value"].clone();
+    (StatusCode::OK, c)
+}
+
+/// The request log of a scenario: (method, path, body).
+type Seen = Arc<Mutex<Vec<(Method, String, Value)>>>;
+
+/// Serves the expected requests in order; panics on any other request.
+fn serve(
+    mut handle: Handle,
+    script: Vec<Expect>,
+    seen: Seen,
+    objects: Value,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        for expect in script {
+            let (request, send) = handle
+                .next_request()
+                .await
+                .expect("the reconciler made the expected request");
+            let method = request.method().clone();
+            let path = request.uri().path().to_string();
+            let bytes = request.into_body().collect().await.unwrap().to_bytes();
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            seen.lock()
+                .unwrap()
+                .push((method.clone(), path.clone(), body.clone()));
+            assert_eq!(
+                (&method, path.as_str()),
+                (&expect.method, expect.path),
+                "unexpected request; body {body}"
+            );
+            let (status, mut answer) = (expect.answer)(&body);
+            if answer.is_null() {
+                answer = objects[expect.path].clone();
+            }
+            let response = Response::builder()
+                .status(status)
+                .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                .unwrap();
+            send.send_response(response);
+        }
+    })
+}
+
+const VS_PATH: &str = "/apis/networking.istio.io/v1/namespaces/prod/virtualservices/demoapp";
+const STATUS_PATH: &str = "/apis/canaryd.dev/v1alpha1/namespaces/prod/canaries/flaskapp/status";
+const EVENTS_PATH: &str = "/apis/events.k8s.io/v1/namespaces/prod/events";
+const STAGE_PATH: &str = "/apis/apps/v1/namespaces/stage/deployments/flaskapp";
+const PROD_PATH: &str = "/apis/apps/v1/namespaces/prod/deployments/flaskapp";
+
+fn get(path: &'static str) -> Expect {
+    Expect {
+        method: Method::GET,
+        path,
+        answer: |_| (StatusCode::OK, Value::Null),
+    }
+}
+
+fn patch(path: &'static str, answer: fn(&Value) -> (StatusCode, Value)) -> Expect {
+    Expect {
+        method: Method::PATCH,
+        path,
+        answer,
+    }
+}
+
+fn event() -> Expect {
+    Expect {
+        method: Method::POST,
+        path: EVENTS_PATH,
+        answer: echo,
+    }
+}
+
+/// Applies a JSON patch to the stored VirtualService at `stage_weight`.
+fn patched_vs(body: &Value, stage_weight: i64) -> Value {
+    let mut doc = virtual_service(stage_weight);
+    let p: json_patch::Patch = serde_json::from_value(body.clone()).unwrap();
+    json_patch::patch(&mut doc, &p).unwrap();
+    doc
+}
+
+fn weights_in(body: &Value) -> Vec<i64> {
+    body.as_array()
+        .unwrap()
+        .iter()
+        .filter(|op| op["path"].as_str().unwrap().ends_with("/weight"))
+        .map(|op| op["value"].as_i64().unwrap())
+        .collect()
+}
+
+fn status_in(body: &Value) -> CanaryStatus {
+    serde_json::from_value(body[0]["value"].clone()).unwrap()
+}
+
+async fn run(
+    ctx: Arc<Context>,
+    canary: Canary,
+    server: tokio::task::JoinHandle<()>,
+) -> kube::runtime::controller::Action {
+    let action = reconcile::reconcile(Arc::new(canary), ctx)
+        .await
+        .expect("reconcile succeeds");
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("every expected request was made")
+        .unwrap();
+    action
+}
+
+fn objects() -> Value {
+    json!({
+        VS_PATH: virtual_service(30),
+        STAGE_PATH: deployment("stage", "demoapp:v2", true),
+        PROD_PATH: deployment("prod", "demoapp:v1", true),
+    })
+}
+
+fn progressing(step: u32, weight: u8) -> CanaryStatus {
+    CanaryStatus {
+        phase: Phase::Progressing,
+        stage_revision: Some(workload::revision(&deployment("stage", "demoapp:v2", true))),
+        prod_revision: Some(workload::revision(&deployment("prod", "demoapp:v1", true))),
+        step,
+        stage_weight: weight,
+        rollout_started_at: Some(minutes_ago(20)),
+        step_started_at: Some(minutes_ago(5)),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_new_stage_revision_starts_a_rollout_at_zero() {
+    let (ctx, handle) = context(World::default());
+    let seen = Seen::default();
+    let script = vec![event(), patch(STATUS_PATH, status_answer)];
+    let server = serve(handle, script, seen.clone(), objects());
+    run(ctx, canary(CanaryStatus::default()), server).await;
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen[0].2["reason"], "RolloutStarted");
+    let status = status_in(&seen[1].2);
+    assert_eq!((status.phase, status.stage_weight), (Phase::Testing, 0));
+    assert!(
+        status.pending_gate.is_some(),
+        "the pre-traffic gate is running"
+    );
+    assert_eq!(status.conditions[0].type_, "SpecValid");
+}
+
+#[tokio::test]
+async fn an_advance_writes_exactly_the_next_weights() {
+    let (ctx, handle) = context(World {
+        stage_weight: 30,
+        ..Default::default()
+    });
+    let seen = Seen::default();
+    let script = vec![
+        get(VS_PATH),
+        patch(VS_PATH, |b| (StatusCode::OK, patched_vs(b, 30))),
+        event(),
+        patch(STATUS_PATH, status_answer),
+    ];
+    let server = serve(handle, script, seen.clone(), objects());
+    run(ctx, canary(progressing(1, 30)), server).await;
+    let seen = seen.lock().unwrap();
+    assert_eq!(weights_in(&seen[1].2), vec![40, 60], "prod 40, stage 60");
+    assert!(seen[1].2[0]["op"] == "test", "guarded by test ops");
+    let status = status_in(&seen[3].2);
+    assert_eq!(
+        (status.phase, status.step, status.stage_weight),
+        (Phase::Progressing, 2, 60)
+    );
+    assert_eq!(
+        status.last_decision.unwrap().verdict,
+        crate::api::Verdict::Advance
+    );
+}
+
+#[tokio::test]
+async fn a_rollback_writes_100_0_and_records_the_event() {
+    let (ctx, handle) = context(World {
+        stage_weight: 30,
+        metrics: FixedCounts {
+            stage_error_rate: 0.10,
+            prod_error_rate: 0.01,
+        },
+        ..Default::default()
+    });
+    let seen = Seen::default();
+    let script = vec![
+        get(VS_PATH),
+        patch(VS_PATH, |b| (StatusCode::OK, patched_vs(b, 30))),
+        event(),
+        patch(STATUS_PATH, status_answer),
+    ];
+    let server = serve(handle, script, seen.clone(), objects());
+    run(ctx, canary(progressing(1, 30)), server).await;
+    let seen = seen.lock().unwrap();
+    assert_eq!(weights_in(&seen[1].2), vec![100, 0]);
+    assert_eq!(seen[2].2["reason"], "RolledBack");
+    assert_eq!(seen[2].2["type"], "Warning");
+    assert_eq!(status_in(&seen[3].2).phase, Phase::RolledBack);
+}
+
+#[tokio::test]
+async fn a_conflict_on_the_virtual_service_is_retried_on_a_fresh_read() {
+    let (ctx, handle) = context(World {
+        stage_weight: 30,
+        ..Default::default()
+    });
+    let seen = Seen::default();
+    let conflict = |_: &Value| {
+        (
+            StatusCode::CONFLICT,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409,
+                   "message": "the object has been modified"}),
+        )
+    };
+    let script = vec![
+        get(VS_PATH),
+        patch(VS_PATH, conflict),
+        get(VS_PATH),
+        patch(VS_PATH, |b| (StatusCode::OK, patched_vs(b, 30))),
+        event(),
+        patch(STATUS_PATH, status_answer),
+    ];
+    let server = serve(handle, script, seen.clone(), objects());
+    run(ctx, canary(progressing(1, 30)), server).await;
+    let seen = seen.lock().unwrap();
+    assert_eq!(weights_in(&seen[3].2), vec![40, 60]);
+    assert_eq!(status_in(&seen[5].2).stage_weight, 60);
+}
+
+#[tokio::test]
+async fn promotion_copies_the_template_then_waits_for_prod_to_be_ready() {
+    let (ctx, handle) = context(World {
+        stage_weight: 100,
+        ..Default::default()
+    });
+    let seen = Seen::default();
+    let script = vec![
+        event(),
+        get(STAGE_PATH),
+        get(PROD_PATH),
+        patch(PROD_PATH, |b| {
+            let mut doc = serde_json::to_value(deployment("prod", "demoapp:v1", true)).unwrap();
+            let p: json_patch::Patch = serde_json::from_value(b.clone()).unwrap();
+            json_patch::patch(&mut doc, &p).unwrap();
+            (StatusCode::OK, doc)
+        }),
+        patch(STATUS_PATH, status_answer),
+    ];
+    let server = serve(handle, script, seen.clone(), objects());
+    run(ctx, canary(progressing(3, 100)), server).await;
+    let promoted_template = {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen[3].2[1]["path"], "/spec/template");
+        assert_eq!(
+            seen[3].2[1]["value"]["spec"]["containers"][0]["image"],
+            "demoapp:v2"
+        );
+        assert_eq!(seen[3].2[1]["value"]["metadata"]["labels"]["env"], "prod");
+        status_in(&seen[4].2)
+    };
+    assert_eq!(
+        (promoted_template.phase, promoted_template.stage_weight),
+        (Phase::Promoting, 100)
+    );
+
+    // Prod runs v2 but is not ready yet: nothing to do.
+    let (ctx, handle) = context(World {
+        stage_weight: 100,
+        prod_image: "demoapp:v2",
+        prod_ready: false,
+        ..Default::default()
+    });
+    let server = serve(handle, vec![], Seen::default(), objects());
+    run(ctx, canary(promoted_template.clone()), server).await;
+
+    // Ready: no checks configured, so traffic moves back to prod.
+    let (ctx, handle) = context(World {
+        stage_weight: 100,
+        prod_image: "demoapp:v2",
+        ..Default::default()
+    });
+    let seen = Seen::default();
+    let script = vec![
+        get(VS_PATH),
+        patch(VS_PATH, |b| (StatusCode::OK, patched_vs(b, 100))),
+        event(),
+        patch(STATUS_PATH, status_answer),
+    ];
+    let server = serve(
+        handle,
+        script,
+        seen.clone(),
+        json!({VS_PATH: virtual_service(100)}),
+    );
+    run(ctx, canary(promoted_template), server).await;
+    let seen = seen.lock().unwrap();
+    assert_eq!(weights_in(&seen[1].2), vec![100, 0]);
+    assert_eq!(status_in(&seen[3].2).phase, Phase::SwitchingBack);
+}
+
+#[tokio::test]
+async fn a_replica_that_lost_the_lease_writes_nothing() {
+    let (ctx, handle) = context(World {
+        stage_weight: 30,
+        leader: false,
+        metrics: FixedCounts {
+            stage_error_rate: 0.10,
+            prod_error_rate: 0.01,
+        },
+        ..Default::default()
+    });
+    let action = reconcile::reconcile(Arc::new(canary(progressing(1, 30))), ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::requeue(Duration::from_secs(5))
+    );
+    drop(ctx);
+    let mut handle = handle;
+    assert!(handle.next_request().await.is_none(), "no request was made");
+}
+
+#[tokio::test]
+async fn an_invalid_spec_is_a_condition_not_a_crash_loop() {
+    let (ctx, handle) = context(World::default());
+    let mut c = canary(CanaryStatus::default());
+    c.spec.steps = vec![0, 50, 40];
+    let seen = Seen::default();
+    let server = serve(
+        handle,
+        vec![patch(STATUS_PATH, status_answer)],
+        seen.clone(),
+        objects(),
+    );
+    let action = run(ctx, c, server).await;
+    assert_eq!(action, kube::runtime::controller::Action::await_change());
+    let status = status_in(&seen.lock().unwrap()[0].2);
+    let cond = &status.conditions[0];
+    assert_eq!(
+        (cond.type_.as_str(), cond.status.as_str()),
+        ("SpecValid", "False")
+    );
+    assert!(
+        cond.message.contains("spec.steps: ends at 40"),
+        "{}",
+        cond.message
+    );
+}
+
+/// (API group, resource, verb) of a request path, as RBAC names them.
+fn rbac_triple(method: &Method, path: &str) -> (String, String, String) {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let (group, rest) = if parts[0] == "api" {
+        (String::new(), &parts[2..])
+    } else {
+        (parts[1].to_string(), &parts[3..])
+    };
+    let rest = if rest.first() == Some(&"namespaces") {
+        &rest[2..]
+    } else {
+        rest
+    };
+    let resource = match rest {
+        [r, _, sub] => format!("{r}/{sub}"),
+        [r, ..] => r.to_string(),
+        [] => String::new(),
+    };
+    let verb = match *method {
+        Method::GET if rest.len() >= 2 => "get",
+        Method::GET => "list",
+        Method::POST => "create",
+        Method::PATCH => "patch",
+        Method::PUT => "update",
+        Method::DELETE => "delete",
+        _ => "other",
+    };
+    (group, resource, verb.to_string())
+}
+
+#[test]
+fn rbac_in_deploy_covers_every_call_the_controller_makes() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/rbac/canaryd.yaml"
+    ))
+    .unwrap();
+    let mut allowed = std::collections::HashSet::new();
+    for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+        let v: Value = serde::Deserialize::deserialize(doc).unwrap();
+        if v["kind"] != "ClusterRole" && v["kind"] != "Role" {
+            continue;
+        }
+        for rule in v["rules"].as_array().unwrap() {
+            for g in rule["apiGroups"].as_array().unwrap() {
+                for r in rule["resources"].as_array().unwrap() {
+                    for verb in rule["verbs"].as_array().unwrap() {
+                        allowed.insert((
+                            g.as_str().unwrap().to_string(),
+                            r.as_str().unwrap().to_string(),
+                            verb.as_str().unwrap().to_string(),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    // Calls made by the scenarios above, and by the watches, the finalizer, leader election,
+    // webhook secrets and the status subresource.
+    let mut needed = vec![
+        (Method::GET, VS_PATH),
+        (Method::PATCH, VS_PATH),
+        (Method::POST, EVENTS_PATH),
+        (
+            Method::PATCH,
+            "/apis/events.k8s.io/v1/namespaces/prod/events/x",
+        ),
+        (Method::PATCH, STATUS_PATH),
+        (Method::GET, STAGE_PATH),
+        (Method::PATCH, PROD_PATH),
+        (
+            Method::PATCH,
+            "/apis/canaryd.dev/v1alpha1/namespaces/prod/canaries/flaskapp",
+        ),
+        (Method::GET, "/apis/canaryd.dev/v1alpha1/canaries"),
+        (Method::GET, "/apis/apps/v1/deployments"),
+        (Method::GET, "/apis/networking.istio.io/v1/virtualservices"),
+        (Method::GET, "/api/v1/namespaces/prod/secrets/hmac"),
+        (
+            Method::GET,
+            "/apis/coordination.k8s.io/v1/namespaces/canaryd/leases/canaryd",
+        ),
+        (
+            Method::POST,
+            "/apis/coordination.k8s.io/v1/namespaces/canaryd/leases",
+        ),
+        (
+            Method::PUT,
+            "/apis/coordination.k8s.io/v1/namespaces/canaryd/leases/canaryd",
+        ),
+    ]
+    .into_iter()
+    .map(|(m, p)| rbac_triple(&m, p))
+    .collect::<Vec<_>>();
+    // Lists come with watches.
+    let watches: Vec<_> = needed
+        .iter()
+        .filter(|(_, _, v)| v == "list")
+        .map(|(g, r, _)| (g.clone(), r.clone(), "watch".to_string()))
+        .collect();
+    needed.extend(watches);
+    for triple in needed {
+        assert!(
+            allowed.contains(&triple),
+            "deploy/rbac/canaryd.yaml does not allow {triple:?}"
+        );
+    }
+}

@@ -394,7 +394,15 @@ fn dotted(path: &FieldPath) -> String {
     path.iter()
         .map(|segment| match segment.strip_prefix("f:") {
             Some(field) => format!(".{field}"),
-            None => format!("[{}]", segment.trim_start_matches("k:")),
+            None => {
+                let keys: Value =
+                    serde_json::from_str(segment.trim_start_matches("k:")).unwrap_or_default();
+                let pairs: Vec<String> = keys
+                    .as_object()
+                    .map(|m| m.iter().map(|(k, v)| format!("{k}={v}")).collect())
+                    .unwrap_or_default();
+                format!("[{}]", pairs.join(","))
+            }
         })
         .collect()
 }

@@ -1,6 +1,7 @@
-//! Label selectors (`labelSelector=`) and the field selectors every resource supports
-//! (`metadata.name`, `metadata.namespace`), parsed and matched like the API server does.
-//! Pure: no store, no HTTP.
+//! Label selectors (`labelSelector=`) and field selectors (`fieldSelector=`), parsed and
+//! matched like the API server does. A field selector may name any dotted field path (a real
+//! server allows a per-kind list, such as `involvedObject.name` for Events, which kubectl
+//! describe uses); a missing field compares as the empty string. Pure: no store, no HTTP.
 
 use serde_json::Value;
 
@@ -117,20 +118,13 @@ fn holds(requirement: &Requirement, lookup: &dyn Fn(&str) -> Option<String>) -> 
 impl Selector {
     pub fn parse(label_selector: Option<&str>, field_selector: Option<&str>) -> ApiResult<Self> {
         let fields = parse_all(field_selector)?;
-        for field in &fields {
-            let key = match field {
-                Requirement::Equals(k, _) | Requirement::NotEquals(k, _) => k,
-                _ => {
-                    return Err(ApiError::bad_request(
-                        "field selectors support only =, == and !=",
-                    ))
-                }
-            };
-            if key != "metadata.name" && key != "metadata.namespace" {
-                return Err(ApiError::bad_request(format!(
-                    "field label not supported: {key}"
-                )));
-            }
+        if let Some(bad) = fields
+            .iter()
+            .find(|f| !matches!(f, Requirement::Equals(..) | Requirement::NotEquals(..)))
+        {
+            return Err(ApiError::bad_request(format!(
+                "field selectors support only =, == and !=: {bad:?}"
+            )));
         }
         Ok(Selector {
             labels: parse_all(label_selector)?,
@@ -146,11 +140,12 @@ impl Selector {
                 .map(std::string::ToString::to_string)
         };
         let field = |key: &str| {
-            let value = match key {
-                "metadata.name" => metadata["name"].as_str(),
-                _ => metadata["namespace"].as_str(),
-            };
-            Some(value.unwrap_or_default().to_string())
+            let value = key.split('.').fold(object, |v, segment| &v[segment]);
+            Some(match value {
+                Value::String(s) => s.clone(),
+                Value::Null => String::new(),
+                other => other.to_string(),
+            })
         };
         self.labels.iter().all(|r| holds(r, &label)) && self.fields.iter().all(|r| holds(r, &field))
     }
@@ -191,13 +186,17 @@ mod tests {
     }
 
     #[test]
-    fn field_selectors_cover_name_and_namespace_only() {
+    fn field_selectors_compare_dotted_fields() {
         let obj = object(json!({}));
         let by_name = Selector::parse(None, Some("metadata.name=web")).unwrap();
         assert!(by_name.matches(&obj));
         let other_ns = Selector::parse(None, Some("metadata.namespace!=prod")).unwrap();
         assert!(!other_ns.matches(&obj));
-        let err = Selector::parse(None, Some("spec.x=1")).unwrap_err();
+        let event = json!({"involvedObject": {"name": "web", "kind": "Deployment"}});
+        let about_web =
+            Selector::parse(None, Some("involvedObject.name=web,involvedObject.uid=")).unwrap();
+        assert!(about_web.matches(&event));
+        let err = Selector::parse(None, Some("spec.x in (1)")).unwrap_err();
         assert_eq!(err.code, 400);
     }
 

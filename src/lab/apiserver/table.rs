@@ -62,7 +62,13 @@ impl Column {
     fn value(&self, object: &Value) -> Value {
         match &self.cell {
             Cell::Name => object["metadata"]["name"].clone(),
-            Cell::Path(path) => join(select(object, path)),
+            // Like the API server, a string column shows any other value as JSON.
+            Cell::Path(path) => match join(select(object, path)) {
+                Value::Null => Value::Null,
+                Value::String(s) => Value::String(s),
+                other if self.type_ == "string" => Value::String(other.to_string()),
+                other => other,
+            },
             Cell::Age(path) => select(object, path)
                 .first()
                 .and_then(|v| v.as_str())

@@ -635,3 +635,55 @@ async fn creating_a_crd_serves_its_resource_at_once_and_deleting_it_stops() {
     let namespaces: Api<Namespace> = Api::all(client);
     assert!(namespaces.get("prod").await.is_ok());
 }
+
+#[tokio::test]
+async fn events_recorded_through_events_k8s_io_are_core_events_too() {
+    use k8s_openapi::api::core::v1::Event as CoreEvent;
+    use kube::runtime::events::{Event, EventType, Recorder};
+    use kube::Resource;
+
+    let (_server, client) = lab(ApiServerOptions::default()).await;
+    let canaries: Api<Canary> = Api::namespaced(client.clone(), "prod");
+    let created = canaries
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(canary("flaskapp")).unwrap(),
+        )
+        .await
+        .unwrap();
+    let recorder = Recorder::new(client.clone(), "canaryd".into());
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "RolledBack".into(),
+        note: Some("stage is worse than prod".into()),
+        action: "Rollback".into(),
+        secondary: None,
+    };
+    recorder
+        .publish(&event, &created.object_ref(&()))
+        .await
+        .unwrap();
+    recorder
+        .publish(&event, &created.object_ref(&()))
+        .await
+        .unwrap();
+
+    let core: Api<CoreEvent> = Api::namespaced(client, "prod");
+    let about_canary = core
+        .list(
+            &ListParams::default()
+                .fields("involvedObject.kind=Canary,involvedObject.name=flaskapp"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        about_canary.items.len(),
+        1,
+        "the repeat is a series, not a new event"
+    );
+    let event = &about_canary.items[0];
+    assert_eq!(event.message.as_deref(), Some("stage is worse than prod"));
+    assert_eq!(event.reason.as_deref(), Some("RolledBack"));
+    assert_eq!(event.reporting_component.as_deref(), Some("canaryd"));
+    assert_eq!(event.series.as_ref().and_then(|s| s.count), Some(2));
+}

@@ -9,6 +9,8 @@ use canaryd::api::Canary;
 use canaryd::lab::apiserver::{ApiServer, ApiServerHandle, ApiServerOptions};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::Resource;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
@@ -268,6 +270,33 @@ async fn kubectl_applies_gets_sets_image_patches_and_deletes() {
         .await;
     let stderr = String::from_utf8_lossy(&invalid.stderr);
     assert!(stderr.contains("spec.steps[1]"), "{stderr}");
+
+    let recorder = Recorder::new(lab.client(), "canaryd".into());
+    let rollback = Event {
+        type_: EventType::Warning,
+        reason: "RolledBack".into(),
+        note: Some("stage is worse than prod".into()),
+        action: "Rollback".into(),
+        secondary: None,
+    };
+    let flaskapp = canaries.get("flaskapp").await.unwrap();
+    recorder
+        .publish(&rollback, &flaskapp.object_ref(&()))
+        .await
+        .unwrap();
+    let events = lab.stdout(&["get", "events", "-n", "prod"]).await;
+    assert_eq!(
+        header_columns(&events),
+        ["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"]
+    );
+    assert!(
+        events.contains("canary/flaskapp   stage is worse than prod"),
+        "{events}"
+    );
+    let described = lab
+        .stdout(&["describe", "canary", "flaskapp", "-n", "prod"])
+        .await;
+    assert!(described.contains("RolledBack"), "{described}");
 
     lab.run(&["delete", "-f", &manifest], true).await;
     let empty = lab

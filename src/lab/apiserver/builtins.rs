@@ -2,12 +2,63 @@
 //! kubectl observe: defaults (Deployment strategy and replicas, Service type, ports and a
 //! cluster IP, Namespace phase) and the validation a real server would refuse with a 422
 //! (a Deployment's selector must match its template, its containers need a name and an image,
-//! the selector is immutable). Pure apart from the cluster IP handed in by the store.
+//! the selector is immutable), and the conversion between the two views of one Event
+//! (`events.k8s.io/v1` is served from core `v1` storage, with the real server's field
+//! mapping). Pure apart from the cluster IP handed in by the store.
 
 use serde_json::{json, Value};
 
 use super::error::FieldCause;
-use super::registry::Builtin;
+use super::registry::{Builtin, Origin, ResourceType};
+
+/// `events.k8s.io/v1` field -> core `v1` Event field (k8s pkg/apis/events/v1 conversion).
+const EVENT_FIELDS: [(&str, &str); 6] = [
+    ("regarding", "involvedObject"),
+    ("note", "message"),
+    ("deprecatedSource", "source"),
+    ("deprecatedFirstTimestamp", "firstTimestamp"),
+    ("deprecatedLastTimestamp", "lastTimestamp"),
+    ("deprecatedCount", "count"),
+];
+const EVENT_CONTROLLER: (&str, &str) = ("reportingController", "reportingComponent");
+
+fn rename(mut object: Value, pairs: impl Iterator<Item = (&'static str, &'static str)>) -> Value {
+    if let Some(map) = object.as_object_mut() {
+        for (from, to) in pairs {
+            if let Some(value) = map.remove(from) {
+                map.insert(to.to_string(), value);
+            }
+        }
+    }
+    object
+}
+
+fn is_events_v1(resource: &ResourceType) -> bool {
+    resource.origin == Origin::Builtin(Builtin::Event)
+}
+
+/// An object of `resource` as it is stored (an `events.k8s.io` Event in core form).
+pub fn stored(resource: &ResourceType, object: Value) -> Value {
+    if !is_events_v1(resource) {
+        return object;
+    }
+    let pairs = EVENT_FIELDS.into_iter().chain([EVENT_CONTROLLER]);
+    let mut object = rename(object, pairs);
+    object["apiVersion"] = json!("v1");
+    object
+}
+
+/// A stored object as `resource` serves it (a core Event in `events.k8s.io` form).
+pub fn served(resource: &ResourceType, object: Value) -> Value {
+    if !is_events_v1(resource) {
+        return object;
+    }
+    let pairs = EVENT_FIELDS
+        .into_iter()
+        .chain([EVENT_CONTROLLER])
+        .map(|(v1, core)| (core, v1));
+    rename(object, pairs)
+}
 
 fn required(field: &str) -> FieldCause {
     FieldCause {
@@ -160,6 +211,21 @@ mod tests {
         wrong["spec"]["template"]["metadata"]["labels"] = json!({"app": "other"});
         let causes = admit(Builtin::Deployment, &mut wrong, None, &mut no_ip);
         assert_eq!(causes[0].field, "spec.template.metadata.labels");
+    }
+
+    #[test]
+    fn an_event_reads_the_same_through_both_apis() {
+        let registry = super::super::registry::Registry::with_builtins();
+        let events_v1 = registry.get("events.k8s.io", "events").unwrap();
+        let written = json!({"kind": "Event", "regarding": {"kind": "Canary", "name": "web"},
+            "note": "rolled back", "reportingController": "canaryd.dev/canaryd", "reason": "RolledBack"});
+        let core = stored(events_v1, written.clone());
+        assert_eq!(core["involvedObject"]["name"], json!("web"));
+        assert_eq!(core["message"], json!("rolled back"));
+        assert_eq!(core["reportingComponent"], json!("canaryd.dev/canaryd"));
+        let mut back = served(events_v1, core);
+        back.as_object_mut().unwrap().remove("apiVersion");
+        assert_eq!(back, written);
     }
 
     #[test]

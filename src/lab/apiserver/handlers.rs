@@ -20,7 +20,7 @@ use super::fields::Scope;
 use super::patch::PatchKind;
 use super::registry::ResourceType;
 use super::selector::Selector;
-use super::store::{FieldValidation, Store, WriteOptions, Written};
+use super::store::{normalize_numbers, FieldValidation, Store, WriteOptions, Written};
 use super::table::{self, Include};
 use super::watch::{self, present, WatchRequest};
 
@@ -97,13 +97,15 @@ impl Call {
         if self.body.is_empty() {
             return Ok(Value::Null);
         }
-        if self.content_type().contains("yaml") {
+        let mut value: Value = if self.content_type().contains("yaml") {
             serde_yaml_ng::from_slice(&self.body)
-                .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
+                .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?
         } else {
             serde_json::from_slice(&self.body)
-                .map_err(|e| ApiError::bad_request(format!("error decoding JSON: {e}")))
-        }
+                .map_err(|e| ApiError::bad_request(format!("error decoding JSON: {e}")))?
+        };
+        normalize_numbers(&mut value);
+        Ok(value)
     }
 
     fn write_options(&self, apply: bool) -> WriteOptions {

@@ -216,7 +216,8 @@ impl ApiServerHandle {
     pub fn install(&self, manifest: &str) -> Result<Vec<Value>, InstallError> {
         let mut created = Vec::new();
         for document in serde_yaml_ng::Deserializer::from_str(manifest) {
-            let object = Value::deserialize(document)?;
+            let mut object = Value::deserialize(document)?;
+            store::normalize_numbers(&mut object);
             if object.is_null() {
                 continue;
             }

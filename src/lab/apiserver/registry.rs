@@ -61,6 +61,25 @@ impl ResourceType {
         }
     }
 
+    /// The group objects are stored under: `events.k8s.io` Events share core Events' storage,
+    /// as on a real server; every other resource has its own.
+    pub fn storage_group(&self) -> &str {
+        if self.origin == Origin::Builtin(Builtin::Event) {
+            ""
+        } else {
+            &self.group
+        }
+    }
+
+    /// The apiVersion of objects as stored.
+    pub fn storage_api_version(&self) -> String {
+        if self.origin == Origin::Builtin(Builtin::Event) {
+            "v1".to_string()
+        } else {
+            self.api_version(&self.storage_version)
+        }
+    }
+
     pub fn version(&self, version: &str) -> Option<&ServedVersion> {
         self.versions.iter().find(|v| v.name == version)
     }

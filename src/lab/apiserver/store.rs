@@ -67,7 +67,7 @@ type ObjectKey = (String, String, String, String);
 
 fn key(resource: &ResourceType, namespace: &str, name: &str) -> ObjectKey {
     (
-        resource.group.clone(),
+        resource.storage_group().to_string(),
         resource.plural.clone(),
         namespace.to_string(),
         name.to_string(),
@@ -78,6 +78,24 @@ pub fn now() -> String {
     jiff::Timestamp::now()
         .strftime("%Y-%m-%dT%H:%M:%SZ")
         .to_string()
+}
+
+/// Integral floats become integers, as a Go server's JSON round trip leaves them (`100.0` in a
+/// YAML manifest is stored and served as `100`), so equal values compare equal.
+pub fn normalize_numbers(value: &mut Value) {
+    match value {
+        Value::Number(n) => {
+            if let Some(f) = n
+                .as_f64()
+                .filter(|f| n.is_f64() && f.fract() == 0.0 && f.abs() < 9.0e15)
+            {
+                *value = json!(f as i64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(normalize_numbers),
+        Value::Object(map) => map.values_mut().for_each(normalize_numbers),
+        _ => {}
+    }
 }
 
 fn resource_version_of(object: &Value) -> Option<&str> {
@@ -199,7 +217,7 @@ impl Store {
                         resource_version: resource_version_of(object)
                             .and_then(|rv| rv.parse().ok())
                             .unwrap_or(0),
-                        group: resource.group.clone(),
+                        group: resource.storage_group().to_string(),
                         plural: resource.plural.clone(),
                         kind: ChangeKind::Added,
                         object: object.clone(),
@@ -235,7 +253,13 @@ impl Store {
         options: &WriteOptions,
     ) -> ApiResult<Written> {
         let mut inner = self.lock();
-        inner.create(resource, namespace, body, options, false)
+        inner.create(
+            resource,
+            namespace,
+            builtins::stored(resource, body),
+            options,
+            false,
+        )
     }
 
     pub fn update(
@@ -267,6 +291,7 @@ impl Store {
                 }],
             ));
         }
+        let body = builtins::stored(resource, body);
         inner.update(resource, current, body, scope, options, false)
     }
 
@@ -290,7 +315,7 @@ impl Store {
         }
         let current =
             current.ok_or_else(|| ApiError::not_found(&resource.group, &resource.plural, name))?;
-        let mut patched = current.clone();
+        let mut patched = builtins::served(resource, current.clone());
         match kind {
             PatchKind::Merge => patch::merge_patch(&mut patched, patch_body),
             PatchKind::Json => patch::json_patch(&mut patched, patch_body)?,
@@ -303,6 +328,7 @@ impl Store {
             PatchKind::Strategic => patch::strategic_merge(&mut patched, patch_body),
             PatchKind::Apply => unreachable!("handled above"),
         }
+        let patched = builtins::stored(resource, patched);
         inner.update(resource, current, patched, scope, options, false)
     }
 
@@ -328,7 +354,7 @@ impl Inner {
         self.objects
             .iter()
             .filter(move |((g, p, ns, _), _)| {
-                *g == resource.group
+                *g == resource.storage_group()
                     && *p == resource.plural
                     && namespace.is_none_or(|wanted| wanted == ns)
             })
@@ -366,7 +392,7 @@ impl Inner {
     ) {
         let change = Arc::new(Change {
             resource_version: self.resource_version,
-            group: resource.group.clone(),
+            group: resource.storage_group().to_string(),
             plural: resource.plural.clone(),
             kind,
             object,
@@ -548,7 +574,7 @@ impl Inner {
                 map.remove("status");
             }
         }
-        object["apiVersion"] = json!(resource.api_version(&resource.storage_version));
+        object["apiVersion"] = json!(resource.storage_api_version());
         let warnings = self.admit(resource, &mut object, None, options)?;
         let crd_type = self.crd_type(resource, &mut object)?;
         let now = now();
@@ -674,7 +700,7 @@ impl Inner {
             .unwrap_or_default()
             .to_string();
         let exists = current.is_some();
-        let live = current.clone().unwrap_or_else(|| {
+        let live = current.clone().map(|c| builtins::served(resource, c)).unwrap_or_else(|| {
             json!({"apiVersion": api_version, "kind": config["kind"], "metadata": {"name": name}})
         });
         let scope = if scope == Scope::StatusOnly || !resource.status_subresource {
@@ -701,6 +727,7 @@ impl Inner {
                 error
             },
         )?;
+        let merged = builtins::stored(resource, merged);
         match current {
             None => self.create(resource, namespace, merged, options, true),
             Some(current) => self.update(resource, current, merged, scope, options, true),
@@ -775,7 +802,7 @@ impl Inner {
                 resource.kind
             )));
         }
-        object["apiVersion"] = json!(resource.api_version(&resource.storage_version));
+        object["apiVersion"] = json!(resource.storage_api_version());
         {
             let meta = &mut object["metadata"];
             if !meta.is_object() {

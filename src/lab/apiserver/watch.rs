@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use tokio::sync::{broadcast, watch};
 use tokio::time::{sleep_until, Instant};
 
+use super::builtins;
 use super::error::ApiError;
 use super::registry::ResourceType;
 use super::selector::Selector;
@@ -35,7 +36,7 @@ pub struct WatchRequest {
 
 /// The object as served at `version` (storage is version-agnostic; no schema conversion).
 pub fn present(resource: &ResourceType, version: &str, object: &Value) -> Value {
-    let mut object = object.clone();
+    let mut object = builtins::served(resource, object.clone());
     object["apiVersion"] = json!(resource.api_version(version));
     object["kind"] = json!(resource.kind);
     object
@@ -67,7 +68,9 @@ impl WatchState {
     /// The event type this watch sees for a change, if any.
     fn event_type(&self, change: &Change) -> Option<&'static str> {
         let request = &self.request;
-        if change.group != request.resource.group || change.plural != request.resource.plural {
+        if change.group != request.resource.storage_group()
+            || change.plural != request.resource.plural
+        {
             return None;
         }
         if let Some(namespace) = &request.namespace {

@@ -687,3 +687,44 @@ async fn events_recorded_through_events_k8s_io_are_core_events_too() {
     assert_eq!(event.reporting_component.as_deref(), Some("canaryd"));
     assert_eq!(event.series.as_ref().and_then(|s| s.count), Some(2));
 }
+
+#[tokio::test]
+async fn a_streaming_list_watcher_gets_the_initial_objects_then_changes() {
+    let (_server, client) = lab(ApiServerOptions::default()).await;
+    let deployments: Api<Deployment> = Api::namespaced(client, "prod");
+    deployments
+        .create(&PostParams::default(), &deployment("web", "web:1"))
+        .await
+        .unwrap();
+    let mut events = watcher(
+        deployments.clone(),
+        watcher::Config::default().streaming_lists(),
+    )
+    .boxed();
+    let mut initial = Vec::new();
+    loop {
+        match tokio::time::timeout(WAIT, events.try_next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Some(watcher::Event::InitApply(d)) => initial.push(d.name_any()),
+            Some(watcher::Event::InitDone) => break,
+            Some(_) => {}
+            None => panic!("the watch ended before the initial events were complete"),
+        }
+    }
+    assert_eq!(initial, ["web"]);
+    deployments
+        .create(&PostParams::default(), &deployment("api", "api:1"))
+        .await
+        .unwrap();
+    match tokio::time::timeout(WAIT, events.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        Some(watcher::Event::Apply(d)) => assert_eq!(d.name_any(), "api"),
+        other => panic!("expected the new Deployment, got {other:?}"),
+    }
+}

@@ -34,6 +34,24 @@ pub fn version() -> Value {
     })
 }
 
+/// `/`: the paths the server serves, as a real server lists them.
+pub fn root_paths(registry: &Registry) -> Value {
+    let mut paths = vec![
+        "/api".to_string(),
+        "/api/v1".to_string(),
+        "/apis".to_string(),
+    ];
+    for (group, versions) in registry.group_versions() {
+        if group.is_empty() {
+            continue;
+        }
+        paths.push(format!("/apis/{group}"));
+        paths.extend(versions.iter().map(|v| format!("/apis/{group}/{v}")));
+    }
+    paths.extend(["/healthz", "/livez", "/openapi/v3", "/readyz", "/version"].map(String::from));
+    json!({"paths": paths})
+}
+
 pub fn core_versions(server_address: &str) -> Value {
     json!({
         "kind": "APIVersions",

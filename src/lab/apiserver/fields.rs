@@ -12,8 +12,9 @@
 //! `subresource: status`.
 //!
 //! What is not: list types come from field names (see `patch::merge_key`), not from the
-//! schema's `x-kubernetes-list-type`; scalar lists are always atomic (no `v:` set members);
-//! metadata ownership covers only labels and annotations; no version conversion of field sets.
+//! schema's `x-kubernetes-list-type`; scalar lists are atomic except `finalizers`, a set with
+//! `v:` members; of metadata, managers own labels, annotations, finalizers and ownerReferences;
+//! no version conversion of field sets.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -52,6 +53,9 @@ impl Scope {
     }
 }
 
+/// The metadata fields a manager can own; the rest of metadata belongs to the server.
+const METADATA_FIELDS: [&str; 4] = ["labels", "annotations", "finalizers", "ownerReferences"];
+
 fn key_segment(item: &Value, key: &str) -> Option<String> {
     let value = item.get(key)?;
     let mut map = Map::new();
@@ -65,6 +69,13 @@ fn walk(value: &Value, path: &mut FieldPath, field: &str, out: &mut BTreeMap<Fie
             for (k, v) in map {
                 path.push(format!("f:{k}"));
                 walk(v, path, k, out);
+                path.pop();
+            }
+        }
+        Value::Array(items) if field == "finalizers" && items.iter().all(Value::is_string) => {
+            for item in items {
+                path.push(format!("v:{item}"));
+                out.insert(path.clone(), item.clone());
                 path.pop();
             }
         }
@@ -107,7 +118,7 @@ pub fn leaves(object: &Value, scope: Scope) -> BTreeMap<FieldPath, Value> {
         }
         let mut path = vec![format!("f:{key}")];
         if key == "metadata" {
-            for meta in ["labels", "annotations"] {
+            for meta in METADATA_FIELDS {
                 if let Some(v) = value.get(meta) {
                     path.push(format!("f:{meta}"));
                     walk(v, &mut path, meta, &mut out);
@@ -296,7 +307,11 @@ pub fn record_update(
     write_entries(new, entries);
 }
 
+/// Whether a list item is the one a `k:{...}` (keyed item) or `v:...` (set member) names.
 fn segment_matches(segment: &str, item: &Value) -> bool {
+    if let Some(member) = segment.strip_prefix("v:") {
+        return serde_json::from_str::<Value>(member).is_ok_and(|m| &m == item);
+    }
     let Some(key_json) = segment.strip_prefix("k:") else {
         return false;
     };
@@ -365,6 +380,11 @@ fn merge_applied(target: &mut Value, applied: &Value, field: &str) {
                 }
             }
         }
+        (Value::Array(live), Value::Array(config)) if field == "finalizers" => {
+            let mut merged = config.clone();
+            merged.extend(live.iter().filter(|f| !config.contains(f)).cloned());
+            *live = merged;
+        }
         (Value::Array(live), Value::Array(config)) => match merge_key(field, config) {
             Some(key) if config.iter().all(|c| c.get(key).is_some()) => {
                 let mut merged = Vec::new();
@@ -394,6 +414,7 @@ fn dotted(path: &FieldPath) -> String {
     path.iter()
         .map(|segment| match segment.strip_prefix("f:") {
             Some(field) => format!(".{field}"),
+            None if segment.starts_with("v:") => format!("[{}]", &segment[2..]),
             None => {
                 let keys: Value =
                     serde_json::from_str(segment.trim_start_matches("k:")).unwrap_or_default();
@@ -486,7 +507,7 @@ pub fn apply(
     if let Some(map) = body.as_object_mut() {
         map.retain(|k, _| scope.includes(k) || k == "metadata");
         if let Some(metadata) = map.get_mut("metadata").and_then(Value::as_object_mut) {
-            metadata.retain(|k, _| k == "labels" || k == "annotations");
+            metadata.retain(|k, _| METADATA_FIELDS.contains(&k.as_str()));
         }
     }
     merge_applied(&mut merged, &body, "");
@@ -608,6 +629,47 @@ mod tests {
         let entry = &reapplied["metadata"]["managedFields"][0];
         assert_eq!(entry["operation"], json!("Apply"));
         assert_eq!(entry["manager"], json!("m"));
+    }
+
+    #[test]
+    fn finalizers_are_a_set_each_manager_owns_its_own() {
+        let base = json!({"metadata": {"name": "web", "finalizers": ["other.dev/keep"]}});
+        let mut live = base.clone();
+        record_update(None, &mut live, "other", "v1", Scope::All, NOW);
+        let config = json!({"metadata": {"name": "web", "finalizers": ["canaryd.dev/cleanup"]}});
+        let applied = apply(
+            &live,
+            true,
+            &config,
+            "canaryd",
+            false,
+            "v1",
+            Scope::All,
+            NOW,
+            conflict,
+        )
+        .unwrap();
+        assert_eq!(
+            applied["metadata"]["finalizers"],
+            json!(["canaryd.dev/cleanup", "other.dev/keep"])
+        );
+        let release = json!({"metadata": {"name": "web"}});
+        let released = apply(
+            &applied,
+            true,
+            &release,
+            "canaryd",
+            false,
+            "v1",
+            Scope::All,
+            NOW,
+            conflict,
+        )
+        .unwrap();
+        assert_eq!(
+            released["metadata"]["finalizers"],
+            json!(["other.dev/keep"])
+        );
     }
 
     #[test]

@@ -160,6 +160,7 @@ async fn handle(
     let registry = || app.store.registry();
     let get = call.method == Method::GET;
     match segments.as_slice() {
+        [] if get => ok(&discovery::root_paths(&registry())),
         ["version"] if get => ok(&discovery::version()),
         ["healthz" | "readyz" | "livez"] if get => "ok".into_response(),
         ["api"] if get => ok(&discovery::core_versions(&app.server_address)),
@@ -431,6 +432,8 @@ fn watch_response(app: &AppState, call: &Call, target: &Target, selector: Select
         )
             .into_response()
     };
+    let send_initial_events = call.flag("sendInitialEvents");
+    let since = if send_initial_events { None } else { since };
     let start = match app.store.watch(
         &target.resource,
         target.namespace.as_deref(),
@@ -453,6 +456,7 @@ fn watch_response(app: &AppState, call: &Call, target: &Target, selector: Select
         bookmark_interval: app.bookmark_interval,
         timeout,
         table: call.wants_table(),
+        send_initial_events,
     };
     streaming(Body::from_stream(watch::stream(
         start,

@@ -308,7 +308,7 @@ impl Store {
     ) -> ApiResult<Written> {
         let mut inner = self.lock();
         let current = inner.objects.get(&key(resource, namespace, name)).cloned();
-        if kind == PatchKind::Apply {
+        if kind == PatchKind::Apply && (current.is_some() || scope != Scope::StatusOnly) {
             return inner.apply(
                 resource, namespace, name, current, patch_body, scope, options,
             );

@@ -32,6 +32,9 @@ pub struct WatchRequest {
     pub timeout: Duration,
     /// `Some` when the client asked for `Table` rows instead of objects.
     pub table: Option<Include>,
+    /// `sendInitialEvents=true` (streaming list): the current objects, then a BOOKMARK marked
+    /// `k8s.io/initial-events-end`.
+    pub send_initial_events: bool,
 }
 
 /// The object as served at `version` (storage is version-agnostic; no schema conversion).
@@ -109,15 +112,16 @@ impl WatchState {
     }
 
     fn bookmark(&self) -> Bytes {
+        line("BOOKMARK", self.bookmark_object())
+    }
+
+    fn bookmark_object(&self) -> Value {
         let resource = &self.request.resource;
-        line(
-            "BOOKMARK",
-            json!({
-                "kind": resource.kind,
-                "apiVersion": resource.api_version(&self.request.version),
-                "metadata": {"resourceVersion": self.last_resource_version.to_string()},
-            }),
-        )
+        json!({
+            "kind": resource.kind,
+            "apiVersion": resource.api_version(&self.request.version),
+            "metadata": {"resourceVersion": self.last_resource_version.to_string()},
+        })
     }
 
     async fn next_chunk(&mut self) -> Option<Bytes> {
@@ -183,6 +187,11 @@ pub fn stream(
         .collect();
     state.pending.extend(backlog);
     state.last_resource_version = start.resource_version;
+    if state.request.send_initial_events {
+        let mut end = state.bookmark_object();
+        end["metadata"]["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+        state.pending.push_back(line("BOOKMARK", end));
+    }
     futures::stream::unfold(state, |mut state| async move {
         let chunk = state.next_chunk().await?;
         Some((Ok(chunk), state))

@@ -244,6 +244,13 @@ async fn kubectl_applies_gets_sets_image_patches_and_deletes() {
         true,
     )
     .await;
+    lab.run(
+        &["scale", "deployment/flaskapp", "--replicas=4", "-n", "prod"],
+        true,
+    )
+    .await;
+    let scaled = deployments.get("flaskapp").await.unwrap();
+    assert_eq!(scaled.spec.unwrap().replicas, Some(4));
     let guarded = r#"[{"op":"test","path":"/spec/http/0/route/0/weight","value":50}]"#;
     lab.run(
         &[

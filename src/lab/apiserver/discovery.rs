@@ -145,6 +145,17 @@ pub fn resource_list(registry: &Registry, group: &str, version: &str) -> Option<
             entry["categories"] = json!(resource.categories);
         }
         resources.push(entry);
+        if resource.scale_subresource.is_some() {
+            resources.push(json!({
+                "name": format!("{}/scale", resource.plural),
+                "singularName": "",
+                "namespaced": resource.namespaced,
+                "group": "autoscaling",
+                "version": "v1",
+                "kind": "Scale",
+                "verbs": ["get", "patch", "update"],
+            }));
+        }
         if resource.status_subresource {
             resources.push(json!({
                 "name": format!("{}/status", resource.plural),
@@ -238,7 +249,10 @@ mod tests {
             .iter()
             .map(|r| r["name"].as_str().unwrap())
             .collect();
-        assert_eq!(names, ["deployments", "deployments/status"]);
+        assert_eq!(
+            names,
+            ["deployments", "deployments/scale", "deployments/status"]
+        );
         let groups = group_list(&registry);
         let group_names: Vec<&str> = groups["groups"]
             .as_array()

@@ -17,8 +17,9 @@ use tokio::sync::watch as signal;
 use super::discovery;
 use super::error::{ApiError, ApiResult};
 use super::fields::Scope;
-use super::patch::PatchKind;
+use super::patch::{self, PatchKind};
 use super::registry::ResourceType;
+use super::scale;
 use super::selector::Selector;
 use super::store::{normalize_numbers, FieldValidation, Store, WriteOptions, Written};
 use super::table::{self, Include};
@@ -220,6 +221,9 @@ fn parse_target(store: &Store, group: &str, version: &str, rest: &[&str]) -> Api
         [name, "status"] if resource.status_subresource => {
             (Some((*name).to_string()), Some("status".to_string()))
         }
+        [name, "scale"] if resource.scale_subresource.is_some() => {
+            (Some((*name).to_string()), Some("scale".to_string()))
+        }
         _ => return Err(ApiError::not_found_path()),
     };
     if name.is_some() && resource.namespaced && namespace.is_none() {
@@ -272,6 +276,9 @@ fn resource(
     let Some(name) = target.name.clone() else {
         return collection(app, call, &target);
     };
+    if target.subresource.as_deref() == Some("scale") {
+        return scale(app, call, &target, &namespace, &name);
+    }
     match call.method {
         Method::GET => {
             let object = present(resource, version, &store.get(resource, &namespace, &name)?);
@@ -336,6 +343,51 @@ fn resource(
             call.method
         ))),
     }
+}
+
+fn scale(
+    app: &AppState,
+    call: &Call,
+    target: &Target,
+    namespace: &str,
+    name: &str,
+) -> ApiResult<Response> {
+    let resource = &target.resource;
+    let options = call.write_options(false);
+    let change =
+        |current: Value| -> ApiResult<Value> {
+            match call.method {
+                Method::PUT => call.body_value(),
+                Method::PATCH => {
+                    let mut patched = current;
+                    let body = call.body_value()?;
+                    match PatchKind::from_content_type(call.content_type()) {
+                        Some(PatchKind::Json) => patch::json_patch(&mut patched, &body)?,
+                        Some(PatchKind::Merge | PatchKind::Strategic) => {
+                            patch::merge_patch(&mut patched, &body)
+                        }
+                        _ => return Err(ApiError::unsupported_media_type(
+                            "the scale subresource takes JSON, merge or strategic merge patches",
+                        )),
+                    }
+                    Ok(patched)
+                }
+                _ => Err(ApiError::method_not_allowed(
+                    "the scale subresource supports get, update and patch",
+                )),
+            }
+        };
+    if call.method == Method::GET {
+        let paths = resource
+            .scale_subresource
+            .as_ref()
+            .ok_or_else(ApiError::not_found_path)?;
+        let current = app.store.get(resource, namespace, name)?;
+        return Ok(ok(&scale::view(paths, &current)));
+    }
+    Ok(ok(&app
+        .store
+        .scale(resource, namespace, name, change, &options)?))
 }
 
 fn collection(app: &AppState, call: &Call, target: &Target) -> ApiResult<Response> {

@@ -7,7 +7,7 @@
 //! Module map: `store` (objects, resourceVersions, history), `watch` (per-client event streams),
 //! `handlers` (HTTP), `discovery` (discovery and OpenAPI documents), `registry` (served
 //! resources), `validation` (CRD schemas), `builtins` (built-in kinds' defaults and checks),
-//! `patch` and `fields` (patch types, managedFields and server-side apply), `selector`,
+//! `patch` and `fields` (patch types, managedFields and server-side apply), `scale`, `selector`,
 //! `table` (kubectl's server-side printing), `kubeconfig`, `error` (`metav1.Status`).
 //!
 //! Not modelled: authentication and authorization, admission webhooks, version conversion of
@@ -22,6 +22,7 @@ mod handlers;
 mod kubeconfig;
 mod patch;
 mod registry;
+mod scale;
 mod selector;
 mod store;
 mod table;

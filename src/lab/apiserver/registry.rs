@@ -49,7 +49,16 @@ pub struct ResourceType {
     pub versions: Vec<ServedVersion>,
     pub storage_version: String,
     pub status_subresource: bool,
+    pub scale_subresource: Option<ScalePaths>,
     pub origin: Origin,
+}
+
+/// Where the `scale` subresource reads and writes replicas (a CRD's `subresources.scale`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScalePaths {
+    pub spec_replicas: String,
+    pub status_replicas: String,
+    pub label_selector: Option<String>,
 }
 
 impl ResourceType {
@@ -263,6 +272,7 @@ pub fn from_crd(crd: &Value) -> Result<ResourceType, Vec<FieldCause>> {
     let mut versions = Vec::new();
     let mut storage_version = None;
     let mut status_subresource = false;
+    let mut scale_subresource = None;
     let empty = Vec::new();
     let declared = spec["versions"].as_array().unwrap_or(&empty);
     if declared.is_empty() {
@@ -283,6 +293,17 @@ pub fn from_crd(crd: &Value) -> Result<ResourceType, Vec<FieldCause>> {
             storage_version = Some(version_name.clone());
         }
         status_subresource |= version["subresources"]["status"].is_object();
+        let scale = &version["subresources"]["scale"];
+        if let Some(spec_replicas) = scale["specReplicasPath"].as_str() {
+            scale_subresource = Some(ScalePaths {
+                spec_replicas: spec_replicas.to_string(),
+                status_replicas: scale["statusReplicasPath"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                label_selector: scale["labelSelectorPath"].as_str().map(str::to_string),
+            });
+        }
         if version["served"].as_bool() != Some(true) {
             continue;
         }
@@ -336,6 +357,7 @@ pub fn from_crd(crd: &Value) -> Result<ResourceType, Vec<FieldCause>> {
         versions,
         storage_version: storage_version.unwrap_or_default(),
         status_subresource,
+        scale_subresource,
         origin: Origin::Custom,
     })
 }
@@ -362,6 +384,11 @@ impl Registry {
                 }],
                 storage_version: spec.version.to_string(),
                 status_subresource: spec.status,
+                scale_subresource: (spec.builtin == Builtin::Deployment).then(|| ScalePaths {
+                    spec_replicas: ".spec.replicas".into(),
+                    status_replicas: ".status.replicas".into(),
+                    label_selector: Some(".spec.selector".into()),
+                }),
                 origin: Origin::Builtin(spec.builtin),
             });
         }

@@ -17,6 +17,7 @@ use super::error::{qualified, ApiError, ApiResult, FieldCause};
 use super::fields::{self, Scope};
 use super::patch::{self, PatchKind};
 use super::registry::{self, Builtin, Origin, Registry, ResourceType};
+use super::scale;
 use super::selector::Selector;
 use super::validation;
 
@@ -330,6 +331,27 @@ impl Store {
         }
         let patched = builtins::stored(resource, patched);
         inner.update(resource, current, patched, scope, options, false)
+    }
+
+    /// Reads the `scale` view, lets `change` edit it, and writes the replica count back.
+    pub fn scale(
+        &self,
+        resource: &ResourceType,
+        namespace: &str,
+        name: &str,
+        change: impl FnOnce(Value) -> ApiResult<Value>,
+        options: &WriteOptions,
+    ) -> ApiResult<Value> {
+        let paths = resource
+            .scale_subresource
+            .as_ref()
+            .ok_or_else(ApiError::not_found_path)?;
+        let mut inner = self.lock();
+        let current = inner.current(resource, namespace, name)?;
+        let changed = change(scale::view(paths, &current))?;
+        let updated = scale::write(paths, &current, &changed);
+        let written = inner.update(resource, current, updated, Scope::All, options, false)?;
+        Ok(scale::view(paths, &written.object))
     }
 
     pub fn delete(

@@ -14,7 +14,7 @@ use kube::api::{
     Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
 };
 use kube::core::{DynamicObject, GroupVersionKind};
-use kube::runtime::{reflector, watcher, WatchStreamExt};
+use kube::runtime::{reflector, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::{json, Value};
 
@@ -532,18 +532,35 @@ async fn a_kube_rs_watcher_and_reflector_follow_the_server() {
         .await
         .unwrap();
     let (reader, writer) = reflector::store::<Canary>();
-    let stream = reflector(
+    let mut events = reflector(
         writer,
         watcher(canaries.clone(), watcher::Config::default()),
     )
-    .applied_objects()
     .boxed();
-    let driver = tokio::spawn(stream.for_each(|_| async {}));
-    tokio::time::timeout(WAIT, reader.wait_until_ready())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(reader.state().len(), 1);
+    let converged = |names: &[&str], two_testing: bool| {
+        let state = reader.state();
+        let mut have: Vec<String> = state.iter().map(|c| c.name_any()).collect();
+        have.sort();
+        have == names
+            && (!two_testing
+                || state.iter().any(|c| {
+                    c.status
+                        .as_ref()
+                        .is_some_and(|s| format!("{:?}", s.phase) == "Testing")
+                }))
+    };
+    // The reflector's store changes as its stream is polled: poll until it shows the state.
+    tokio::time::timeout(WAIT, async {
+        while !converged(&["one"], false) {
+            events
+                .try_next()
+                .await
+                .unwrap()
+                .expect("the watcher keeps going");
+        }
+    })
+    .await
+    .expect("the reflector lists the existing Canary");
 
     canaries
         .create(
@@ -565,23 +582,16 @@ async fn a_kube_rs_watcher_and_reflector_follow_the_server() {
         .await
         .unwrap();
     tokio::time::timeout(WAIT, async {
-        loop {
-            let state = reader.state();
-            let two_testing = state.iter().any(|c| {
-                c.name_any() == "two"
-                    && c.status
-                        .as_ref()
-                        .is_some_and(|s| format!("{:?}", s.phase) == "Testing")
-            });
-            if state.len() == 1 && two_testing {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        while !converged(&["two"], true) {
+            events
+                .try_next()
+                .await
+                .unwrap()
+                .expect("the watcher keeps going");
         }
     })
     .await
-    .expect("the reflector converges on the server's state");
-    driver.abort();
+    .expect("the reflector follows creation, status and deletion");
 }
 
 #[tokio::test]

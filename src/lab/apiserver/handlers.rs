@@ -160,7 +160,7 @@ async fn handle(
     };
     let registry = || app.store.registry();
     let get = call.method == Method::GET;
-    match segments.as_slice() {
+    let response = match segments.as_slice() {
         [] if get => ok(&discovery::root_paths(&registry())),
         ["version"] if get => ok(&discovery::version()),
         ["healthz" | "readyz" | "livez"] if get => "ok".into_response(),
@@ -185,7 +185,9 @@ async fn handle(
             resource(&app, &call, group, version, rest).unwrap_or_else(IntoResponse::into_response)
         }
         _ => ApiError::not_found_path().into_response(),
-    }
+    };
+    tracing::debug!(method = %call.method, %uri, status = response.status().as_u16(), "lab API request");
+    response
 }
 
 /// Where a resource path points.

@@ -9,4 +9,5 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod crd;
+pub mod lab;
 pub mod rollout;

@@ -3,5 +3,6 @@
 //! Nothing here runs in a real cluster.
 
 pub mod mesh;
+pub mod mesh_server;
 pub mod scenario;
 pub mod workloads;

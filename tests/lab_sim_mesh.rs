@@ -293,4 +293,5 @@ async fn prometheus_can_scrape_the_metrics_endpoint() {
     }
     assert!(body.contains(&format!("destination_service=\"{STAGE}\"")));
     assert!(body.contains("le=\"+Inf\"} "));
+    assert!(body.contains(&format!("envoy_cluster_upstream_rq{{envoy_response_code=\"200\",envoy_cluster_name=\"outbound|80||{STAGE}\"}}")));
 }

@@ -1,8 +1,9 @@
 //! The simulated Istio mesh, pure part: given the prod/stage weights and how each version
 //! behaves, it generates request outcomes and counts them as Istio's destination sidecars
 //! would, in `istio_requests_total` and `istio_request_duration_milliseconds` with Istio's
-//! standard labels and default buckets. Time and randomness come in as arguments; it never
-//! watches the cluster or serves HTTP (that is [`super::mesh_server`]).
+//! standard labels and default buckets, and as the ingress gateway's Envoy would, in
+//! `envoy_cluster_upstream_rq` and `envoy_cluster_upstream_rq_time`. Time and randomness come
+//! in as arguments; it never watches the cluster or serves HTTP (that is [`super::mesh_server`]).
 
 use std::time::Duration;
 
@@ -10,12 +11,13 @@ use k8s_openapi::api::apps::v1::Deployment;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-use super::scenario::{Behaviour, Outcome};
+use super::scenario::Behaviour;
 
 /// Istio's default buckets for `istio_request_duration_milliseconds`.
 pub const ISTIO_DURATION_BUCKETS_MS: [f64; 19] = [
@@ -152,6 +154,35 @@ impl IstioLabels {
     }
 }
 
+/// Labels of Envoy's per-cluster request counter, as the ingress gateway reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct EnvoyResponseLabels {
+    pub envoy_response_code: String,
+    pub envoy_cluster_name: String,
+}
+
+/// Labels of Envoy's per-cluster request time histogram.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct EnvoyClusterLabels {
+    pub envoy_cluster_name: String,
+}
+
+impl EnvoyClusterLabels {
+    /// The gateway's cluster for `to`'s Service, named as Istio names it.
+    pub fn upstream(to: &Workload) -> Self {
+        EnvoyClusterLabels {
+            envoy_cluster_name: format!("outbound|80||{}", to.service_host),
+        }
+    }
+
+    pub fn with_response_code(&self, response_code: u16) -> EnvoyResponseLabels {
+        EnvoyResponseLabels {
+            envoy_response_code: response_code.to_string(),
+            envoy_cluster_name: self.envoy_cluster_name.clone(),
+        }
+    }
+}
+
 fn istio_duration_histogram() -> Histogram {
     Histogram::new(ISTIO_DURATION_BUCKETS_MS)
 }
@@ -161,6 +192,11 @@ fn istio_duration_histogram() -> Histogram {
 pub struct MeshMetrics {
     pub requests: Family<IstioLabels, Counter>,
     pub durations: Family<IstioLabels, Histogram, fn() -> Histogram>,
+    /// A counter in Envoy; a gauge here only because prometheus-client would name a counter
+    /// `..._total`, which Envoy's is not. Queries (`rate`, `increase`) do not see the type.
+    pub envoy_requests: Family<EnvoyResponseLabels, Gauge<u64, std::sync::atomic::AtomicU64>>,
+    /// Envoy's request time histogram, with the same default buckets as Istio's.
+    pub envoy_durations: Family<EnvoyClusterLabels, Histogram, fn() -> Histogram>,
 }
 
 impl MeshMetrics {
@@ -168,6 +204,8 @@ impl MeshMetrics {
         let metrics = MeshMetrics {
             requests: Family::default(),
             durations: Family::new_with_constructor(istio_duration_histogram),
+            envoy_requests: Family::default(),
+            envoy_durations: Family::new_with_constructor(istio_duration_histogram),
         };
         // prometheus-client appends `_total` to counters.
         registry.register(
@@ -179,6 +217,16 @@ impl MeshMetrics {
             "istio_request_duration_milliseconds",
             "Request duration in milliseconds (simulated by the canaryd lab)",
             metrics.durations.clone(),
+        );
+        registry.register(
+            "envoy_cluster_upstream_rq",
+            "Upstream requests by response code, at the ingress gateway (simulated by the canaryd lab)",
+            metrics.envoy_requests.clone(),
+        );
+        registry.register(
+            "envoy_cluster_upstream_rq_time",
+            "Upstream request time in milliseconds, at the ingress gateway (simulated by the canaryd lab)",
+            metrics.envoy_durations.clone(),
         );
         metrics
     }
@@ -252,27 +300,31 @@ impl TrafficGenerator {
         let mut sent = Sent::default();
         let sides = [&plan.prod, &plan.stage].map(|side| {
             let labels = [200, 500].map(|code| IstioLabels::destination(&side.workload, code));
-            (side, labels)
+            let cluster = EnvoyClusterLabels::upstream(&side.workload);
+            let envoy = [200, 500].map(|code| cluster.with_response_code(code));
+            (side, labels, cluster, envoy)
         });
         for _ in 0..due as u64 {
             let to_stage = total > 0 && self.rng.random_range(0..total) < plan.stage.weight;
-            let (side, labels) = &sides[usize::from(to_stage)];
-            *(if to_stage {
-                &mut sent.stage
+            if to_stage {
+                sent.stage += 1;
             } else {
-                &mut sent.prod
-            }) += 1;
-            let Outcome {
-                response_code,
-                duration_ms,
-            } = side.behaviour.sample(&mut self.rng);
-            let labels = if response_code == 200 {
-                &labels[0]
-            } else {
-                &labels[1]
-            };
-            metrics.requests.get_or_create(labels).inc();
-            metrics.durations.get_or_create(labels).observe(duration_ms);
+                sent.prod += 1;
+            }
+            let (side, istio, cluster, envoy) = &sides[usize::from(to_stage)];
+            let outcome = side.behaviour.sample(&mut self.rng);
+            // The label sets are built for 200 and 500, the only codes a behaviour answers.
+            let code = usize::from(outcome.response_code != 200);
+            metrics.requests.get_or_create(&istio[code]).inc();
+            metrics
+                .durations
+                .get_or_create(&istio[code])
+                .observe(outcome.duration_ms);
+            metrics.envoy_requests.get_or_create(&envoy[code]).inc();
+            metrics
+                .envoy_durations
+                .get_or_create(cluster)
+                .observe(outcome.duration_ms);
         }
         sent
     }
@@ -469,6 +521,38 @@ mod tests {
         let sum = stage_ok("istio_request_duration_milliseconds_sum")[0].2;
         let mean = sum / stage_requests;
         assert!((40.0..150.0).contains(&mean), "mean latency {mean} ms");
+    }
+
+    #[test]
+    fn the_gateways_envoy_counts_the_same_requests() {
+        let (registry, metrics) = fresh();
+        let plan = plan("demoapp:v1", "demoapp:v3", 50);
+        TrafficGenerator::new(50.0, 5).advance(&plan, Duration::from_secs(20), &metrics);
+        let samples = samples(&encode(&registry));
+        let stage_cluster = "outbound|80||flaskapp.stage.svc.cluster.local";
+        let envoy = |name: &str, code: Option<&str>| {
+            samples
+                .iter()
+                .filter(|(n, l, _)| {
+                    n == name
+                        && l["envoy_cluster_name"] == stage_cluster
+                        && code.is_none_or(|c| l["envoy_response_code"] == c)
+                })
+                .map(|(_, _, v)| *v)
+                .collect::<Vec<_>>()
+        };
+        for code in [200, 500] {
+            assert_eq!(
+                envoy("envoy_cluster_upstream_rq", Some(&code.to_string())),
+                [count(&metrics, &plan.stage, code) as f64]
+            );
+        }
+        let all = (count(&metrics, &plan.stage, 200) + count(&metrics, &plan.stage, 500)) as f64;
+        assert_eq!(envoy("envoy_cluster_upstream_rq_time_count", None), [all]);
+        assert_eq!(
+            envoy("envoy_cluster_upstream_rq_time_bucket", None).len(),
+            20
+        );
     }
 
     proptest! {

@@ -591,6 +591,11 @@ mod tests {
                 before = now;
             }
         }
+    }
+
+    proptest! {
+        // Each case sends 10,000 requests; a few seeds are enough.
+        #![proptest_config(ProptestConfig::with_cases(6))]
 
         /// Stage's error share is its image's error rate, within five standard deviations.
         #[test]

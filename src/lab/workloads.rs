@@ -4,7 +4,7 @@
 //! ready and available), through the status subresource, as the real controller would. It
 //! creates no ReplicaSets or Pods and never touches a Deployment's spec.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -205,6 +205,8 @@ pub async fn run(client: Client, delay: Duration) {
     let mut latest: HashMap<ObjectRef<Deployment>, Deployment> = HashMap::new();
     let mut finished: HashMap<ObjectRef<Deployment>, Revision> = HashMap::new();
     let mut pending: HashMap<ObjectRef<Deployment>, Pending> = HashMap::new();
+    // What a re-list has shown so far; whatever it did not show was deleted meanwhile.
+    let mut listed: HashSet<ObjectRef<Deployment>> = HashSet::new();
     loop {
         let next_due = pending.values().map(|p| p.due).min();
         tokio::select! {
@@ -220,6 +222,7 @@ pub async fn run(client: Client, delay: Duration) {
                         }
                         pending.insert(key.clone(), Pending { due: Instant::now() + delay, revision });
                     }
+                    listed.insert(key.clone());
                     latest.insert(key, d);
                 }
                 Some(Ok(watcher::Event::Delete(d))) => {
@@ -228,7 +231,12 @@ pub async fn run(client: Client, delay: Duration) {
                     finished.remove(&key);
                     pending.remove(&key);
                 }
-                Some(Ok(watcher::Event::Init | watcher::Event::InitDone)) => {}
+                Some(Ok(watcher::Event::Init)) => listed.clear(),
+                Some(Ok(watcher::Event::InitDone)) => {
+                    latest.retain(|key, _| listed.contains(key));
+                    finished.retain(|key, _| listed.contains(key));
+                    pending.retain(|key, _| listed.contains(key));
+                }
                 Some(Err(error)) => tracing::warn!(%error, "lab: watching Deployments failed; retrying"),
                 None => return,
             },

@@ -283,6 +283,7 @@ async fn write_status(client: &Client, deployment: &Deployment, status: Deployme
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn deployment(generation: i64, image: &str) -> Deployment {
         serde_json::from_value(json!({
@@ -396,5 +397,29 @@ mod tests {
         let fresh = progressing_status(&v1, now);
         assert_eq!(condition(&fresh, "Available").status, "False");
         assert_eq!(fresh.unavailable_replicas, Some(2));
+    }
+
+    proptest! {
+        /// Whatever the spec, the progressing status keeps a rollout open (unless there is
+        /// nothing to roll out) and the finished status closes it.
+        #[test]
+        fn written_statuses_open_and_close_the_rollout(
+            generation in 1i64..1000,
+            replicas in 0i32..50,
+            old_available in 0i32..50,
+            tag in "[a-z0-9]{1,8}",
+        ) {
+            let now = Timestamp::UNIX_EPOCH;
+            let mut d = deployment(generation, &format!("demoapp:{tag}"));
+            d.spec.as_mut().unwrap().replicas = Some(replicas);
+            d.status = Some(DeploymentStatus { available_replicas: Some(old_available), ..DeploymentStatus::default() });
+
+            let progressing = with_status(d.clone(), progressing_status(&d, now));
+            prop_assert_eq!(rollout_complete(&progressing), replicas == 0);
+            let done = with_status(d.clone(), complete_status(&d, now));
+            prop_assert!(rollout_complete(&done));
+            prop_assert!(!needs_rollout(&done, Some(&Revision::of(&d))));
+            prop_assert!(!needs_rollout(&done, None));
+        }
     }
 }

@@ -9,7 +9,7 @@ use canaryd::api::{AnalysisSpec, AnalysisState, Verdict};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 use rand_distr::{Binomial, Distribution, Poisson};
 
 const ALPHA: f64 = 0.01;
@@ -76,13 +76,13 @@ fn rolled_back(spec: &AnalysisSpec, s: &Scenario, stage_factor: f64, rng: &mut S
         for look in 1..=40u64 {
             t += 30.0;
             let wave = 1.0 + s.drift * (t / 1200.0 * std::f64::consts::TAU).sin();
-            let burst = if s.bursts && rng.gen_bool(0.03) {
+            let burst = if s.bursts && rng.random_bool(0.03) {
                 20.0
             } else {
                 1.0
             };
             // The realised split wanders around the configured weight.
-            let share = (weight as f64 / 100.0 * rng.gen_range(0.7..1.3)).min(0.95);
+            let share = (weight as f64 / 100.0 * rng.random_range(0.7..1.3)).min(0.95);
             let mean = s.rps * wave * 30.0;
             let n_s = Poisson::new(mean * share).unwrap().sample(rng) as u64;
             let n_p = Poisson::new(mean * (1.0 - share)).unwrap().sample(rng) as u64;

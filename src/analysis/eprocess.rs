@@ -15,6 +15,10 @@ pub struct Grid {
     ratios: [f64; MAX_POINTS],
     /// ln of each ratio, precomputed for the update.
     log_ratios: [f64; MAX_POINTS],
+    /// ln of each point's prior weight (unnormalised): a normal density on ln r centred at
+    /// r = 1 with standard deviation ln 2, so most mass sits on the ratios that matter
+    /// (0.5 to 2) while 16x keeps some.
+    log_weights: [f64; MAX_POINTS],
     len: usize,
     pub tolerance_idx: usize,
 }
@@ -43,10 +47,18 @@ impl Grid {
                 .unwrap_or(0)
         };
         let mut log_ratios = [0.0; MAX_POINTS];
-        for (l, r) in log_ratios.iter_mut().zip(&ratios[..len]) {
+        let mut log_weights = [0.0; MAX_POINTS];
+        let tau = std::f64::consts::LN_2;
+        for ((l, w), r) in log_ratios
+            .iter_mut()
+            .zip(&mut log_weights)
+            .zip(&ratios[..len])
+        {
             *l = r.ln();
+            *w = -(*l * *l) / (2.0 * tau * tau);
         }
         Grid {
+            log_weights,
             tolerance_idx: find(tolerance),
             ratios,
             log_ratios,
@@ -90,66 +102,77 @@ fn log_mean_exp(xs: &[f64]) -> f64 {
     max + sum.ln() - (xs.len() as f64).ln()
 }
 
-/// ln e-value against "r <= ratios[idx]", mixing uniformly over the grid ratios above it.
-/// A test supermartingale under every r at or below the null value: per look, the expected
-/// likelihood ratio of an alternative above the null is at most 1 when the truth is below.
-pub fn log_e_above(ll: &[f64], idx: usize) -> f64 {
-    log_mean_exp(&ll[idx + 1..]) - ll[idx]
+impl Grid {
+    /// ln e-value against "r <= ratios[idx]": the prior mixture over the grid ratios above
+    /// it, weights renormalised to 1. A test supermartingale under every r at or below the
+    /// null value: per look, the expected likelihood ratio of an alternative above the null
+    /// is at most 1 when the truth is at or below it.
+    pub fn log_e_above(&self, ll: &[f64], idx: usize) -> f64 {
+        let w = &self.log_weights[idx + 1..self.len];
+        log_sum_exp2(&ll[idx + 1..self.len], w) - log_sum_exp2(&[], w) - ll[idx]
+    }
+
+    /// Confidence bounds on the ratio at level exp(-log_threshold), from the tests of every
+    /// grid point: against "r <= x" mixing over the ratios above x, and against "r >= x"
+    /// mixing over those below. The lower bound is the largest grid ratio such that it and
+    /// every grid ratio below it are rejected (0 when none is); the upper bound the smallest
+    /// such that it and every ratio above it are rejected (None: unbounded). A true ratio
+    /// between two grid points is excluded only if the test at the grid point on its
+    /// conservative side rejects, so coverage holds at the level of one test.
+    pub fn bounds(&self, ll: &[f64], log_threshold: f64) -> (f64, Option<f64>) {
+        let n = self.len;
+        let w = &self.log_weights;
+        // Running log-sums from each end, so all 2n tests cost O(n).
+        let mut above = [(f64::NEG_INFINITY, f64::NEG_INFINITY); MAX_POINTS];
+        for i in (0..n.saturating_sub(1)).rev() {
+            let (a, b) = above[i + 1];
+            above[i] = (log_add(a, ll[i + 1] + w[i + 1]), log_add(b, w[i + 1]));
+        }
+        let mut lower = 0.0;
+        for i in 0..n.saturating_sub(1) {
+            if above[i].0 - above[i].1 - ll[i] >= log_threshold {
+                lower = self.ratios[i];
+            } else {
+                break;
+            }
+        }
+        let mut below = [(f64::NEG_INFINITY, f64::NEG_INFINITY); MAX_POINTS];
+        for i in 1..n {
+            let (a, b) = below[i - 1];
+            below[i] = (log_add(a, ll[i - 1] + w[i - 1]), log_add(b, w[i - 1]));
+        }
+        let mut upper = None;
+        for i in (1..n).rev() {
+            if below[i].0 - below[i].1 - ll[i] >= log_threshold {
+                upper = Some(self.ratios[i]);
+            } else {
+                break;
+            }
+        }
+        (lower, upper)
+    }
 }
 
-/// Confidence bounds on the ratio at level exp(-log_threshold), from the tests of every
-/// grid point. The lower bound is the largest grid ratio such that it and every grid ratio
-/// below it are rejected by the "r <= x" test (0 when none is); the upper bound the smallest
-/// such that it and every ratio above it are rejected by the "r >= x" test (None: unbounded).
-/// A true ratio between two grid points is covered unless the test at the grid point on its
-/// conservative side rejects, so coverage holds at the test's level.
-pub fn bounds(grid: &Grid, ll: &[f64], log_threshold: f64) -> (f64, Option<f64>) {
-    let n = grid.len();
-    // Running sums from each end, so all 2n tests cost O(n).
-    let mut lower = 0.0;
-    let mut suffix = [f64::NEG_INFINITY; MAX_POINTS]; // ln sum exp(ll[i+1..])
-    for i in (0..n).rev() {
-        if i + 1 < n {
-            let x = ll[i + 1];
-            let prev = suffix[i + 1];
-            suffix[i] = if prev == f64::NEG_INFINITY {
-                x
-            } else {
-                let hi = prev.max(x);
-                hi + ((prev - hi).exp() + (x - hi).exp()).ln()
-            };
-        }
+/// ln sum_i exp(xs[i] + ws[i]); with `xs` empty, ln sum_i exp(ws[i]).
+fn log_sum_exp2(xs: &[f64], ws: &[f64]) -> f64 {
+    let term = |i: usize| xs.get(i).copied().unwrap_or(0.0) + ws[i];
+    let max = (0..ws.len()).map(term).fold(f64::NEG_INFINITY, f64::max);
+    if max == f64::NEG_INFINITY {
+        return max;
     }
-    for (i, s) in suffix.iter().enumerate().take(n - 1) {
-        let e = s - ((n - 1 - i) as f64).ln() - ll[i];
-        if e >= log_threshold {
-            lower = grid.ratios[i];
-        } else {
-            break;
-        }
+    max + (0..ws.len())
+        .map(|i| (term(i) - max).exp())
+        .sum::<f64>()
+        .ln()
+}
+
+/// ln(exp(a) + exp(b)).
+pub fn log_add(a: f64, b: f64) -> f64 {
+    let hi = a.max(b);
+    if hi == f64::NEG_INFINITY {
+        return hi;
     }
-    let mut upper = None;
-    let mut prefix = f64::NEG_INFINITY; // ln sum exp(ll[..i])
-    let mut prefixes = [f64::NEG_INFINITY; MAX_POINTS];
-    for i in 0..n {
-        prefixes[i] = prefix;
-        let x = ll[i];
-        prefix = if prefix == f64::NEG_INFINITY {
-            x
-        } else {
-            let hi = prefix.max(x);
-            hi + ((prefix - hi).exp() + (x - hi).exp()).ln()
-        };
-    }
-    for i in (1..n).rev() {
-        let e = prefixes[i] - (i as f64).ln() - ll[i];
-        if e >= log_threshold {
-            upper = Some(grid.ratios[i]);
-        } else {
-            break;
-        }
-    }
-    (lower, upper)
+    hi + ((a - hi).exp() + (b - hi).exp()).ln()
 }
 
 /// ln e-value against "the stage's per-request bad probability is at most `limit`", from
@@ -207,12 +230,15 @@ mod tests {
         }
         let (b, m) = (9.0, 23.0);
         let r0 = g.tolerance_idx;
-        let alts: Vec<f64> = g.ratios()[r0 + 1..]
-            .iter()
-            .map(|&r| ln_binomial_ratio(b, m, q(r, pi), q(1.0, pi)))
-            .collect();
-        let closed = log_mean_exp(&alts);
-        assert!((log_e_above(&ll, r0) - closed).abs() < 1e-9);
+        let tau2 = 2.0 * std::f64::consts::LN_2.powi(2);
+        let (mut num, mut den) = (0.0, 0.0);
+        for &r in &g.ratios()[r0 + 1..] {
+            let w = (-(r.ln().powi(2)) / tau2).exp();
+            num += w * ln_binomial_ratio(b, m, q(r, pi), q(1.0, pi)).exp();
+            den += w;
+        }
+        let closed = (num / den).ln();
+        assert!((g.log_e_above(&ll, r0) - closed).abs() < 1e-9);
     }
 
     #[test]
@@ -262,14 +288,14 @@ mod tests {
         let pi = 0.5;
         let mut ll = vec![0.0; g.len()];
         let thr = (100.0f64).ln();
-        let (lo, hi) = bounds(&g, &ll, thr);
+        let (lo, hi) = g.bounds(&ll, thr);
         assert_eq!((lo, hi), (0.0, None), "no data, no bounds");
         g.fold(&mut ll, 200.0, 100.0, pi); // ratio 2
-        let (lo, hi) = bounds(&g, &ll, thr);
+        let (lo, hi) = g.bounds(&ll, thr);
         let hi = hi.expect("bounded with 300 events");
         assert!(lo > 1.0 && lo < 2.0 && hi > 2.0 && hi < 4.0, "{lo} {hi}");
         g.fold(&mut ll, 2000.0, 1000.0, pi);
-        let (lo2, hi2) = bounds(&g, &ll, thr);
+        let (lo2, hi2) = g.bounds(&ll, thr);
         assert!(
             lo2 >= lo && hi2.unwrap() <= hi && lo2 > 1.6,
             "{lo2} {hi2:?}"
@@ -284,7 +310,7 @@ mod tests {
         g.fold(&mut ll, 5.0, 0.0, 1.0);
         g.fold(&mut ll, 0.0, 5.0, 0.0);
         assert!(ll.iter().all(|&x| x == 0.0));
-        assert_eq!(log_e_above(&ll, g.tolerance_idx), 0.0);
+        assert!(g.log_e_above(&ll, g.tolerance_idx).abs() < 1e-12);
     }
 
     #[test]

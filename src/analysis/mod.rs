@@ -15,13 +15,18 @@
 //! We keep ln L(r) = sum_i [b_s,i ln r - m_i ln(1 + pi_i (r - 1))] at a fixed grid of ratios:
 //! 2^(k/4) for k = -8..=16 (0.25 to 16, four points per doubling, so any true ratio is within
 //! 9 % of a grid point) plus the metric's `tolerance` r0 and `margin` inserted exactly. With
-//! time-varying pi_i there is no conjugate prior, so the mixture is this discrete grid with
-//! uniform weights over the points on the alternative side. The state of a series is these
-//! ~27 numbers (twice, see below) and four counters.
+//! time-varying pi_i there is no conjugate prior, so the mixture is this discrete grid. Its
+//! weights follow a normal density on ln r centred at r = 1 with standard deviation ln 2 (the
+//! normal mixture on the log rate ratio of Lindon et al.), renormalised over the points on
+//! the alternative side of each test: most mass on the effects that matter (0.5x to 2x,
+//! where evidence is slow to come), little on 16x, which any mixture detects at once. The
+//! state of a series is these ~27 numbers (twice, see below) and four counters.
 //!
-//! * **Rollback**: M_t = mean over r_j > r0 of L_t(r_j) / L_t(r0). For any true r <= r0 each
+//! * **Rollback**: M_t = sum over r_j > r0 of w_j L_t(r_j) / L_t(r0). For any true r <= r0 each
 //!   look's factor has conditional expectation (q q_j/q0 + (1-q)(1-q_j)/(1-q0))^m <= 1, so M is
-//!   a test supermartingale for the whole composite null, and by Ville's inequality
+//!   a test supermartingale for the whole composite null (b_s given m is in fact
+//!   hypergeometric; it is dominated by the binomial in convex order, Hoeffding 1963, so the
+//!   bound still holds), and by Ville's inequality
 //!   P(sup_t M_t >= 1/a) <= a (Lindon, Sanden, Shirikian, KDD 2022, arXiv 2205.14762; with a
 //!   constant allocation it is the Beta/Dirichlet-multinomial mixture of Lindon & Malek,
 //!   NeurIPS 2022, arXiv 2011.03567, with a discrete prior; a unit test checks the closed form).
@@ -309,10 +314,10 @@ pub fn evaluate_look(
         let rate = |bad: u64, n: u64| (n > 0).then(|| bad as f64 / n as f64);
         let (log_e, lower, upper) = match &grid {
             Some(g) => {
-                let full = eprocess::log_e_above(&st.log_likelihood, g.tolerance_idx);
-                let step = eprocess::log_e_above(&st.step_log_likelihood, g.tolerance_idx);
-                let log_e = log_add(0.5f64.ln() + full, step_weight_ln + step);
-                let (lo, hi) = eprocess::bounds(g, &st.log_likelihood, log_threshold);
+                let full = g.log_e_above(&st.log_likelihood, g.tolerance_idx);
+                let step = g.log_e_above(&st.step_log_likelihood, g.tolerance_idx);
+                let log_e = eprocess::log_add(0.5f64.ln() + full, step_weight_ln + step);
+                let (lo, hi) = g.bounds(&st.log_likelihood, log_threshold);
                 (log_e, lo, hi)
             }
             None => (
@@ -512,14 +517,6 @@ fn round2(x: f64) -> f64 {
     } else {
         (x * 100.0).round() / 100.0
     }
-}
-
-fn log_add(a: f64, b: f64) -> f64 {
-    let hi = a.max(b);
-    if hi == f64::NEG_INFINITY {
-        return hi;
-    }
-    hi + ((a - hi).exp() + (b - hi).exp()).ln()
 }
 
 fn estimate(buckets: &[Bucket]) -> Option<LatencyEstimate> {

@@ -121,29 +121,40 @@ impl Grid {
     /// conservative side rejects, so coverage holds at the level of one test.
     pub fn bounds(&self, ll: &[f64], log_threshold: f64) -> (f64, Option<f64>) {
         let n = self.len;
-        let w = &self.log_weights;
-        // Running log-sums from each end, so all 2n tests cost O(n).
-        let mut above = [(f64::NEG_INFINITY, f64::NEG_INFINITY); MAX_POINTS];
+        // Weighted likelihoods in linear space, shifted by their maximum, and running sums
+        // from each end, so all 2n tests cost O(n). A term that underflows is negligible
+        // next to the maximum; an all-underflow sum only makes a test more conservative.
+        let shift = (0..n)
+            .map(|i| ll[i] + self.log_weights[i])
+            .fold(f64::NEG_INFINITY, f64::max);
+        let mut a = [0.0; MAX_POINTS];
+        let mut w = [0.0; MAX_POINTS];
+        for i in 0..n {
+            a[i] = (ll[i] + self.log_weights[i] - shift).exp();
+            w[i] = self.log_weights[i].exp();
+        }
+        let rejects = |sum_a: f64, sum_w: f64, i: usize| {
+            sum_a.ln() + shift - sum_w.ln() - ll[i] >= log_threshold
+        };
+        let mut above = [(0.0, 0.0); MAX_POINTS];
         for i in (0..n.saturating_sub(1)).rev() {
-            let (a, b) = above[i + 1];
-            above[i] = (log_add(a, ll[i + 1] + w[i + 1]), log_add(b, w[i + 1]));
+            above[i] = (above[i + 1].0 + a[i + 1], above[i + 1].1 + w[i + 1]);
         }
         let mut lower = 0.0;
-        for i in 0..n.saturating_sub(1) {
-            if above[i].0 - above[i].1 - ll[i] >= log_threshold {
+        for (i, &(sa, sw)) in above.iter().enumerate().take(n.saturating_sub(1)) {
+            if rejects(sa, sw, i) {
                 lower = self.ratios[i];
             } else {
                 break;
             }
         }
-        let mut below = [(f64::NEG_INFINITY, f64::NEG_INFINITY); MAX_POINTS];
+        let mut below = [(0.0, 0.0); MAX_POINTS];
         for i in 1..n {
-            let (a, b) = below[i - 1];
-            below[i] = (log_add(a, ll[i - 1] + w[i - 1]), log_add(b, w[i - 1]));
+            below[i] = (below[i - 1].0 + a[i - 1], below[i - 1].1 + w[i - 1]);
         }
         let mut upper = None;
         for i in (1..n).rev() {
-            if below[i].0 - below[i].1 - ll[i] >= log_threshold {
+            if rejects(below[i].0, below[i].1, i) {
                 upper = Some(self.ratios[i]);
             } else {
                 break;
@@ -300,6 +311,43 @@ mod tests {
             lo2 >= lo && hi2.unwrap() <= hi && lo2 > 1.6,
             "{lo2} {hi2:?}"
         );
+    }
+
+    #[test]
+    fn bounds_agree_with_testing_every_grid_point_one_by_one() {
+        let g = Grid::new(1.0, 1.5);
+        let n = g.len();
+        let tau2 = 2.0 * std::f64::consts::LN_2.powi(2);
+        let w: Vec<f64> = g
+            .ratios()
+            .iter()
+            .map(|r| -(r.ln().powi(2)) / tau2)
+            .collect();
+        let below = |ll: &[f64], i: usize| {
+            log_sum_exp2(&ll[..i], &w[..i]) - log_sum_exp2(&[], &w[..i]) - ll[i]
+        };
+        let thr = (200.0f64).ln();
+        for (bs, bp, pi) in [
+            (40.0, 10.0, 0.3),
+            (5.0, 60.0, 0.5),
+            (300.0, 700.0, 0.3),
+            (1.0, 1.0, 0.6),
+        ] {
+            let mut ll = vec![0.0; n];
+            for _ in 0..4 {
+                g.fold(&mut ll, bs, bp, pi);
+            }
+            let lower = (0..n - 1)
+                .take_while(|&i| g.log_e_above(&ll, i) >= thr)
+                .last()
+                .map_or(0.0, |i| g.ratios()[i]);
+            let upper = (1..n)
+                .rev()
+                .take_while(|&i| below(&ll, i) >= thr)
+                .last()
+                .map(|i| g.ratios()[i]);
+            assert_eq!(g.bounds(&ll, thr), (lower, upper), "{bs} {bp} {pi}");
+        }
     }
 
     #[test]

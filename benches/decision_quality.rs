@@ -627,7 +627,12 @@ fn main() {
         .position(|a| a == "--rollouts")
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse().ok())
-        .unwrap_or(5000);
+        // `cargo bench` passes --bench; run as a test (`cargo test --benches`), a smoke pass.
+        .unwrap_or(if args.iter().any(|a| a == "--bench") {
+            5000
+        } else {
+            20
+        });
     let started = std::time::Instant::now();
     // DQ_ONLY=<text> runs only the families whose name contains it.
     let only = std::env::var("DQ_ONLY").unwrap_or_default();

@@ -374,6 +374,16 @@ pub fn evaluate_look(
             restarted.join(", ")
         ));
     }
+    for (s, r) in series.iter().zip(&reports) {
+        if let (Source::Latency { threshold_ms }, Some(b)) = (&s.source, r.boundary_ms) {
+            if b != *threshold_ms {
+                reason.push_str(&format!(
+                    " ({} ms is not a histogram bucket boundary; {} counts requests slower than {b} ms)",
+                    threshold_ms, s.name
+                ));
+            }
+        }
+    }
     Ok(LookOutcome {
         state: next,
         verdict,
@@ -812,6 +822,13 @@ mod tests {
             assert!(m.ratio_upper.unwrap() <= m.margin && m.ratio_lower < 1.0);
         }
         assert_eq!(outs[first].metrics[1].boundary_ms, Some(250.0));
+        assert!(
+            outs[first].reason.contains(
+                "300 ms is not a histogram bucket boundary; latency@300 counts requests slower than 250 ms"
+            ),
+            "{}",
+            outs[first].reason
+        );
         assert!(outs.iter().all(|o| o.verdict != Verdict::Rollback));
     }
 

@@ -228,28 +228,35 @@ mod tests {
         assert_eq!(on_grid.len(), MAX_POINTS - 2);
     }
 
-    #[test]
-    fn looks_at_constant_allocation_equal_one_binomial_on_the_totals() {
-        // With a constant share the e-value depends only on the totals, however the
-        // events are split into looks: the closed form is a binomial likelihood ratio mixture.
-        let g = Grid::new(1.0, 1.5);
-        let pi = 0.3;
-        let looks = [(3.0, 4.0), (0.0, 7.0), (5.0, 2.0), (1.0, 1.0)];
-        let mut ll = vec![0.0; g.len()];
-        for (bs, bp) in looks {
-            g.fold(&mut ll, bs, bp, pi);
+    proptest::proptest! {
+        /// With a constant share the e-value depends only on the totals, however the events
+        /// are split into looks: the closed form is the binomial likelihood-ratio mixture.
+        #[test]
+        fn looks_at_constant_allocation_equal_one_binomial_on_the_totals(
+            looks in proptest::collection::vec((0u32..40, 0u32..40), 1..12),
+            pi in 0.05..0.95f64,
+            tolerance in 1.0..1.4f64,
+        ) {
+            let g = Grid::new(tolerance, 1.5);
+            let mut ll = vec![0.0; g.len()];
+            for &(bs, bp) in &looks {
+                g.fold(&mut ll, bs as f64, bp as f64, pi);
+            }
+            let b: f64 = looks.iter().map(|l| l.0 as f64).sum();
+            let m: f64 = looks.iter().map(|l| (l.0 + l.1) as f64).sum();
+            let r0 = g.tolerance_idx;
+            let tau2 = 2.0 * std::f64::consts::LN_2.powi(2);
+            let terms: Vec<(f64, f64)> = g.ratios()[r0 + 1..]
+                .iter()
+                .map(|&r| (-(r.ln().powi(2)) / tau2, ln_binomial_ratio(b, m, q(r, pi), q(tolerance, pi))))
+                .collect();
+            let max = terms.iter().map(|(w, l)| w + l).fold(f64::NEG_INFINITY, f64::max);
+            let num: f64 = terms.iter().map(|(w, l)| (w + l - max).exp()).sum();
+            let den: f64 = terms.iter().map(|(w, _)| w.exp()).sum();
+            let closed = num.ln() + max - den.ln();
+            let got = g.log_e_above(&ll, r0);
+            proptest::prop_assert!((got - closed).abs() < 1e-7 * (1.0 + closed.abs()), "{} vs {}", got, closed);
         }
-        let (b, m) = (9.0, 23.0);
-        let r0 = g.tolerance_idx;
-        let tau2 = 2.0 * std::f64::consts::LN_2.powi(2);
-        let (mut num, mut den) = (0.0, 0.0);
-        for &r in &g.ratios()[r0 + 1..] {
-            let w = (-(r.ln().powi(2)) / tau2).exp();
-            num += w * ln_binomial_ratio(b, m, q(r, pi), q(1.0, pi)).exp();
-            den += w;
-        }
-        let closed = (num / den).ln();
-        assert!((g.log_e_above(&ll, r0) - closed).abs() < 1e-9);
     }
 
     #[test]

@@ -106,6 +106,12 @@ pub struct LookOutcome {
 /// looks of the rollout) and the field, so the telemetry query behind it can be found.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum AnalysisError {
+    #[error("look {look}: {field} is {value}; a window's increment cannot be negative: did a counter go down (a reset)? Count the window from the restarted counter")]
+    CounterWentDown {
+        look: u32,
+        field: String,
+        value: f64,
+    },
     #[error("look {look}: {field} is {value}; counts must be finite and not negative")]
     InvalidCount {
         look: u32,
@@ -630,6 +636,8 @@ fn validate_arm(look: u32, side: &str, arm: &ArmCounts) -> Result<(), AnalysisEr
     let count = |field: String, value: f64| {
         if value.is_finite() && value >= 0.0 {
             Ok(())
+        } else if value.is_finite() {
+            Err(AnalysisError::CounterWentDown { look, field, value })
         } else {
             Err(AnalysisError::InvalidCount { look, field, value })
         }
@@ -927,6 +935,58 @@ mod tests {
         }
     }
 
+    fn any_count() -> impl proptest::strategy::Strategy<Value = f64> {
+        use proptest::prelude::*;
+        prop_oneof![
+            0.0..5000.0f64,
+            Just(f64::NAN),
+            Just(f64::INFINITY),
+            -10.0..0.0f64,
+        ]
+    }
+
+    fn any_arm() -> impl proptest::strategy::Strategy<Value = ArmCounts> {
+        use proptest::prelude::*;
+        (
+            any_count(),
+            any_count(),
+            proptest::collection::vec(
+                (
+                    prop_oneof![0.0..600.0f64, Just(f64::INFINITY), Just(f64::NAN)],
+                    any_count(),
+                ),
+                0..5,
+            ),
+        )
+            .prop_map(|(requests, errors, buckets)| ArmCounts {
+                requests,
+                errors,
+                latency_buckets: buckets
+                    .into_iter()
+                    .map(|(le_ms, count)| Bucket { le_ms, count })
+                    .collect(),
+                ..ArmCounts::default()
+            })
+    }
+
+    proptest::proptest! {
+        /// Whatever arrives from telemetry, a look returns a verdict or an error; it never
+        /// panics, and a verdict's numbers are valid status JSON.
+        #[test]
+        fn any_input_gives_a_verdict_or_an_error(stage in any_arm(), prod in any_arm(), weight in 0u8..=100, step in 0u32..4) {
+            let mut s = spec();
+            s.slo = Some(SloSpec { max_error_rate: Some(0.01), max_latency_ms: Some(LatencyQuantiles { p99: Some(300.0), ..LatencyQuantiles::default() }) });
+            let counts = LookCounts { stage, prod };
+            if let Ok(out) = evaluate_look(&s, &AnalysisState::default(), &counts, &ctx(step, weight, 300)) {
+                proptest::prop_assert!(out.metrics.iter().all(|m| m.e_value.is_finite() && m.ratio_lower.is_finite()));
+                proptest::prop_assert!(serde_json::to_string(&out.state).is_ok());
+                if weight == 0 {
+                    proptest::prop_assert_eq!(out.verdict, Verdict::Continue);
+                }
+            }
+        }
+    }
+
     #[test]
     fn bad_input_is_an_error_naming_the_look_and_field() {
         let s = spec();
@@ -950,7 +1010,19 @@ mod tests {
         check(c, "stage.errors is NaN");
         let mut c = ok.clone();
         c.prod.requests = -3.0;
-        check(c, "prod.requests is -3");
+        check(
+            c,
+            "prod.requests is -3; a window's increment cannot be negative",
+        );
+        let mut c = ok.clone();
+        c.prod.ratios.insert(
+            "checkout".into(),
+            RatioCounts {
+                bad: 1.0,
+                total: f64::INFINITY,
+            },
+        );
+        check(c, "prod.ratios.checkout.total is inf");
         let mut c = ok.clone();
         c.stage.errors = 500.0;
         check(c, "stage.errors is 500, more than stage.requests");

@@ -16,9 +16,9 @@
 //! 2^(k/4) for k = -8..=16 (0.25 to 16, four points per doubling, so any true ratio is within
 //! 9 % of a grid point) plus the metric's `tolerance` r0 and `margin` inserted exactly. With
 //! time-varying pi_i there is no conjugate prior, so the mixture is this discrete grid. Its
-//! weights follow a normal density on ln r centred at r = 1 with standard deviation ln 2 (the
-//! normal mixture on the log rate ratio of Lindon et al.), renormalised over the points on
-//! the alternative side of each test: most mass on the effects that matter (0.5x to 2x,
+//! weights follow a normal density on ln r centred at r = 1 with standard deviation ln 2 (a
+//! normal prior on the log rate ratio, the usual mixing choice for these e-values),
+//! renormalised over the points on the alternative side of each test: most mass on the effects that matter (0.5x to 2x,
 //! where evidence is slow to come), little on 16x, which any mixture detects at once. The
 //! state of a series is these ~27 numbers (twice, see below) and four counters.
 //!
@@ -65,7 +65,16 @@
 //! p_j = p0 2^(j/4), a test supermartingale for any drifting rate at or below p0. They can
 //! only roll back (the lifecycle has nothing to compare at 100 %; an advance still needs the
 //! comparisons). A latency limit that is not a bucket boundary is tested at the next boundary
-//! above it, which never overstates the slow requests.
+//! above it, which never overstates the slow requests. Their evidence uses stage's totals over
+//! the whole rollout, so it holds across steps too.
+//!
+//! # What it cannot do
+//!
+//! Proving "at most `margin` times prod" takes bad events: with none in either arm the bounds
+//! stay open and the step waits, whatever the traffic. At a few requests per second, or a
+//! base rate of 0.1 %, a 30-minute step rarely collects enough (BENCHMARKS.md: such healthy
+//! rollouts reach the step's maximum and wait for a person). Rollback needs evidence too, but
+//! a real regression produces it.
 
 pub mod counts;
 mod eprocess;

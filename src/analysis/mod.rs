@@ -642,57 +642,61 @@ fn series_counts(look: u32, s: &SeriesSpec, c: &LookCounts) -> Result<SeriesCoun
 }
 
 fn validate_arm(look: u32, side: &str, arm: &ArmCounts) -> Result<(), AnalysisError> {
-    let count = |field: String, value: f64| {
+    // Field names are formatted only for an error: this runs on every look.
+    let count = |field: &dyn Fn() -> String, value: f64| {
         if value.is_finite() && value >= 0.0 {
             Ok(())
         } else if value.is_finite() {
-            Err(AnalysisError::CounterWentDown { look, field, value })
-        } else {
-            Err(AnalysisError::InvalidCount { look, field, value })
-        }
-    };
-    let not_more = |field: String, bad: f64, total_field: String, total: f64| {
-        if bad <= total + 0.5 {
-            Ok(())
-        } else {
-            Err(AnalysisError::MoreBadThanTotal {
+            Err(AnalysisError::CounterWentDown {
                 look,
-                field,
-                bad,
-                total_field,
-                total,
+                field: field(),
+                value,
+            })
+        } else {
+            Err(AnalysisError::InvalidCount {
+                look,
+                field: field(),
+                value,
             })
         }
     };
-    count(format!("{side}.requests"), arm.requests)?;
-    count(format!("{side}.errors"), arm.errors)?;
-    not_more(
-        format!("{side}.errors"),
-        arm.errors,
-        format!("{side}.requests"),
-        arm.requests,
-    )?;
+    let not_more =
+        |field: &dyn Fn() -> String, bad: f64, total_field: &dyn Fn() -> String, total: f64| {
+            if bad <= total + 0.5 {
+                Ok(())
+            } else {
+                Err(AnalysisError::MoreBadThanTotal {
+                    look,
+                    field: field(),
+                    bad,
+                    total_field: total_field(),
+                    total,
+                })
+            }
+        };
+    let requests = || format!("{side}.requests");
+    let errors = || format!("{side}.errors");
+    count(&requests, arm.requests)?;
+    count(&errors, arm.errors)?;
+    not_more(&errors, arm.errors, &requests, arm.requests)?;
     for (name, r) in &arm.ratios {
-        count(format!("{side}.ratios.{name}.bad"), r.bad)?;
-        count(format!("{side}.ratios.{name}.total"), r.total)?;
-        not_more(
-            format!("{side}.ratios.{name}.bad"),
-            r.bad,
-            format!("{side}.ratios.{name}.total"),
-            r.total,
-        )?;
+        let bad = || format!("{side}.ratios.{name}.bad");
+        let total = || format!("{side}.ratios.{name}.total");
+        count(&bad, r.bad)?;
+        count(&total, r.total)?;
+        not_more(&bad, r.bad, &total, r.total)?;
     }
     if arm.latency_buckets.is_empty() {
         return Ok(());
     }
-    let field = format!("{side}.latency_buckets");
+    let field = || format!("{side}.latency_buckets");
     let (mut prev_le, mut prev_count) = (f64::NEG_INFINITY, 0.0);
     for (i, b) in arm.latency_buckets.iter().enumerate() {
-        count(format!("{field}[{i}]"), b.count)?;
+        count(&|| format!("{side}.latency_buckets[{i}]"), b.count)?;
         if b.le_ms.is_nan() || b.le_ms <= prev_le || b.count < prev_count {
             return Err(AnalysisError::NotCumulative {
                 look,
-                field: field.clone(),
+                field: field(),
                 le: b.le_ms,
                 count: b.count,
                 previous: prev_count,
@@ -702,15 +706,18 @@ fn validate_arm(look: u32, side: &str, arm: &ArmCounts) -> Result<(), AnalysisEr
         prev_count = b.count;
     }
     if prev_le != f64::INFINITY {
-        return Err(AnalysisError::NoInfBucket { look, field });
+        return Err(AnalysisError::NoInfBucket {
+            look,
+            field: field(),
+        });
     }
     // Prometheus extrapolates each series' increase() separately; allow rounding noise.
     if (prev_count - arm.requests).abs() > (1e-3 * arm.requests).max(1.0) {
         return Err(AnalysisError::InfMismatch {
             look,
-            field,
+            field: field(),
             inf: prev_count,
-            requests_field: format!("{side}.requests"),
+            requests_field: requests(),
             requests: arm.requests,
         });
     }

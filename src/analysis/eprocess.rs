@@ -15,6 +15,10 @@ pub struct Grid {
     ratios: [f64; MAX_POINTS],
     /// ln of each ratio, precomputed for the update.
     log_ratios: [f64; MAX_POINTS],
+    /// ln of each point's prior weight (unnormalised): a normal density on ln r centred at
+    /// r = 1 with standard deviation ln 2, so most mass sits on the ratios that matter
+    /// (0.5 to 2) while 16x keeps some.
+    log_weights: [f64; MAX_POINTS],
     len: usize,
     pub tolerance_idx: usize,
 }
@@ -43,10 +47,18 @@ impl Grid {
                 .unwrap_or(0)
         };
         let mut log_ratios = [0.0; MAX_POINTS];
-        for (l, r) in log_ratios.iter_mut().zip(&ratios[..len]) {
+        let mut log_weights = [0.0; MAX_POINTS];
+        let tau = std::f64::consts::LN_2;
+        for ((l, w), r) in log_ratios
+            .iter_mut()
+            .zip(&mut log_weights)
+            .zip(&ratios[..len])
+        {
             *l = r.ln();
+            *w = -(*l * *l) / (2.0 * tau * tau);
         }
         Grid {
+            log_weights,
             tolerance_idx: find(tolerance),
             ratios,
             log_ratios,
@@ -90,66 +102,88 @@ fn log_mean_exp(xs: &[f64]) -> f64 {
     max + sum.ln() - (xs.len() as f64).ln()
 }
 
-/// ln e-value against "r <= ratios[idx]", mixing uniformly over the grid ratios above it.
-/// A test supermartingale under every r at or below the null value: per look, the expected
-/// likelihood ratio of an alternative above the null is at most 1 when the truth is below.
-pub fn log_e_above(ll: &[f64], idx: usize) -> f64 {
-    log_mean_exp(&ll[idx + 1..]) - ll[idx]
+impl Grid {
+    /// ln e-value against "r <= ratios[idx]": the prior mixture over the grid ratios above
+    /// it, weights renormalised to 1. A test supermartingale under every r at or below the
+    /// null value: per look, the expected likelihood ratio of an alternative above the null
+    /// is at most 1 when the truth is at or below it.
+    pub fn log_e_above(&self, ll: &[f64], idx: usize) -> f64 {
+        let w = &self.log_weights[idx + 1..self.len];
+        log_sum_exp2(&ll[idx + 1..self.len], w) - log_sum_exp2(&[], w) - ll[idx]
+    }
+
+    /// Confidence bounds on the ratio at level exp(-log_threshold), from the tests of every
+    /// grid point: against "r <= x" mixing over the ratios above x, and against "r >= x"
+    /// mixing over those below. The lower bound is the largest grid ratio such that it and
+    /// every grid ratio below it are rejected (0 when none is); the upper bound the smallest
+    /// such that it and every ratio above it are rejected (None: unbounded). A true ratio
+    /// between two grid points is excluded only if the test at the grid point on its
+    /// conservative side rejects, so coverage holds at the level of one test.
+    pub fn bounds(&self, ll: &[f64], log_threshold: f64) -> (f64, Option<f64>) {
+        let n = self.len;
+        // Weighted likelihoods in linear space, shifted by their maximum, and running sums
+        // from each end, so all 2n tests cost O(n). A term that underflows is negligible
+        // next to the maximum; an all-underflow sum only makes a test more conservative.
+        let shift = (0..n)
+            .map(|i| ll[i] + self.log_weights[i])
+            .fold(f64::NEG_INFINITY, f64::max);
+        let mut a = [0.0; MAX_POINTS];
+        let mut w = [0.0; MAX_POINTS];
+        for i in 0..n {
+            a[i] = (ll[i] + self.log_weights[i] - shift).exp();
+            w[i] = self.log_weights[i].exp();
+        }
+        let rejects = |sum_a: f64, sum_w: f64, i: usize| {
+            sum_a.ln() + shift - sum_w.ln() - ll[i] >= log_threshold
+        };
+        let mut above = [(0.0, 0.0); MAX_POINTS];
+        for i in (0..n.saturating_sub(1)).rev() {
+            above[i] = (above[i + 1].0 + a[i + 1], above[i + 1].1 + w[i + 1]);
+        }
+        let mut lower = 0.0;
+        for (i, &(sa, sw)) in above.iter().enumerate().take(n.saturating_sub(1)) {
+            if rejects(sa, sw, i) {
+                lower = self.ratios[i];
+            } else {
+                break;
+            }
+        }
+        let mut below = [(0.0, 0.0); MAX_POINTS];
+        for i in 1..n {
+            below[i] = (below[i - 1].0 + a[i - 1], below[i - 1].1 + w[i - 1]);
+        }
+        let mut upper = None;
+        for i in (1..n).rev() {
+            if rejects(below[i].0, below[i].1, i) {
+                upper = Some(self.ratios[i]);
+            } else {
+                break;
+            }
+        }
+        (lower, upper)
+    }
 }
 
-/// Confidence bounds on the ratio at level exp(-log_threshold), from the tests of every
-/// grid point. The lower bound is the largest grid ratio such that it and every grid ratio
-/// below it are rejected by the "r <= x" test (0 when none is); the upper bound the smallest
-/// such that it and every ratio above it are rejected by the "r >= x" test (None: unbounded).
-/// A true ratio between two grid points is covered unless the test at the grid point on its
-/// conservative side rejects, so coverage holds at the test's level.
-pub fn bounds(grid: &Grid, ll: &[f64], log_threshold: f64) -> (f64, Option<f64>) {
-    let n = grid.len();
-    // Running sums from each end, so all 2n tests cost O(n).
-    let mut lower = 0.0;
-    let mut suffix = [f64::NEG_INFINITY; MAX_POINTS]; // ln sum exp(ll[i+1..])
-    for i in (0..n).rev() {
-        if i + 1 < n {
-            let x = ll[i + 1];
-            let prev = suffix[i + 1];
-            suffix[i] = if prev == f64::NEG_INFINITY {
-                x
-            } else {
-                let hi = prev.max(x);
-                hi + ((prev - hi).exp() + (x - hi).exp()).ln()
-            };
-        }
+/// ln sum_i exp(xs[i] + ws[i]); with `xs` empty, ln sum_i exp(ws[i]).
+fn log_sum_exp2(xs: &[f64], ws: &[f64]) -> f64 {
+    let term = |i: usize| xs.get(i).copied().unwrap_or(0.0) + ws[i];
+    let max = (0..ws.len()).map(term).fold(f64::NEG_INFINITY, f64::max);
+    if max == f64::NEG_INFINITY {
+        return max;
     }
-    for (i, s) in suffix.iter().enumerate().take(n - 1) {
-        let e = s - ((n - 1 - i) as f64).ln() - ll[i];
-        if e >= log_threshold {
-            lower = grid.ratios[i];
-        } else {
-            break;
-        }
+    max + (0..ws.len())
+        .map(|i| (term(i) - max).exp())
+        .sum::<f64>()
+        .ln()
+}
+
+/// ln(exp(a) + exp(b)).
+pub fn log_add(a: f64, b: f64) -> f64 {
+    let hi = a.max(b);
+    if hi == f64::NEG_INFINITY {
+        return hi;
     }
-    let mut upper = None;
-    let mut prefix = f64::NEG_INFINITY; // ln sum exp(ll[..i])
-    let mut prefixes = [f64::NEG_INFINITY; MAX_POINTS];
-    for i in 0..n {
-        prefixes[i] = prefix;
-        let x = ll[i];
-        prefix = if prefix == f64::NEG_INFINITY {
-            x
-        } else {
-            let hi = prefix.max(x);
-            hi + ((prefix - hi).exp() + (x - hi).exp()).ln()
-        };
-    }
-    for i in (1..n).rev() {
-        let e = prefixes[i] - (i as f64).ln() - ll[i];
-        if e >= log_threshold {
-            upper = Some(grid.ratios[i]);
-        } else {
-            break;
-        }
-    }
-    (lower, upper)
+    hi + ((a - hi).exp() + (b - hi).exp()).ln()
 }
 
 /// ln e-value against "the stage's per-request bad probability is at most `limit`", from
@@ -194,25 +228,35 @@ mod tests {
         assert_eq!(on_grid.len(), MAX_POINTS - 2);
     }
 
-    #[test]
-    fn looks_at_constant_allocation_equal_one_binomial_on_the_totals() {
-        // With a constant share the e-value depends only on the totals, however the
-        // events are split into looks: the closed form is a binomial likelihood ratio mixture.
-        let g = Grid::new(1.0, 1.5);
-        let pi = 0.3;
-        let looks = [(3.0, 4.0), (0.0, 7.0), (5.0, 2.0), (1.0, 1.0)];
-        let mut ll = vec![0.0; g.len()];
-        for (bs, bp) in looks {
-            g.fold(&mut ll, bs, bp, pi);
+    proptest::proptest! {
+        /// With a constant share the e-value depends only on the totals, however the events
+        /// are split into looks: the closed form is the binomial likelihood-ratio mixture.
+        #[test]
+        fn looks_at_constant_allocation_equal_one_binomial_on_the_totals(
+            looks in proptest::collection::vec((0u32..40, 0u32..40), 1..12),
+            pi in 0.05..0.95f64,
+            tolerance in 1.0..1.4f64,
+        ) {
+            let g = Grid::new(tolerance, 1.5);
+            let mut ll = vec![0.0; g.len()];
+            for &(bs, bp) in &looks {
+                g.fold(&mut ll, bs as f64, bp as f64, pi);
+            }
+            let b: f64 = looks.iter().map(|l| l.0 as f64).sum();
+            let m: f64 = looks.iter().map(|l| (l.0 + l.1) as f64).sum();
+            let r0 = g.tolerance_idx;
+            let tau2 = 2.0 * std::f64::consts::LN_2.powi(2);
+            let terms: Vec<(f64, f64)> = g.ratios()[r0 + 1..]
+                .iter()
+                .map(|&r| (-(r.ln().powi(2)) / tau2, ln_binomial_ratio(b, m, q(r, pi), q(tolerance, pi))))
+                .collect();
+            let max = terms.iter().map(|(w, l)| w + l).fold(f64::NEG_INFINITY, f64::max);
+            let num: f64 = terms.iter().map(|(w, l)| (w + l - max).exp()).sum();
+            let den: f64 = terms.iter().map(|(w, _)| w.exp()).sum();
+            let closed = num.ln() + max - den.ln();
+            let got = g.log_e_above(&ll, r0);
+            proptest::prop_assert!((got - closed).abs() < 1e-7 * (1.0 + closed.abs()), "{} vs {}", got, closed);
         }
-        let (b, m) = (9.0, 23.0);
-        let r0 = g.tolerance_idx;
-        let alts: Vec<f64> = g.ratios()[r0 + 1..]
-            .iter()
-            .map(|&r| ln_binomial_ratio(b, m, q(r, pi), q(1.0, pi)))
-            .collect();
-        let closed = log_mean_exp(&alts);
-        assert!((log_e_above(&ll, r0) - closed).abs() < 1e-9);
     }
 
     #[test]
@@ -262,18 +306,55 @@ mod tests {
         let pi = 0.5;
         let mut ll = vec![0.0; g.len()];
         let thr = (100.0f64).ln();
-        let (lo, hi) = bounds(&g, &ll, thr);
+        let (lo, hi) = g.bounds(&ll, thr);
         assert_eq!((lo, hi), (0.0, None), "no data, no bounds");
         g.fold(&mut ll, 200.0, 100.0, pi); // ratio 2
-        let (lo, hi) = bounds(&g, &ll, thr);
+        let (lo, hi) = g.bounds(&ll, thr);
         let hi = hi.expect("bounded with 300 events");
         assert!(lo > 1.0 && lo < 2.0 && hi > 2.0 && hi < 4.0, "{lo} {hi}");
         g.fold(&mut ll, 2000.0, 1000.0, pi);
-        let (lo2, hi2) = bounds(&g, &ll, thr);
+        let (lo2, hi2) = g.bounds(&ll, thr);
         assert!(
             lo2 >= lo && hi2.unwrap() <= hi && lo2 > 1.6,
             "{lo2} {hi2:?}"
         );
+    }
+
+    #[test]
+    fn bounds_agree_with_testing_every_grid_point_one_by_one() {
+        let g = Grid::new(1.0, 1.5);
+        let n = g.len();
+        let tau2 = 2.0 * std::f64::consts::LN_2.powi(2);
+        let w: Vec<f64> = g
+            .ratios()
+            .iter()
+            .map(|r| -(r.ln().powi(2)) / tau2)
+            .collect();
+        let below = |ll: &[f64], i: usize| {
+            log_sum_exp2(&ll[..i], &w[..i]) - log_sum_exp2(&[], &w[..i]) - ll[i]
+        };
+        let thr = (200.0f64).ln();
+        for (bs, bp, pi) in [
+            (40.0, 10.0, 0.3),
+            (5.0, 60.0, 0.5),
+            (300.0, 700.0, 0.3),
+            (1.0, 1.0, 0.6),
+        ] {
+            let mut ll = vec![0.0; n];
+            for _ in 0..4 {
+                g.fold(&mut ll, bs, bp, pi);
+            }
+            let lower = (0..n - 1)
+                .take_while(|&i| g.log_e_above(&ll, i) >= thr)
+                .last()
+                .map_or(0.0, |i| g.ratios()[i]);
+            let upper = (1..n)
+                .rev()
+                .take_while(|&i| below(&ll, i) >= thr)
+                .last()
+                .map(|i| g.ratios()[i]);
+            assert_eq!(g.bounds(&ll, thr), (lower, upper), "{bs} {bp} {pi}");
+        }
     }
 
     #[test]
@@ -284,7 +365,7 @@ mod tests {
         g.fold(&mut ll, 5.0, 0.0, 1.0);
         g.fold(&mut ll, 0.0, 5.0, 0.0);
         assert!(ll.iter().all(|&x| x == 0.0));
-        assert_eq!(log_e_above(&ll, g.tolerance_idx), 0.0);
+        assert!(g.log_e_above(&ll, g.tolerance_idx).abs() < 1e-12);
     }
 
     #[test]

@@ -13,8 +13,7 @@ use crate::analysis::{
     evaluate_look, ArmCounts, Bucket, LookContext, LookCounts, LookOutcome, RatioCounts,
 };
 use crate::api::{
-    duration::HumanDuration, validate, AnalysisSpec, AnalysisState, CanarySpec, DeploymentRef,
-    Environment, Verdict, VirtualServiceRef,
+    duration::HumanDuration, validate, AnalysisSpec, AnalysisState, CanarySpec, Verdict,
 };
 
 #[derive(Debug, Deserialize)]
@@ -130,31 +129,18 @@ pub fn analyze(text: &str) -> Result<Analysis, String> {
     })
 }
 
-/// The checks the daemon applies to `spec.analysis`, reported with `analysis.` paths.
+/// The checks the daemon applies to `spec.analysis`, reported with `analysis.` paths. The
+/// rest of the Canary is a placeholder that passes, built from JSON so that it keeps up
+/// with the spec's defaults.
 fn check_spec(analysis: &AnalysisSpec) -> Result<(), String> {
-    let env = |name: &str| Environment {
-        host: format!("{name}.invalid"),
-        deployment: DeploymentRef {
-            name: name.into(),
-            namespace: None,
-        },
-    };
-    let spec = CanarySpec {
-        virtual_service: VirtualServiceRef {
-            name: "analyze".into(),
-            namespace: None,
-            route: None,
-        },
-        prod: env("prod"),
-        stage: env("stage"),
-        steps: crate::api::default_steps(),
-        step_duration: Default::default(),
-        analysis: analysis.clone(),
-        checks: Vec::new(),
-        webhooks: Vec::new(),
-        promotion: Default::default(),
-        traffic_drift: Default::default(),
-    };
+    let env = |name: &str| json!({"host": format!("{name}.invalid"), "deployment": {"name": name}});
+    let spec: CanarySpec = serde_json::from_value(json!({
+        "virtualService": {"name": "analyze"},
+        "prod": env("prod"),
+        "stage": env("stage"),
+        "analysis": analysis,
+    }))
+    .map_err(|e| format!("analysis: {e}"))?;
     match validate(&spec, "default") {
         Ok(()) => Ok(()),
         Err(errors) => {

@@ -314,7 +314,10 @@ impl Telemetry {
         out
     }
 
-    /// Cumulative buckets per arm, sorted by boundary (`le` is in milliseconds).
+    /// Cumulative buckets per arm, sorted by boundary (`le` is in milliseconds). `increase()`
+    /// extrapolates each bucket series on its own, so a bucket can come out a fraction below
+    /// the one before it; like `histogram_quantile`, counts are raised to the running maximum
+    /// so the histogram stays cumulative.
     fn split_latency(&self, samples: Vec<Sample>) -> HashMap<ArmKey, Vec<Bucket>> {
         let mut out: HashMap<ArmKey, Vec<Bucket>> = HashMap::new();
         for s in samples {
@@ -332,6 +335,11 @@ impl Telemetry {
         }
         for buckets in out.values_mut() {
             buckets.sort_by(|a, b| a.le_ms.total_cmp(&b.le_ms));
+            let mut max = 0.0_f64;
+            for b in buckets.iter_mut() {
+                max = max.max(b.count);
+                b.count = max;
+            }
         }
         out
     }
@@ -460,6 +468,29 @@ mod tests {
             &queries[0][..300]
         );
         assert!(queries[1].contains(&format!("s{}", MAX_ARMS_PER_QUERY - 1)));
+    }
+
+    #[test]
+    fn latency_buckets_come_out_sorted_and_cumulative() {
+        let sample = |host: &str, le: &str, value: f64| Sample {
+            labels: [("destination_service", host), ("le", le)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            value,
+        };
+        let by_arm = telemetry(MeshPreset::Istio).split_latency(vec![
+            sample("a", "+Inf", 10.0),
+            sample("a", "250", 9.6),
+            sample("a", "100", 9.7),
+            sample("b", "100", 1.0),
+        ]);
+        let a: Vec<(f64, f64)> = by_arm[&ArmKey(vec!["a".into()])]
+            .iter()
+            .map(|b| (b.le_ms, b.count))
+            .collect();
+        assert_eq!(a, [(100.0, 9.7), (250.0, 9.7), (f64::INFINITY, 10.0)]);
+        assert_eq!(by_arm[&ArmKey(vec!["b".into()])].len(), 1);
     }
 
     #[tokio::test]

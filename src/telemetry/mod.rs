@@ -6,7 +6,8 @@
 //! # Batching
 //! [`Telemetry::fetch`] takes every Canary due at one tick and issues one query per metric
 //! kind for all of them (per chunk of [`MAX_ARMS_PER_QUERY`] arms): one traffic query (requests
-//! and 5xx together), one latency query if any Canary has a latency metric, and one query per
+//! and 5xx together; every Canary needs its requests), one latency query if any Canary has a
+//! latency metric, and one query per
 //! custom ratio metric per Canary (custom PromQL is per Canary by nature). Results are split
 //! in memory by the grouping labels (`destination_service`, ...). Both arms of a Canary are
 //! always in the same query, so they are read at the same instant.
@@ -89,8 +90,8 @@ pub struct Telemetry {
 
 /// One query of a tick and what its result is for.
 #[derive(Clone, Debug, PartialEq)]
-pub struct PlannedQuery {
-    pub promql: String,
+struct PlannedQuery {
+    promql: String,
     purpose: Purpose,
 }
 
@@ -149,8 +150,9 @@ impl Telemetry {
             .collect()
     }
 
-    /// The counts of stage and prod of every target over `(window_end - window, window_end]`.
-    /// A failed query fails only the targets whose counts it carries.
+    /// The counts of stage and prod of every target over `(window_end - window, window_end]`,
+    /// by target key (keys must be unique). A failed query fails only the targets whose
+    /// counts it carries.
     pub async fn fetch<K: Clone + Eq + Hash>(
         &self,
         targets: &[QueryTarget<'_, K>],

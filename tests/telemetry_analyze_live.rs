@@ -143,4 +143,33 @@ async fn analyze_against_live_prometheus_rolls_back_a_worse_stage() {
         assert!((errors / requests - 0.25).abs() < 0.05, "{stage}");
         assert_eq!(stage["latency_buckets"][1][0], "+Inf", "{stage}");
     }
+
+    // A manifest as `kubectl get -o yaml` shows it mid-step: the step is analysed from its
+    // status.stepStartedAt, and `--explain` says the decision in words.
+    let started_at = Timestamp::now() - jiff::SignedDuration::from_secs(3);
+    std::fs::write(
+        &canary,
+        format!("{CANARY}status: {{phase: Progressing, step: 1, stageWeight: 40, stepStartedAt: \"{started_at}\"}}\n"),
+    )
+    .unwrap();
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_canaryd"))
+        .args(["analyze", "--prometheus", &prometheus.url(), "--canary"])
+        .arg(&canary)
+        .args(["--lag", "1s", "--explain"])
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("a decision within 120 s")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("step 1 analysed from {started_at}")),
+        "{stderr}"
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let decision = stdout.lines().rfind(|l| l.starts_with("t=")).unwrap();
+    assert!(decision.contains(": rollback: "), "{stdout}");
+    assert!(stdout.contains("  - errors: rollback;"), "{stdout}");
 }

@@ -22,6 +22,7 @@ pub struct LiveOptions {
     pub prometheus: String,
     pub canary: PathBuf,
     /// Start the step this long ago: past windows are evaluated at once, then live ones.
+    /// Without it, the step starts at `status.stepStartedAt` if the manifest has one.
     pub since: Option<Duration>,
     /// How far behind now a window must end before it is read.
     pub lag: Duration,
@@ -88,7 +89,13 @@ async fn watch(canary: &Canary, telemetry: &Telemetry, opts: &LiveOptions) -> Ex
         eprintln!("  {q}");
     }
     let span = |d: Duration| SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX);
-    let step_start = Timestamp::now() - span(opts.lag) - span(opts.since.unwrap_or_default());
+    // The step so far: from `--since`, else from when the daemon started it, else from now.
+    let step_start = match (opts.since, status.step_started_at) {
+        (Some(since), _) => Timestamp::now() - span(opts.lag) - span(since),
+        (None, Some(started)) => started,
+        (None, None) => Timestamp::now() - span(opts.lag),
+    };
+    eprintln!("step {step} analysed from {step_start}");
     let mut state = AnalysisState::default();
     for k in 1u32.. {
         let window_end = step_start + span(interval * k);

@@ -45,6 +45,7 @@ pub enum Command {
         #[arg(long, requires = "prometheus")]
         canary: Option<PathBuf>,
         /// Start the step this long ago (e.g. 10m): past windows are evaluated at once.
+        /// Default: the Canary's status.stepStartedAt if the manifest has one, else now.
         #[arg(long, requires = "prometheus")]
         since: Option<HumanDuration>,
         /// How far behind now a window must end before it is read, so Prometheus has its

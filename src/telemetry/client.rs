@@ -11,7 +11,7 @@ use prometheus_http_query::response::Data;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
 use reqwest::StatusCode;
 
-use super::TelemetryError;
+use super::{shown_query, TelemetryError};
 use crate::config::PrometheusConfig;
 
 /// First pause between two attempts; it doubles after each failed attempt.
@@ -198,7 +198,7 @@ impl PromClient {
         };
         match (error, status) {
             (Error::Prometheus(p), _) => TelemetryError::Query {
-                query: query.to_string(),
+                query: shown_query(query),
                 error_type: p.error_type().to_string(),
                 message: p.message().to_string(),
             },
@@ -259,7 +259,7 @@ fn unix_seconds(at: Timestamp) -> String {
 
 fn unexpected(query: &str, kind: &'static str) -> TelemetryError {
     TelemetryError::UnexpectedResult {
-        query: query.to_string(),
+        query: shown_query(query),
         kind,
     }
 }

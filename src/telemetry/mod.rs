@@ -41,6 +41,7 @@ use futures::StreamExt as _;
 use jiff::Timestamp;
 
 pub use client::{PromClient, Sample};
+use error::shown_query;
 pub use error::TelemetryError;
 pub use promql::{ArmKey, ArmVars, Grouping, SelectBy};
 
@@ -349,7 +350,7 @@ impl Telemetry {
 
 fn nan(query: &str, key: &ArmKey, what: &str) -> TelemetryError {
     TelemetryError::NotANumber {
-        query: query.to_string(),
+        query: shown_query(query),
         series: format!("{} {what}", key.0.join("/")),
     }
 }
@@ -390,7 +391,7 @@ fn split_ratio(
         };
         if s.value.is_nan() {
             return Err(TelemetryError::NotANumber {
-                query: promql.to_string(),
+                query: shown_query(promql),
                 series: name.replace('_', " "),
             });
         }

@@ -79,13 +79,14 @@ async fn watch(canary: &Canary, telemetry: &Telemetry, opts: &LiveOptions) -> Ex
     let status = canary.status.clone().unwrap_or_default();
     // A Canary without a traffic step yet is analysed as at its first traffic step.
     let step = status.step.max(1);
+    let queries = telemetry.queries(&target, interval);
     eprintln!(
         "reading {} every {}, {} queries per look:",
         telemetry.client().url(),
         humantime::format_duration(interval),
-        telemetry.queries(&target, interval).len()
+        queries.len()
     );
-    for q in telemetry.queries(&target, interval) {
+    for q in queries {
         eprintln!("  {q}");
     }
     let span = |d: Duration| SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX);
@@ -97,24 +98,25 @@ async fn watch(canary: &Canary, telemetry: &Telemetry, opts: &LiveOptions) -> Ex
     };
     eprintln!("step {step} analysed from {step_start}");
     let mut state = AnalysisState::default();
-    for k in 1u32.. {
+    let mut k = 0;
+    loop {
+        k += 1;
         let window_end = step_start + span(interval * k);
         let wait = (window_end + span(opts.lag)).duration_since(Timestamp::now());
         if let Ok(wait) = Duration::try_from(wait) {
             tokio::time::sleep(wait).await;
         }
         let t = (interval * k).as_secs_f64();
-        let counts = match telemetry
+        let fetched = telemetry
             .fetch(&target, window_end, interval)
             .await
-            .remove(&())
-        {
-            Some(Ok(counts)) => counts,
-            Some(Err(e)) => {
+            .remove(&());
+        let counts = match fetched.expect("fetch answers for every target") {
+            Ok(counts) => counts,
+            Err(e) => {
                 eprintln!("look at t={t}s (window ending {window_end}): {e}; holding, the look is not counted");
                 continue;
             }
-            None => unreachable!("fetch answers for every target"),
         };
         let ctx = LookContext {
             step,
@@ -154,7 +156,6 @@ async fn watch(canary: &Canary, telemetry: &Telemetry, opts: &LiveOptions) -> Ex
             return ExitCode::SUCCESS;
         }
     }
-    ExitCode::SUCCESS
 }
 
 /// The Canary in the file (its first document), checked as the daemon checks it.

@@ -7,6 +7,7 @@ mod telemetry_common;
 use std::time::{Duration, Instant};
 
 use canaryd::analysis::{ArmCounts, LookCounts, RatioCounts};
+use canaryd::api::canary::CanarySpec;
 use canaryd::config::MeshPreset;
 use canaryd::telemetry::{QueryTarget, SelectBy, TelemetryError};
 use telemetry_common::*;
@@ -83,6 +84,41 @@ async fn istio_preset_reads_exact_counts_of_many_canaries_in_three_queries() {
         times[times.len() - 1],
         times.len()
     );
+
+    // A tick with 1,000 Canaries due: the batched queries grow with chunks, not Canaries.
+    let idle: Vec<CanarySpec> = (0..998)
+        .map(|i| {
+            serde_yaml_ng::from_str(&format!(
+                "{{virtualService: {{name: vs}}, prod: {{host: svc{i}.prod, deployment: {{name: svc{i}}}}}, stage: {{host: svc{i}.stage, deployment: {{name: svc{i}}}}}, analysis: {{metrics: [{{name: errors, kind: errorRate}}]}}}}"
+            ))
+            .unwrap()
+        })
+        .collect();
+    let mut many: Vec<QueryTarget<'_, String>> = idle
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| QueryTarget {
+            key: format!("svc{i}"),
+            spec,
+            namespace: "prod",
+        })
+        .collect();
+    many.push(QueryTarget {
+        key: "prod/flaskapp".into(),
+        spec: &flaskapp,
+        namespace: "prod",
+    });
+    let queries = telemetry.queries(&many, WINDOW).len();
+    let started = Instant::now();
+    let looks = telemetry.fetch(&many, lab.window_end, WINDOW).await;
+    eprintln!(
+        "one tick of {} Canaries: {queries} queries, {:?}",
+        many.len(),
+        started.elapsed()
+    );
+    assert_eq!(queries, 2000 / canaryd::telemetry::MAX_ARMS_PER_QUERY + 2);
+    assert_eq!(looks["prod/flaskapp"].as_ref().unwrap(), &expected_flaskapp);
+    assert_eq!(looks["svc7"].as_ref().unwrap(), &LookCounts::default());
 }
 
 #[tokio::test]

@@ -159,7 +159,7 @@ fn check_spec(analysis: &AnalysisSpec) -> Result<(), String> {
 }
 
 /// Stage weight as seen in the counts: the share of requests, 0 or 100 when one arm is idle.
-fn weight_of(c: &LookCounts) -> u8 {
+pub(super) fn weight_of(c: &LookCounts) -> u8 {
     let (s, p) = (c.stage.requests.round(), c.prod.requests.round());
     match (s > 0.0, p > 0.0) {
         (false, true) => 0,
@@ -240,26 +240,8 @@ impl Analysis {
 
     pub fn to_json(&self) -> serde_json::Value {
         let (t, out) = self.last();
-        let looks: Vec<serde_json::Value> = self
-            .looks
-            .iter()
-            .map(|(t, o)| {
-                let metrics: Vec<serde_json::Value> = o
-                    .metrics
-                    .iter()
-                    .map(|m| {
-                        json!({
-                            "name": m.name,
-                            "verdict": m.verdict.as_str(),
-                            "e_value": m.e_value,
-                            "ratio_lower": m.ratio_lower,
-                            "ratio_upper": m.ratio_upper,
-                        })
-                    })
-                    .collect();
-                json!({"t": t, "decision": o.verdict.as_str(), "metrics": metrics})
-            })
-            .collect();
+        let looks: Vec<serde_json::Value> =
+            self.looks.iter().map(|(t, o)| look_json(*t, o)).collect();
         json!({
             "decision": out.verdict.as_str(),
             "decided_at": self.decided.map(|_| *t),
@@ -284,42 +266,67 @@ impl Analysis {
         };
         s.push_str(&format!("Why: {}.\n", out.reason));
         s.push_str("Per metric at that look:\n");
-        for m in &out.metrics {
-            let upper = m
-                .ratio_upper
-                .map_or("unbounded".to_string(), |u| format!("{u:.2}"));
-            let rates = match (m.stage_rate, m.prod_rate) {
-                (Some(a), Some(b)) => {
-                    format!("; bad: stage {:.3} %, prod {:.3} %", a * 100.0, b * 100.0)
-                }
-                (Some(a), None) => format!("; bad: stage {:.3} %", a * 100.0),
-                _ => String::new(),
-            };
-            s.push_str(&format!(
-                "  - {}: {}; evidence stage is worse {:.3} (rolls back at {}); stage/prod ratio between {:.2} and {upper} (advances below {}){rates}",
-                m.name,
-                m.verdict.as_str(),
-                m.e_value,
-                m.rollback_threshold,
-                m.ratio_lower,
-                m.margin,
-            ));
-            if let Some(b) = m.boundary_ms {
-                s.push_str(&format!("; histogram boundary used: {b} ms"));
-            }
-            if let (Some(st), Some(pr)) = (m.stage_latency_ms, m.prod_latency_ms) {
-                s.push_str(&format!(
-                    "; p50/p90/p99 stage {:.0}/{:.0}/{:.0} ms, prod {:.0}/{:.0}/{:.0} ms",
-                    st.p50, st.p90, st.p99, pr.p50, pr.p90, pr.p99
-                ));
-            }
-            if let Some(c) = m.cles {
-                s.push_str(&format!(
-                    "; a stage request is slower than a prod request with probability {c:.2}"
-                ));
-            }
-            s.push('\n');
-        }
+        s.push_str(&metric_lines(out));
         s
     }
+}
+
+/// One look as JSON: `{"t", "decision", "metrics": [{name, verdict, e_value, ratio_*}]}`.
+pub(super) fn look_json(t: f64, o: &LookOutcome) -> serde_json::Value {
+    let metrics: Vec<serde_json::Value> = o
+        .metrics
+        .iter()
+        .map(|m| {
+            json!({
+                "name": m.name,
+                "verdict": m.verdict.as_str(),
+                "e_value": m.e_value,
+                "ratio_lower": m.ratio_lower,
+                "ratio_upper": m.ratio_upper,
+            })
+        })
+        .collect();
+    json!({"t": t, "decision": o.verdict.as_str(), "metrics": metrics})
+}
+
+/// One line per metric of a look, in plain words.
+pub(super) fn metric_lines(out: &LookOutcome) -> String {
+    let mut s = String::new();
+    for m in &out.metrics {
+        let upper = m
+            .ratio_upper
+            .map_or("unbounded".to_string(), |u| format!("{u:.2}"));
+        let rates = match (m.stage_rate, m.prod_rate) {
+            (Some(a), Some(b)) => {
+                format!("; bad: stage {:.3} %, prod {:.3} %", a * 100.0, b * 100.0)
+            }
+            (Some(a), None) => format!("; bad: stage {:.3} %", a * 100.0),
+            _ => String::new(),
+        };
+        s.push_str(&format!(
+            "  - {}: {}; evidence stage is worse {:.3} (rolls back at {}); stage/prod ratio between {:.2} and {upper} (advances below {}){rates}",
+            m.name,
+            m.verdict.as_str(),
+            m.e_value,
+            m.rollback_threshold,
+            m.ratio_lower,
+            m.margin,
+        ));
+        if let Some(b) = m.boundary_ms {
+            s.push_str(&format!("; histogram boundary used: {b} ms"));
+        }
+        if let (Some(st), Some(pr)) = (m.stage_latency_ms, m.prod_latency_ms) {
+            s.push_str(&format!(
+                "; p50/p90/p99 stage {:.0}/{:.0}/{:.0} ms, prod {:.0}/{:.0}/{:.0} ms",
+                st.p50, st.p90, st.p99, pr.p50, pr.p90, pr.p99
+            ));
+        }
+        if let Some(c) = m.cles {
+            s.push_str(&format!(
+                "; a stage request is slower than a prod request with probability {c:.2}"
+            ));
+        }
+        s.push('\n');
+    }
+    s
 }

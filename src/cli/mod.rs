@@ -6,7 +6,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::api::duration::HumanDuration;
+use crate::config::MeshPreset;
+
 mod analyze;
+mod analyze_live;
 mod operate;
 mod validate;
 
@@ -25,11 +29,36 @@ pub struct Cli {
 pub enum Command {
     /// Print the Canary CustomResourceDefinition (YAML) to install in a cluster.
     Crd,
-    /// Evaluate one step from recorded counts (JSON), offline, as the daemon would.
+    /// Evaluate one step as the daemon would: offline from recorded counts (JSON), or live
+    /// against Prometheus, one look per evaluation interval until a decision or Ctrl-C.
     Analyze {
         /// The recorded counts and the analysis spec; `-` reads stdin.
-        #[arg(long)]
-        input: String,
+        #[arg(
+            long,
+            required_unless_present = "prometheus",
+            conflicts_with = "prometheus"
+        )]
+        input: Option<String>,
+        /// Base URL of the Prometheus HTTP API to read live telemetry from.
+        #[arg(long, requires = "canary")]
+        prometheus: Option<String>,
+        /// The Canary manifest (YAML) whose current step is analysed.
+        #[arg(long, requires = "prometheus")]
+        canary: Option<PathBuf>,
+        /// Start the step this long ago (e.g. 10m): past windows are evaluated at once.
+        /// Default: the Canary's status.stepStartedAt if the manifest has one, else now.
+        #[arg(long, requires = "prometheus")]
+        since: Option<HumanDuration>,
+        /// How far behind now a window must end before it is read, so Prometheus has its
+        /// last scrape (at least one scrape interval).
+        #[arg(long, default_value = "15s", requires = "prometheus")]
+        lag: HumanDuration,
+        /// Daemon config file whose prometheus settings (auth, TLS, headers) and mesh apply.
+        #[arg(long, requires = "prometheus")]
+        config: Option<PathBuf>,
+        /// Mesh preset of the built-in metrics: istio or envoy (default: the config's, or istio).
+        #[arg(long, value_parser = parse_mesh, requires = "prometheus")]
+        mesh: Option<MeshPreset>,
         /// Say the decision in plain words instead of JSON.
         #[arg(long)]
         explain: bool,
@@ -80,11 +109,43 @@ pub fn run(cli: Cli) -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Validate { files } => validate::run(&files),
-        Command::Analyze { input, explain } => analyze::run(&input, explain),
+        Command::Analyze {
+            input: Some(input),
+            explain,
+            ..
+        } => analyze::run(&input, explain),
+        Command::Analyze {
+            prometheus,
+            canary,
+            since,
+            lag,
+            config,
+            mesh,
+            explain,
+            ..
+        } => analyze_live::run(analyze_live::LiveOptions {
+            prometheus: prometheus.expect("clap requires --input or --prometheus"),
+            canary: canary.expect("clap requires --canary with --prometheus"),
+            since: since.map(|d| d.0),
+            lag: lag.0,
+            config,
+            mesh,
+            explain,
+        }),
         Command::Run { config } => operate::run_daemon(&config),
         Command::Status { target, watch } => operate::status(&target, watch),
         Command::Promote { target } => operate::command(&target, crate::rollout::Verb::Promote),
         Command::Abort { target } => operate::command(&target, crate::rollout::Verb::Abort),
         Command::Resume { target } => operate::command(&target, crate::rollout::Verb::Resume),
+    }
+}
+
+fn parse_mesh(s: &str) -> Result<MeshPreset, String> {
+    match s {
+        "istio" => Ok(MeshPreset::Istio),
+        "envoy" => Ok(MeshPreset::Envoy),
+        other => Err(format!(
+            "\"{other}\" is not a mesh preset; use istio or envoy"
+        )),
     }
 }

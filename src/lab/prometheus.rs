@@ -90,7 +90,8 @@ impl LabPrometheus {
         scrape_interval: Duration,
         web: WebConfig,
     ) -> Result<Self, LabError> {
-        let binary = find_on_path("prometheus").ok_or(LabError::NotInstalled)?;
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let binary = find_on_path("prometheus", &path).ok_or(LabError::NotInstalled)?;
         let dir = tempfile::Builder::new()
             .prefix("canaryd-prometheus-")
             .tempdir()
@@ -207,6 +208,11 @@ impl LabPrometheus {
         }
     }
 
+    /// Process id of the running server, if it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     fn log_path(&self) -> PathBuf {
         self.dir.path().join("prometheus.log")
     }
@@ -241,8 +247,8 @@ fn config_yaml(targets: &[ScrapeTarget], scrape_interval: Duration) -> String {
     yaml
 }
 
-fn find_on_path(name: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
+fn find_on_path(name: &str, path: &std::ffi::OsStr) -> Option<PathBuf> {
+    std::env::split_paths(path)
         .map(|dir| dir.join(name))
         .find(|p| is_executable(p))
 }
@@ -264,5 +270,36 @@ fn io(what: &str, source: std::io::Error) -> LabError {
     LabError::Io {
         what: what.to_string(),
         source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_binary_names_the_package_to_install() {
+        assert_eq!(find_on_path("prometheus", std::ffi::OsStr::new("")), None);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("prometheus"), "not executable").unwrap();
+        assert_eq!(find_on_path("prometheus", dir.path().as_os_str()), None);
+        assert!(LabError::NotInstalled
+            .to_string()
+            .contains("apt-get install -y prometheus"));
+    }
+
+    #[test]
+    fn config_scrapes_every_target_at_the_interval() {
+        let yaml = config_yaml(
+            &[ScrapeTarget {
+                job: "mesh".into(),
+                address: "127.0.0.1:9999".parse().unwrap(),
+            }],
+            Duration::from_millis(500),
+        );
+        assert_eq!(
+            yaml,
+            "global:\n  scrape_interval: 500ms\n  scrape_timeout: 500ms\n  evaluation_interval: 500ms\nscrape_configs:\n  - job_name: \"mesh\"\n    static_configs:\n      - targets: [\"127.0.0.1:9999\"]\n"
+        );
     }
 }

@@ -9,8 +9,9 @@ use base64::Engine as _;
 use jiff::Timestamp;
 use prometheus_http_query::response::Data;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
+use reqwest::StatusCode;
 
-use super::TelemetryError;
+use super::{shown_query, TelemetryError};
 use crate::config::PrometheusConfig;
 
 /// First pause between two attempts; it doubles after each failed attempt.
@@ -156,38 +157,16 @@ impl PromClient {
             .client
             .query(query)
             // Prometheus takes fractional seconds; it keeps milliseconds.
-            .query(
-                "time",
-                format!("{:.3}", at.as_millisecond() as f64 / 1000.0),
-            )
+            .query("time", unix_seconds(at))
             .timeout(self.timeout.as_millis().try_into().unwrap_or(i64::MAX));
         if let Some(auth) = &self.auth {
             request = request.header(AUTHORIZATION, auth.header()?);
         }
         // POST: a batched query over many hosts does not fit in a URL.
-        let result = request.post().await.map_err(|e| match e {
-            prometheus_http_query::Error::Prometheus(p) => TelemetryError::Query {
-                query: query.to_string(),
-                error_type: p.error_type().to_string(),
-                message: p.message().to_string(),
-            },
-            prometheus_http_query::Error::Client(e)
-                if e.inner()
-                    .and_then(|e| e.status())
-                    // 429: overloaded, worth another attempt.
-                    .is_some_and(|s| s.is_client_error() && s.as_u16() != 429) =>
-            {
-                TelemetryError::Refused {
-                    url: self.url.clone(),
-                    status: e.inner().and_then(|e| e.status()).map_or(0, |s| s.as_u16()),
-                }
-            }
-            other => TelemetryError::Unavailable {
-                url: self.url.clone(),
-                attempts: attempt,
-                message: error_chain(&other),
-            },
-        })?;
+        let result = request
+            .post()
+            .await
+            .map_err(|e| self.classify(query, attempt, e))?;
         match result.into_inner().0 {
             Data::Vector(v) => Ok(v
                 .into_iter()
@@ -201,6 +180,40 @@ impl PromClient {
                 .collect()),
             Data::Matrix(_) => Err(unexpected(query, "range vector")),
             Data::Scalar(_) => Err(unexpected(query, "scalar")),
+        }
+    }
+}
+
+impl PromClient {
+    fn classify(
+        &self,
+        query: &str,
+        attempt: u32,
+        error: prometheus_http_query::Error,
+    ) -> TelemetryError {
+        use prometheus_http_query::Error;
+        let status = match &error {
+            Error::Client(e) => e.inner().and_then(reqwest::Error::status),
+            _ => None,
+        };
+        match (error, status) {
+            (Error::Prometheus(p), _) => TelemetryError::Query {
+                query: shown_query(query),
+                error_type: p.error_type().to_string(),
+                message: p.message().to_string(),
+            },
+            // 429 means overloaded: worth another attempt, like a 5xx.
+            (_, Some(s)) if s.is_client_error() && s != StatusCode::TOO_MANY_REQUESTS => {
+                TelemetryError::Refused {
+                    url: self.url.clone(),
+                    status: s.as_u16(),
+                }
+            }
+            (other, _) => TelemetryError::Unavailable {
+                url: self.url.clone(),
+                attempts: attempt,
+                message: error_chain(&other),
+            },
         }
     }
 }
@@ -238,9 +251,15 @@ fn read_secret(what: &'static str, path: &Path) -> Result<String, TelemetryError
         })
 }
 
+/// `1700000000.123`: exact to the millisecond, as Prometheus stores time.
+fn unix_seconds(at: Timestamp) -> String {
+    let ms = at.as_millisecond();
+    format!("{}.{:03}", ms.div_euclid(1000), ms.rem_euclid(1000))
+}
+
 fn unexpected(query: &str, kind: &'static str) -> TelemetryError {
     TelemetryError::UnexpectedResult {
-        query: query.to_string(),
+        query: shown_query(query),
         kind,
     }
 }

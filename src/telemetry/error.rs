@@ -47,6 +47,22 @@ pub enum TelemetryError {
     Config { key: &'static str, message: String },
 }
 
+/// Longest query text kept in an error: a batched query over hundreds of hosts would
+/// otherwise fill every Canary's status with the same kilobytes.
+const MAX_SHOWN_QUERY: usize = 1000;
+
+/// The query as an error shows it, cut after [`MAX_SHOWN_QUERY`] bytes.
+pub(crate) fn shown_query(query: &str) -> String {
+    if query.len() <= MAX_SHOWN_QUERY {
+        return query.to_string();
+    }
+    let mut end = MAX_SHOWN_QUERY;
+    while !query.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} more bytes)", &query[..end], query.len() - end)
+}
+
 impl TelemetryError {
     /// A short fixed name for metric labels and log fields (never the message text).
     pub fn reason(&self) -> &'static str {
@@ -83,5 +99,19 @@ fn refused_hint(status: u16) -> &'static str {
         401 | 403 => "bearerTokenFile or basicAuth",
         404 => "the URL, including any path prefix of a proxy",
         _ => "the URL and the headers",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_queries_are_cut_in_errors() {
+        assert_eq!(shown_query("up"), "up");
+        let long = "é".repeat(MAX_SHOWN_QUERY);
+        let shown = shown_query(&long);
+        assert!(shown.ends_with(&format!("... ({} more bytes)", MAX_SHOWN_QUERY)));
+        assert!(shown.len() < MAX_SHOWN_QUERY + 30);
     }
 }

@@ -6,7 +6,8 @@
 //! # Batching
 //! [`Telemetry::fetch`] takes every Canary due at one tick and issues one query per metric
 //! kind for all of them (per chunk of [`MAX_ARMS_PER_QUERY`] arms): one traffic query (requests
-//! and 5xx together), one latency query if any Canary has a latency metric, and one query per
+//! and 5xx together; every Canary needs its requests), one latency query if any Canary has a
+//! latency metric, and one query per
 //! custom ratio metric per Canary (custom PromQL is per Canary by nature). Results are split
 //! in memory by the grouping labels (`destination_service`, ...). Both arms of a Canary are
 //! always in the same query, so they are read at the same instant.
@@ -40,6 +41,7 @@ use futures::StreamExt as _;
 use jiff::Timestamp;
 
 pub use client::{PromClient, Sample};
+use error::shown_query;
 pub use error::TelemetryError;
 pub use promql::{ArmKey, ArmVars, Grouping, SelectBy};
 
@@ -89,8 +91,8 @@ pub struct Telemetry {
 
 /// One query of a tick and what its result is for.
 #[derive(Clone, Debug, PartialEq)]
-pub struct PlannedQuery {
-    pub promql: String,
+struct PlannedQuery {
+    promql: String,
     purpose: Purpose,
 }
 
@@ -149,8 +151,9 @@ impl Telemetry {
             .collect()
     }
 
-    /// The counts of stage and prod of every target over `(window_end - window, window_end]`.
-    /// A failed query fails only the targets whose counts it carries.
+    /// The counts of stage and prod of every target over `(window_end - window, window_end]`,
+    /// by target key (keys must be unique). A failed query fails only the targets whose
+    /// counts it carries.
     pub async fn fetch<K: Clone + Eq + Hash>(
         &self,
         targets: &[QueryTarget<'_, K>],
@@ -320,7 +323,10 @@ impl Telemetry {
         out
     }
 
-    /// Cumulative buckets per arm, sorted by boundary (`le` is in milliseconds).
+    /// Cumulative buckets per arm, sorted by boundary (`le` is in milliseconds). `increase()`
+    /// extrapolates each bucket series on its own, so a bucket can come out a fraction below
+    /// the one before it; like `histogram_quantile`, counts are raised to the running maximum
+    /// so the histogram stays cumulative.
     fn split_latency(&self, samples: Vec<Sample>) -> HashMap<ArmKey, Vec<Bucket>> {
         let mut out: HashMap<ArmKey, Vec<Bucket>> = HashMap::new();
         for s in samples {
@@ -338,6 +344,11 @@ impl Telemetry {
         }
         for buckets in out.values_mut() {
             buckets.sort_by(|a, b| a.le_ms.total_cmp(&b.le_ms));
+            let mut max = 0.0_f64;
+            for b in buckets.iter_mut() {
+                max = max.max(b.count);
+                b.count = max;
+            }
         }
         out
     }
@@ -345,7 +356,7 @@ impl Telemetry {
 
 fn nan(query: &str, key: &ArmKey, what: &str) -> TelemetryError {
     TelemetryError::NotANumber {
-        query: query.to_string(),
+        query: shown_query(query),
         series: format!("{} {what}", key.0.join("/")),
     }
 }
@@ -386,7 +397,7 @@ fn split_ratio(
         };
         if s.value.is_nan() {
             return Err(TelemetryError::NotANumber {
-                query: promql.to_string(),
+                query: shown_query(promql),
                 series: name.replace('_', " "),
             });
         }
@@ -466,6 +477,29 @@ mod tests {
             &queries[0][..300]
         );
         assert!(queries[1].contains(&format!("s{}", MAX_ARMS_PER_QUERY - 1)));
+    }
+
+    #[test]
+    fn latency_buckets_come_out_sorted_and_cumulative() {
+        let sample = |host: &str, le: &str, value: f64| Sample {
+            labels: [("destination_service", host), ("le", le)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            value,
+        };
+        let by_arm = telemetry(MeshPreset::Istio).split_latency(vec![
+            sample("a", "+Inf", 10.0),
+            sample("a", "250", 9.6),
+            sample("a", "100", 9.7),
+            sample("b", "100", 1.0),
+        ]);
+        let a: Vec<(f64, f64)> = by_arm[&ArmKey(vec!["a".into()])]
+            .iter()
+            .map(|b| (b.le_ms, b.count))
+            .collect();
+        assert_eq!(a, [(100.0, 9.7), (250.0, 9.7), (f64::INFINITY, 10.0)]);
+        assert_eq!(by_arm[&ArmKey(vec!["b".into()])].len(), 1);
     }
 
     #[tokio::test]

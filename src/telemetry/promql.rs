@@ -19,10 +19,9 @@ const ENVOY_CLUSTER_PREFIX: &str = r"(?:outbound\|[0-9]+\|[^|]*\|)?";
 
 /// How the series of one arm are told apart from the others: by which labels, and which
 /// label values identify one arm.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Grouping {
     /// Istio, by `destination_service` (the hosts of the Canary spec).
-    #[default]
     IstioHost,
     /// Istio, by `destination_workload_namespace` and `destination_workload`.
     IstioWorkload,

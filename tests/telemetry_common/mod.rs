@@ -151,21 +151,29 @@ pub fn exposition(arms: &[Arm], scale: u64) -> String {
     out
 }
 
-/// A `/metrics` endpoint serving whatever text it was last given.
+type Body = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// A `/metrics` endpoint serving the text of the function it was last given.
 pub struct Exporter {
     pub addr: SocketAddr,
-    body: Arc<Mutex<String>>,
+    body: Arc<Mutex<Body>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Exporter {
     pub async fn start(body: String) -> Self {
-        let body = Arc::new(Mutex::new(body));
+        Self::start_fn(move || body.clone()).await
+    }
+
+    /// Serves `body()` at every scrape (counters that grow with time).
+    pub async fn start_fn(body: impl Fn() -> String + Send + Sync + 'static) -> Self {
+        let body: Arc<Mutex<Body>> = Arc::new(Mutex::new(Arc::new(body)));
         let served = body.clone();
         let app = axum::Router::new().route(
             "/metrics",
             axum::routing::get(move || {
-                let text = served.lock().unwrap().clone();
+                let render = served.lock().unwrap().clone();
+                let text = render();
                 async move { ([("content-type", "text/plain; version=0.0.4")], text) }
             }),
         );
@@ -178,7 +186,7 @@ impl Exporter {
     }
 
     pub fn set(&self, body: String) {
-        *self.body.lock().unwrap() = body;
+        *self.body.lock().unwrap() = Arc::new(move || body.clone());
     }
 }
 

@@ -1,6 +1,6 @@
-//! The local lab for the demo and the end-to-end tests (DESIGN.md section 5): a simulated
-//! Istio mesh whose metrics the real Prometheus scrapes, and simulated Deployment rollouts.
-//! Nothing here runs in a real cluster.
+//! The local lab used by `canaryd demo` and the end-to-end tests (DESIGN.md section 5): an
+//! in-process Kubernetes API server, a simulated Istio mesh whose metrics the real Prometheus
+//! scrapes, and simulated Deployment rollouts. Nothing here runs in a real cluster.
 //!
 //! Wiring, given a client of the lab's API server and the demo's Canary:
 //!
@@ -20,6 +20,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod apiserver;
 pub mod mesh;
 pub mod mesh_server;
 pub mod scenario;

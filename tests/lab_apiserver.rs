@@ -738,3 +738,95 @@ async fn a_streaming_list_watcher_gets_the_initial_objects_then_changes() {
         other => panic!("expected the new Deployment, got {other:?}"),
     }
 }
+
+const RICH_VIRTUAL_SERVICE: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: demoapp, namespace: prod, labels: {app: demo}}
+spec:
+  hosts: [demoapp.example.com]
+  gateways: [prod/demo-gateway]
+  exportTo: ["."]
+  http:
+  - name: admin
+    match: [{uri: {prefix: /admin}}]
+    route: [{destination: {host: admin.prod.svc.cluster.local}}]
+    fault: {abort: {httpStatus: 503, percentage: {value: 0.1}}}
+    corsPolicy: {allowOrigins: [{exact: "https://example.com"}]}
+  - name: primary
+    match:
+    - uri: {prefix: /}
+      headers: {x-tenant: {exact: a}}
+    retries: {attempts: 3, perTryTimeout: 2s, retryOn: 5xx}
+    timeout: 10s
+    headers: {request: {set: {x-canary: "true"}}}
+    mirror: {host: shadow.prod.svc.cluster.local}
+    mirrorPercentage: {value: 5.5}
+    route:
+    - destination: {host: flaskapp.prod.svc.cluster.local, port: {number: 80}, subset: v1}
+      weight: 100
+      headers: {response: {add: {x-env: prod}}}
+    - destination: {host: flaskapp.stage.svc.cluster.local, port: {number: 80}}
+      weight: 0
+  tcp:
+  - route: [{destination: {host: db}}]
+"#;
+
+#[tokio::test]
+async fn canaryd_shifts_istio_weights_with_a_guarded_json_patch_and_keeps_every_field() {
+    use canaryd::api::virtual_service::VirtualService;
+    const PROD: &str = "flaskapp.prod.svc.cluster.local";
+    const STAGE: &str = "flaskapp.stage.svc.cluster.local";
+
+    let (server, client) = lab(ApiServerOptions::default()).await;
+    let installed = server
+        .install(RICH_VIRTUAL_SERVICE)
+        .expect("every Istio field of the manifest is in the CRD schema (strict validation)");
+    let original = installed[0].clone();
+    let services: Api<VirtualService> = Api::namespaced(client, "prod");
+    let vs = services.get("demoapp").await.unwrap();
+    let split = vs.spec.traffic_split(None, PROD, STAGE).unwrap();
+    let patch: json_patch::Patch =
+        serde_json::from_value(split.weight_patch(PROD, STAGE, 30)).unwrap();
+    let shifted = services
+        .patch(
+            "demoapp",
+            &PatchParams::default(),
+            &Patch::Json::<()>(patch.clone()),
+        )
+        .await
+        .unwrap();
+    let shifted = serde_json::to_value(&shifted).unwrap();
+    let mut expected = original["spec"].clone();
+    expected["http"][1]["route"][0]["weight"] = json!(70);
+    expected["http"][1]["route"][1]["weight"] = json!(30);
+    assert_eq!(shifted["spec"], expected);
+    assert_eq!(shifted["metadata"]["generation"], json!(2));
+
+    let mut moved = serde_json::to_value(services.get("demoapp").await.unwrap()).unwrap();
+    moved["spec"]["http"][1]["route"]
+        .as_array_mut()
+        .unwrap()
+        .swap(0, 1);
+    services
+        .replace(
+            "demoapp",
+            &PostParams::default(),
+            &serde_json::from_value(moved).unwrap(),
+        )
+        .await
+        .unwrap();
+    let stale = services
+        .patch(
+            "demoapp",
+            &PatchParams::default(),
+            &Patch::Json::<()>(patch),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        api_error(stale).code,
+        422,
+        "the test ops guard against moved destinations"
+    );
+}

@@ -101,6 +101,7 @@ async fn a_changed_deployment_is_reported_rolled_out_after_the_delay() {
     ] {
         assert_eq!(complete[field], 3, "{field}");
     }
+    assert_eq!(complete["unavailableReplicas"], 0);
     let conditions = complete["conditions"].as_array().unwrap();
     let progressed = conditions
         .iter()

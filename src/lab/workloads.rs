@@ -172,6 +172,9 @@ pub fn complete_status(deployment: &Deployment, now: Timestamp) -> DeploymentSta
         updated_replicas: Some(replicas),
         ready_replicas: Some(replicas),
         available_replicas: Some(replicas),
+        // The controller leaves out a zero, but a merge patch would then keep the count of
+        // the progressing status.
+        unavailable_replicas: Some(0),
         conditions: Some(vec![
             available(replicas, replicas, now),
             condition(
@@ -397,6 +400,7 @@ mod tests {
         let fresh = progressing_status(&v1, now);
         assert_eq!(condition(&fresh, "Available").status, "False");
         assert_eq!(fresh.unavailable_replicas, Some(2));
+        assert_eq!(complete_status(&v1, now).unavailable_replicas, Some(0));
     }
 
     proptest! {

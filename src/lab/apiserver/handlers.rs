@@ -286,15 +286,11 @@ fn resource(
             let object = present(resource, version, &store.get(resource, &namespace, &name)?);
             match call.wants_table() {
                 Some(include) => {
-                    let columns = &resource
-                        .version(version)
-                        .map(|v| v.columns.clone())
-                        .unwrap_or_default();
                     let rv = object["metadata"]["resourceVersion"]
                         .as_str()
                         .unwrap_or_default();
                     Ok(ok(&table::table(
-                        columns,
+                        resource.columns(version),
                         std::slice::from_ref(&object),
                         include,
                         rv,
@@ -407,13 +403,7 @@ fn collection(app: &AppState, call: &Call, target: &Target) -> ApiResult<Respons
                 .collect();
             let rv = rv.to_string();
             let body = match call.wants_table() {
-                Some(include) => {
-                    let columns = resource
-                        .version(version)
-                        .map(|v| v.columns.clone())
-                        .unwrap_or_default();
-                    table::table(&columns, &items, include, &rv)
-                }
+                Some(include) => table::table(resource.columns(version), &items, include, &rv),
                 None => json!({
                     "kind": resource.list_kind,
                     "apiVersion": resource.api_version(version),

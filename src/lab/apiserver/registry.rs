@@ -93,6 +93,11 @@ impl ResourceType {
         self.versions.iter().find(|v| v.name == version)
     }
 
+    /// The table columns of a served version.
+    pub fn columns(&self, version: &str) -> &[Column] {
+        self.version(version).map_or(&[], |v| v.columns.as_slice())
+    }
+
     pub fn is_custom(&self) -> bool {
         self.origin == Origin::Custom
     }

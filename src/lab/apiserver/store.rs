@@ -19,7 +19,7 @@ use super::patch::{self, PatchKind};
 use super::registry::{self, Builtin, Origin, Registry, ResourceType};
 use super::scale;
 use super::selector::Selector;
-use super::validation;
+use super::validation::{self, NameRule};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChangeKind {
@@ -447,7 +447,13 @@ impl Inner {
             .as_str()
             .unwrap_or_default()
             .to_string();
-        let mut causes = validation::check_name(&name);
+        let rule = match resource.origin {
+            Origin::Builtin(Builtin::Namespace) => NameRule::Label,
+            Origin::Builtin(Builtin::Service) => NameRule::Dns1035Label,
+            _ => NameRule::Subdomain,
+        };
+        let mut causes = validation::check_name(&name, rule);
+        causes.extend(validation::check_metadata(&object["metadata"]));
         let mut warnings = Vec::new();
         match resource.origin {
             Origin::Builtin(builtin) => {

@@ -2,7 +2,8 @@
 //! unknown fields (except under `x-kubernetes-preserve-unknown-fields`), apply `default`s, then
 //! validate against the CRD's `openAPIV3Schema` (with the `jsonschema` crate, after turning
 //! OpenAPI's `nullable` and `x-kubernetes-int-or-string` into JSON Schema), reporting the
-//! failed fields by path. Also the metadata name rules every object obeys. Pure: no store.
+//! failed fields by path. Also the metadata rules every object obeys (name, label and
+//! annotation key formats). Pure: no store.
 
 use serde_json::{json, Map, Value};
 
@@ -304,32 +305,113 @@ impl Schema {
     }
 }
 
-fn is_dns_subdomain(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
+fn is_dns_label(label: &str) -> bool {
+    !label.is_empty()
+        && label.len() <= 63
+        && label
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !label.starts_with('-')
+        && !label.ends_with('-')
 }
 
-/// `metadata.name` must be a DNS-1123 subdomain, as for nearly every kind.
-pub fn check_name(name: &str) -> Vec<FieldCause> {
-    if is_dns_subdomain(name) {
+fn is_dns_subdomain(name: &str) -> bool {
+    name.len() <= 253 && name.split('.').all(is_dns_label)
+}
+
+/// The rule a kind's `metadata.name` follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameRule {
+    /// DNS-1123 subdomain: most kinds.
+    Subdomain,
+    /// DNS-1123 label: Namespaces.
+    Label,
+    /// DNS-1035 label (starts with a letter): Services.
+    Dns1035Label,
+}
+
+pub fn check_name(name: &str, rule: NameRule) -> Vec<FieldCause> {
+    let (valid, what) = match rule {
+        NameRule::Subdomain => (
+            is_dns_subdomain(name),
+            "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, \
+             '-' or '.', and must start and end with an alphanumeric character",
+        ),
+        NameRule::Label => (
+            is_dns_label(name),
+            "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or \
+             '-', and must start and end with an alphanumeric character",
+        ),
+        NameRule::Dns1035Label => (
+            is_dns_label(name) && name.starts_with(|c: char| c.is_ascii_lowercase()),
+            "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start \
+             with an alphabetic character, and end with an alphanumeric character",
+        ),
+    };
+    if valid {
         return Vec::new();
     }
     vec![FieldCause {
         reason: "FieldValueInvalid",
         field: "metadata.name".to_string(),
-        message: format!(
-            "Invalid value: \"{name}\": a lowercase RFC 1123 subdomain must consist of lower case \
-             alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
-        ),
+        message: format!("Invalid value: \"{name}\": {what}"),
     }]
+}
+
+/// Label values: at most 63 characters, alphanumerics with `-`, `_`, `.` inside.
+fn is_label_value(value: &str) -> bool {
+    value.is_empty()
+        || (value.len() <= 63
+            && value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && value.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && value.ends_with(|c: char| c.is_ascii_alphanumeric()))
+}
+
+/// Label and annotation keys: an optional DNS subdomain prefix and `/`, then a name part.
+fn is_qualified_name(key: &str) -> bool {
+    let (prefix, name) = match key.split_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    prefix.is_none_or(is_dns_subdomain) && !name.is_empty() && is_label_value(name)
+}
+
+/// `metadata.labels` and annotation keys as a real server checks them.
+pub fn check_metadata(metadata: &Value) -> Vec<FieldCause> {
+    let mut causes = Vec::new();
+    let invalid = |field: String, value: &str, why: &str| FieldCause {
+        reason: "FieldValueInvalid",
+        field,
+        message: format!("Invalid value: \"{value}\": {why}"),
+    };
+    const KEY_RULE: &str = "name part must consist of alphanumeric characters, '-', '_' or '.', \
+        and must start and end with an alphanumeric character (at most 63 characters), with an \
+        optional DNS subdomain prefix and '/'";
+    const VALUE_RULE: &str = "a valid label must be an empty string or consist of alphanumeric \
+        characters, '-', '_' or '.', and must start and end with an alphanumeric character (at \
+        most 63 characters)";
+    for (key, value) in metadata["labels"].as_object().into_iter().flatten() {
+        if !is_qualified_name(key) {
+            causes.push(invalid("metadata.labels".into(), key, KEY_RULE));
+        }
+        let text = value.as_str().unwrap_or_default();
+        if !is_label_value(text) {
+            causes.push(invalid(format!("metadata.labels.{key}"), text, VALUE_RULE));
+        }
+    }
+    for key in metadata["annotations"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, _)| k)
+    {
+        if !is_qualified_name(&key.to_lowercase()) {
+            causes.push(invalid("metadata.annotations".into(), key, KEY_RULE));
+        }
+    }
+    causes
 }
 
 #[cfg(test)]
@@ -402,9 +484,25 @@ mod tests {
     }
 
     #[test]
-    fn names_follow_dns_subdomain_rules() {
-        assert!(check_name("flask-app.v1").is_empty());
-        assert_eq!(check_name("Flask_App")[0].field, "metadata.name");
-        assert!(!check_name("").is_empty());
+    fn names_follow_the_rule_of_their_kind() {
+        assert!(check_name("flask-app.v1", NameRule::Subdomain).is_empty());
+        assert_eq!(
+            check_name("Flask_App", NameRule::Subdomain)[0].field,
+            "metadata.name"
+        );
+        assert!(!check_name("", NameRule::Subdomain).is_empty());
+        assert!(!check_name("prod.eu", NameRule::Label).is_empty());
+        assert!(!check_name("1web", NameRule::Dns1035Label).is_empty());
+        assert!(check_name("web-1", NameRule::Dns1035Label).is_empty());
+    }
+
+    #[test]
+    fn labels_and_annotation_keys_are_checked() {
+        let ok = json!({"labels": {"app.kubernetes.io/name": "flask_app-1.0", "empty": ""},
+                        "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}"}});
+        assert!(check_metadata(&ok).is_empty());
+        let bad = json!({"labels": {"app": "has space", "-bad": "x"}});
+        let fields: Vec<String> = check_metadata(&bad).into_iter().map(|c| c.field).collect();
+        assert_eq!(fields, ["metadata.labels", "metadata.labels.app"]);
     }
 }

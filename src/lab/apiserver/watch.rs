@@ -103,7 +103,7 @@ impl WatchState {
         let object = match request.table {
             None => object,
             Some(include) => {
-                let columns = &request.resource.version(&request.version)?.columns;
+                let columns = request.resource.columns(&request.version);
                 let rv = change.resource_version.to_string();
                 table::table(columns, &[object], include, &rv)
             }

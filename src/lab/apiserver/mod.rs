@@ -10,9 +10,24 @@
 //! `patch` and `fields` (patch types, managedFields and server-side apply), `scale`, `selector`,
 //! `table` (kubectl's server-side printing), `kubeconfig`, `error` (`metav1.Status`).
 //!
-//! Not modelled: authentication and authorization, admission webhooks, version conversion of
-//! custom resources, pagination (`limit` is ignored; lists are whole), protobuf, controllers
-//! (nothing sets a Deployment's status but its clients).
+//! Simplified, on purpose:
+//! - Server-side apply: field ownership is tracked in real `managedFields` (see `fields`), with
+//!   list semantics from field names rather than schemas.
+//! - Strategic merge patch knows the built-in kinds' keyed lists by field name (see `patch`).
+//! - Unknown fields are pruned (and refused under `fieldValidation=Strict`) only for custom
+//!   resources; built-in kinds have no schema here, only the checks in `builtins`.
+//! - kubectl's `apply` works with its default `--validate=strict`: the OpenAPI v3 documents
+//!   say that the server validates fields itself; `/openapi/v2` is 404 and `kubectl explain`
+//!   finds no schemas.
+//! - Deleting a Namespace or a CRD removes what it contains at once (no Terminating phase).
+//! - Watches replay from a bounded history (`history_limit`); older resourceVersions get the
+//!   `410 Expired` ERROR event a real server streams.
+//!
+//! Not modelled: authentication and authorization, admission webhooks, CEL validation rules
+//! (`x-kubernetes-validations`), version conversion of custom resources (all served versions
+//! are views of one object, validated with the storage version's schema), pagination (`limit`
+//! is ignored; lists are whole), protobuf, controllers (nothing sets a Deployment's status but
+//! its clients), pods and their logs.
 
 mod builtins;
 mod discovery;

@@ -1,6 +1,7 @@
 //! The lab's Kubernetes API server: an in-process HTTP server on a loopback port that speaks
 //! the Kubernetes REST protocol for the resources canaryd and a person use (namespaces,
-//! Services, Events, Deployments, Leases, CRDs and the custom resources they define, such as
+//! Services, Secrets (for webhook signing keys), Events, Deployments, Leases, CRDs and the
+//! custom resources they define, such as
 //! Canaries and Istio's VirtualServices and Gateways). canaryd reaches it with its ordinary
 //! kube-rs client and the real `kubectl` works against it, through the kubeconfig it writes.
 //!

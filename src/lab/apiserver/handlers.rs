@@ -98,7 +98,15 @@ impl Call {
         if self.body.is_empty() {
             return Ok(Value::Null);
         }
-        let mut value: Value = if self.content_type().contains("yaml") {
+        let content_type = self.content_type();
+        if content_type.contains("protobuf") || content_type.contains("cbor") {
+            return Err(ApiError::unsupported_media_type(format!(
+                "the lab API server speaks JSON and YAML, not {content_type}; kubectl's \
+                 `create <kind>` generators send protobuf: write a manifest and use \
+                 `kubectl create -f` or `kubectl apply -f`"
+            )));
+        }
+        let mut value: Value = if content_type.contains("yaml") {
             serde_yaml_ng::from_slice(&self.body)
                 .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?
         } else {

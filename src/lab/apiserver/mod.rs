@@ -27,7 +27,9 @@
 //! Not modelled: authentication and authorization, admission webhooks, CEL validation rules
 //! (`x-kubernetes-validations`), version conversion of custom resources (all served versions
 //! are views of one object, validated with the storage version's schema), pagination (`limit`
-//! is ignored; lists are whole), protobuf, controllers (nothing sets a Deployment's status but
+//! is ignored; lists are whole), protobuf and CBOR (request bodies in them, such as those of
+//! kubectl's `create namespace|secret|deployment` generators, get a 415 that says to use
+//! `kubectl create -f` or `apply -f`; responses are always JSON), controllers (nothing sets a Deployment's status but
 //! its clients), pods and their logs.
 
 mod builtins;

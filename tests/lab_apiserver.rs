@@ -422,7 +422,7 @@ async fn a_watch_streams_changes_bookmarks_and_ends_at_its_timeout() {
     let deployments: Api<Deployment> = Api::namespaced(client, "prod");
     let list = deployments.list(&ListParams::default()).await.unwrap();
     let from = list.metadata.resource_version.unwrap();
-    let params = WatchParams::default().timeout(3).labels("app=web");
+    let params = WatchParams::default().timeout(30).labels("app=web");
     let mut events = deployments
         .watch(&params.disable_bookmarks(), &from)
         .await

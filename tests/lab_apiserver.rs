@@ -617,6 +617,20 @@ async fn creating_a_crd_serves_its_resource_at_once_and_deleting_it_stops() {
         .iter()
         .any(|c| c.type_ == "Established" && c.status == "True");
     assert!(established);
+    let apply = PatchParams::apply("gitops").force();
+    let first = crds
+        .patch("widgets.example.dev", &apply, &Patch::Apply(&crd))
+        .await
+        .unwrap();
+    let second = crds
+        .patch("widgets.example.dev", &apply, &Patch::Apply(&crd))
+        .await
+        .unwrap();
+    assert_eq!(
+        first.resource_version(),
+        second.resource_version(),
+        "re-applying an unchanged CRD changes nothing"
+    );
 
     let discovery = kube::discovery::Discovery::new(client.clone())
         .run()

@@ -684,12 +684,34 @@ impl Inner {
                 ));
             }
         }
-        let stamp = now();
-        let condition = |kind: &str, reason: &str| json!({"type": kind, "status": "True", "reason": reason, "message": "", "lastTransitionTime": stamp});
+        // Conditions are set once, so an unchanged CRD re-applied is a no-op; storedVersions
+        // accumulates every storage version, as on a real server.
+        let conditions = match &crd["status"]["conditions"] {
+            Value::Array(existing) if !existing.is_empty() => Value::Array(existing.clone()),
+            _ => {
+                let stamp = now();
+                let condition = |kind: &str, reason: &str| {
+                    json!({"type": kind, "status": "True", "reason": reason, "message": "",
+                           "lastTransitionTime": stamp})
+                };
+                json!([
+                    condition("NamesAccepted", "NoConflicts"),
+                    condition("Established", "InitialNamesAccepted")
+                ])
+            }
+        };
+        let mut stored_versions: Vec<Value> = crd["status"]["storedVersions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let storage = json!(defined.storage_version);
+        if !stored_versions.contains(&storage) {
+            stored_versions.push(storage);
+        }
         crd["status"] = json!({
             "acceptedNames": crd["spec"]["names"],
-            "conditions": [condition("NamesAccepted", "NoConflicts"), condition("Established", "InitialNamesAccepted")],
-            "storedVersions": [defined.storage_version],
+            "conditions": conditions,
+            "storedVersions": stored_versions,
         });
         Ok(Some(defined))
     }

@@ -622,6 +622,8 @@ async fn creating_a_crd_serves_its_resource_at_once_and_deleting_it_stops() {
         .patch("widgets.example.dev", &apply, &Patch::Apply(&crd))
         .await
         .unwrap();
+    // A later second must not make a no-op apply a change (managedFields times).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let second = crds
         .patch("widgets.example.dev", &apply, &Patch::Apply(&crd))
         .await

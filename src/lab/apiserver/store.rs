@@ -117,6 +117,23 @@ fn desired_state(object: &Value) -> Value {
     copy
 }
 
+/// Equal but for the times in managedFields: a no-op write, which a real server does not
+/// commit (no new resourceVersion, no watch event).
+fn unchanged(object: &Value, current: &Value) -> bool {
+    let without_times = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(entries) = v["metadata"]["managedFields"].as_array_mut() {
+            for entry in entries {
+                if let Some(map) = entry.as_object_mut() {
+                    map.remove("time");
+                }
+            }
+        }
+        v
+    };
+    object == current || without_times(object) == without_times(current)
+}
+
 struct Inner {
     registry: Registry,
     objects: BTreeMap<ObjectKey, Value>,
@@ -902,9 +919,9 @@ impl Inner {
                 meta.remove("managedFields");
             }
         }
-        if object == current {
+        if unchanged(&object, &current) {
             return Ok(Written {
-                object,
+                object: current,
                 created: false,
                 warnings,
             });

@@ -1,6 +1,6 @@
 //! The real `kubectl` against the lab's API server, through the kubeconfig the server writes:
-//! apply, get with server-side printer columns, get -w, set image, patch, server-side apply
-//! and delete, as a person runs them during the demo.
+//! apply, get with server-side printer columns, get -w, explain, set image, scale, patch,
+//! events, describe, server-side apply and delete, as a person runs them during the demo.
 
 use std::process::{Output, Stdio};
 use std::time::Duration;
@@ -183,6 +183,8 @@ async fn kubectl_applies_gets_sets_image_patches_and_deletes() {
     );
     let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
     assert_eq!(row[..4], ["flaskapp", "Progressing", "1", "30"]);
+    let explained = lab.stdout(&["explain", "canary.spec.steps"]).await;
+    assert!(explained.contains("Stage traffic weight"), "{explained}");
     let deployments_table = lab.stdout(&["get", "deploy", "-n", "prod"]).await;
     assert_eq!(
         header_columns(&deployments_table),

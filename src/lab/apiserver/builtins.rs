@@ -89,7 +89,8 @@ fn deployment(object: &mut Value, old: Option<&Value>) -> Vec<FieldCause> {
         "strategy",
         json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}),
     );
-    if let Some(containers) = spec["template"]["spec"]["containers"].as_array_mut() {
+    let containers = spec.pointer_mut("/template/spec/containers");
+    if let Some(containers) = containers.and_then(Value::as_array_mut) {
         for container in containers {
             set_default(container, "terminationMessagePolicy", json!("File"));
             let latest = container["image"]
@@ -157,7 +158,7 @@ fn service(object: &mut Value, old: Option<&Value>, allocate_ip: &mut dyn FnMut(
         spec["clusterIP"] = json!(ip);
         spec["clusterIPs"] = json!([ip]);
     }
-    if let Some(ports) = spec["ports"].as_array_mut() {
+    if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
         for port in ports {
             set_default(port, "protocol", json!("TCP"));
             let number = port["port"].clone();

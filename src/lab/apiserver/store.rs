@@ -117,6 +117,10 @@ fn desired_state(object: &Value) -> Value {
     copy
 }
 
+fn not_an_object() -> ApiError {
+    ApiError::bad_request("the object must be a JSON object with apiVersion, kind and metadata")
+}
+
 /// Equal but for the times in managedFields: a no-op write, which a real server does not
 /// commit (no new resourceVersion, no watch event).
 fn unchanged(object: &Value, current: &Value) -> bool {
@@ -326,13 +330,16 @@ impl Store {
     ) -> ApiResult<Written> {
         let mut inner = self.lock();
         let current = inner.objects.get(&key(resource, namespace, name)).cloned();
-        if kind == PatchKind::Apply && (current.is_some() || scope != Scope::StatusOnly) {
+        let missing = || ApiError::not_found(&resource.group, &resource.plural, name);
+        if kind == PatchKind::Apply {
+            if current.is_none() && scope == Scope::StatusOnly {
+                return Err(missing());
+            }
             return inner.apply(
                 resource, namespace, name, current, patch_body, scope, options,
             );
         }
-        let current =
-            current.ok_or_else(|| ApiError::not_found(&resource.group, &resource.plural, name))?;
+        let current = current.ok_or_else(missing)?;
         let mut patched = builtins::served(resource, current.clone());
         match kind {
             PatchKind::Merge => patch::merge_patch(&mut patched, patch_body),
@@ -344,7 +351,7 @@ impl Store {
                 ))
             }
             PatchKind::Strategic => patch::strategic_merge(&mut patched, patch_body),
-            PatchKind::Apply => unreachable!("handled above"),
+            PatchKind::Apply => unreachable!("apply patches return above"),
         }
         let patched = builtins::stored(resource, patched);
         inner.update(resource, current, patched, scope, options, false)
@@ -527,6 +534,9 @@ impl Inner {
         options: &WriteOptions,
         managed_fields_done: bool,
     ) -> ApiResult<Written> {
+        if !object.is_object() {
+            return Err(not_an_object());
+        }
         if object["kind"].as_str() != Some(resource.kind.as_str()) {
             return Err(ApiError::bad_request(format!(
                 "the kind in the body ({}) does not match the kind of the resource ({})",
@@ -810,6 +820,9 @@ impl Inner {
         options: &WriteOptions,
         managed_fields_done: bool,
     ) -> ApiResult<Written> {
+        if !body.is_object() {
+            return Err(not_an_object());
+        }
         let name = current["metadata"]["name"]
             .as_str()
             .unwrap_or_default()
@@ -1048,5 +1061,86 @@ impl Inner {
             object["metadata"]["resourceVersion"] = json!(self.bump());
             self.commit(&resource, ChangeKind::Deleted, object, Some(current));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> WriteOptions {
+        WriteOptions {
+            manager: "test".into(),
+            dry_run: false,
+            field_validation: FieldValidation::Strict,
+            force: false,
+        }
+    }
+
+    fn store_with_default_namespace() -> (Store, ResourceType, ResourceType) {
+        let store = Store::new(100);
+        let namespaces = store.lookup("", "v1", "namespaces").unwrap();
+        let services = store.lookup("", "v1", "services").unwrap();
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}});
+        store.create(&namespaces, "", ns, &options()).unwrap();
+        (store, namespaces, services)
+    }
+
+    #[test]
+    fn a_body_that_is_not_an_object_is_a_bad_request() {
+        let (store, _, services) = store_with_default_namespace();
+        let err = store
+            .create(&services, "default", json!([1]), &options())
+            .unwrap_err();
+        assert_eq!(err.code, 400);
+        let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"}});
+        store.create(&services, "default", svc, &options()).unwrap();
+        let err = store
+            .update(
+                &services,
+                "default",
+                "web",
+                json!("x"),
+                Scope::All,
+                &options(),
+            )
+            .unwrap_err();
+        assert_eq!(err.code, 400);
+        let err = store
+            .patch(
+                &services,
+                "default",
+                "web",
+                PatchKind::Merge,
+                &json!("x"),
+                Scope::All,
+                &options(),
+            )
+            .unwrap_err();
+        assert_eq!(err.code, 400);
+    }
+
+    #[test]
+    fn a_no_op_write_keeps_the_resource_version_and_defaults_add_no_nulls() {
+        let (store, _, services) = store_with_default_namespace();
+        let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"}});
+        let created = store
+            .create(&services, "default", svc, &options())
+            .unwrap()
+            .object;
+        assert!(created["spec"].get("ports").is_none());
+        let before = store.current_resource_version();
+        let again = store
+            .update(
+                &services,
+                "default",
+                "web",
+                created.clone(),
+                Scope::All,
+                &options(),
+            )
+            .unwrap();
+        assert_eq!(again.object, created);
+        assert_eq!(store.current_resource_version(), before);
     }
 }

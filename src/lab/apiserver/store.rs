@@ -14,7 +14,7 @@ use tokio::sync::broadcast;
 
 use super::builtins;
 use super::error::{qualified, ApiError, ApiResult, FieldCause};
-use super::fields::{self, Scope};
+use super::fields::{self, ListRules, Scope, Writer};
 use super::patch::{self, PatchKind};
 use super::registry::{self, Builtin, Origin, Registry, ResourceType};
 use super::scale;
@@ -115,6 +115,20 @@ fn desired_state(object: &Value) -> Value {
         map.remove("kind");
     }
     copy
+}
+
+/// List types for field ownership: a custom resource's schema, or the built-in field names.
+fn list_rules(resource: &ResourceType) -> ListRules<'_> {
+    static NO_SCHEMA: Value = Value::Null;
+    match resource.origin {
+        Origin::Builtin(_) => ListRules::FieldNames,
+        Origin::Custom => ListRules::Schema(
+            resource
+                .version(&resource.storage_version)
+                .and_then(|v| v.schema.as_deref())
+                .map_or(&NO_SCHEMA, |schema| schema.openapi()),
+        ),
+    }
 }
 
 fn not_an_object() -> ApiError {
@@ -643,14 +657,14 @@ impl Inner {
                 .as_str()
                 .unwrap_or_default()
                 .to_string();
-            fields::record_update(
-                None,
-                &mut object,
-                &options.manager,
-                &api_version,
+            let writer = Writer {
+                manager: &options.manager,
+                api_version: &api_version,
                 scope,
-                &now,
-            );
+                lists: list_rules(resource),
+                now: &now,
+            };
+            fields::record_update(None, &mut object, &writer);
         }
         let uid = self.next_uid();
         let meta = &mut object["metadata"];
@@ -786,15 +800,20 @@ impl Inner {
             Scope::NoStatus
         };
         let (group, plural) = (resource.group.clone(), resource.plural.clone());
+        let now = now();
+        let writer = Writer {
+            manager: &options.manager,
+            api_version: &api_version,
+            scope,
+            lists: list_rules(resource),
+            now: &now,
+        };
         let merged = fields::apply(
             &live,
             exists,
             config,
-            &options.manager,
+            &writer,
             options.force,
-            &api_version,
-            scope,
-            &now(),
             |message, causes| {
                 let mut error = ApiError::conflict(&group, &plural, name, "");
                 error.message = message;
@@ -918,14 +937,15 @@ impl Inner {
                 .as_str()
                 .unwrap_or_default()
                 .to_string();
-            fields::record_update(
-                Some(&current),
-                &mut object,
-                &options.manager,
-                &api_version,
+            let now = now();
+            let writer = Writer {
+                manager: &options.manager,
+                api_version: &api_version,
                 scope,
-                &now(),
-            );
+                lists: list_rules(resource),
+                now: &now,
+            };
+            fields::record_update(Some(&current), &mut object, &writer);
         }
         if object["metadata"]["managedFields"].is_null() {
             if let Some(meta) = object["metadata"].as_object_mut() {

@@ -155,6 +155,32 @@ fn header_columns(table: &str) -> Vec<String> {
 async fn kubectl_applies_gets_sets_image_patches_and_deletes() {
     let lab = Lab::start().await;
     let manifest = lab.manifest();
+    lab.run(&["create", "namespace", "stage"], true).await;
+    lab.run(
+        &[
+            "create",
+            "secret",
+            "generic",
+            "signing",
+            "-n",
+            "stage",
+            "--from-literal=key=s3cret",
+        ],
+        true,
+    )
+    .await;
+    let key = lab
+        .stdout(&[
+            "get",
+            "secret",
+            "signing",
+            "-n",
+            "stage",
+            "-o",
+            "jsonpath={.type} {.data.key}",
+        ])
+        .await;
+    assert_eq!(key, "Opaque czNjcmV0");
     let applied = lab.stdout(&["apply", "-f", &manifest]).await;
     assert!(
         applied.contains("canary.canaryd.dev/flaskapp created"),

@@ -167,7 +167,7 @@ fn service(object: &mut Value, old: Option<&Value>, allocate_ip: &mut dyn FnMut(
     }
 }
 
-fn base64(bytes: &[u8]) -> String {
+pub fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
@@ -190,7 +190,9 @@ fn base64(bytes: &[u8]) -> String {
 
 /// A Secret's `stringData` is write-only: the server merges it into `data`, base64-encoded.
 fn secret(object: &mut Value) {
-    set_default(object, "type", json!("Opaque"));
+    if object["type"].as_str().is_none_or(str::is_empty) {
+        object["type"] = json!("Opaque");
+    }
     let Some(Value::Object(string_data)) =
         object.as_object_mut().and_then(|m| m.remove("stringData"))
     else {

@@ -18,6 +18,7 @@ use super::discovery;
 use super::error::{ApiError, ApiResult};
 use super::fields::Scope;
 use super::patch::{self, PatchKind};
+use super::protobuf;
 use super::registry::ResourceType;
 use super::scale;
 use super::selector::Selector;
@@ -99,14 +100,19 @@ impl Call {
             return Ok(Value::Null);
         }
         let content_type = self.content_type();
-        if content_type.contains("protobuf") || content_type.contains("cbor") {
-            return Err(ApiError::unsupported_media_type(format!(
-                "the lab API server speaks JSON and YAML, not {content_type}; kubectl's \
-                 `create <kind>` generators send protobuf: write a manifest and use \
-                 `kubectl create -f` or `kubectl apply -f`"
-            )));
+        let refused = |what: String| {
+            ApiError::unsupported_media_type(format!(
+                "the lab API server speaks JSON and YAML, and protobuf only for Namespaces and \
+                 Secrets, not {what}; write a manifest and use `kubectl create -f` or \
+                 `kubectl apply -f`"
+            ))
+        };
+        if content_type.contains("cbor") {
+            return Err(refused(content_type.to_string()));
         }
-        let mut value: Value = if content_type.contains("yaml") {
+        let mut value: Value = if content_type.contains("protobuf") {
+            protobuf::decode(&self.body).map_err(refused)?
+        } else if content_type.contains("yaml") {
             serde_yaml_ng::from_slice(&self.body)
                 .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?
         } else {

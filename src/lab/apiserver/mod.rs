@@ -8,7 +8,8 @@
 //! Module map: `store` (objects, resourceVersions, history), `watch` (per-client event streams),
 //! `handlers` (HTTP), `discovery` (discovery and OpenAPI documents), `registry` (served
 //! resources), `validation` (CRD schemas), `builtins` (built-in kinds' defaults and checks),
-//! `patch` and `fields` (patch types, managedFields and server-side apply), `scale`, `selector`,
+//! `patch` and `fields` (patch types, managedFields and server-side apply), `protobuf`,
+//! `scale`, `selector`,
 //! `table` (kubectl's server-side printing), `kubeconfig`, `error` (`metav1.Status`).
 //!
 //! Simplified, on purpose:
@@ -27,9 +28,10 @@
 //! Not modelled: authentication and authorization, admission webhooks, CEL validation rules
 //! (`x-kubernetes-validations`), version conversion of custom resources (all served versions
 //! are views of one object, validated with the storage version's schema), pagination (`limit`
-//! is ignored; lists are whole), protobuf and CBOR (request bodies in them, such as those of
-//! kubectl's `create namespace|secret|deployment` generators, get a 415 that says to use
-//! `kubectl create -f` or `apply -f`; responses are always JSON), controllers (nothing sets a Deployment's status but
+//! is ignored; lists are whole), protobuf and CBOR beyond the Namespace and Secret bodies of
+//! `kubectl create namespace|secret` (other protobuf bodies, such as `kubectl create
+//! deployment`'s, get a 415 that says to use `kubectl create -f` or `apply -f`; responses are
+//! always JSON), controllers (nothing sets a Deployment's status but
 //! its clients), pods and their logs.
 
 mod builtins;
@@ -39,6 +41,7 @@ mod fields;
 mod handlers;
 mod kubeconfig;
 mod patch;
+mod protobuf;
 mod registry;
 mod scale;
 mod selector;

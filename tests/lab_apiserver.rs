@@ -596,7 +596,15 @@ async fn a_kube_rs_watcher_and_reflector_follow_the_server() {
 
 #[tokio::test]
 async fn creating_a_crd_serves_its_resource_at_once_and_deleting_it_stops() {
-    let (_server, client) = lab(ApiServerOptions::default()).await;
+    let (server, _) = lab(ApiServerOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
+    server.write_kubeconfig(&path).unwrap();
+    let kubeconfig = kube::config::Kubeconfig::read_from(&path).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    let client = Client::try_from(config).expect("kube-rs connects through the kubeconfig");
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let crd: CustomResourceDefinition = serde_json::from_value(json!({
         "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",

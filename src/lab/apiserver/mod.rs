@@ -222,6 +222,12 @@ impl ApiServerHandle {
         &self.kubeconfig
     }
 
+    /// Writes a kubeconfig for this server to `path` (for a person's `KUBECONFIG` during the
+    /// demo); it stops working when the server stops.
+    pub fn write_kubeconfig(&self, path: &Path) -> std::io::Result<()> {
+        kubeconfig::write(path, &self.url)
+    }
+
     /// A kube-rs client for this server, default namespace `default`.
     ///
     /// Both of rustls' crypto providers are compiled into canaryd (kube and reqwest each pick

@@ -794,6 +794,16 @@ spec:
       weight: 0
   tcp:
   - route: [{destination: {host: db}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: demo-gateway, namespace: prod}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: [demoapp.example.com]
+    tls: {mode: SIMPLE, credentialName: demoapp-cert}
 "#;
 
 #[tokio::test]
@@ -806,6 +816,10 @@ async fn canaryd_shifts_istio_weights_with_a_guarded_json_patch_and_keeps_every_
     let installed = server
         .install(RICH_VIRTUAL_SERVICE)
         .expect("every Istio field of the manifest is in the CRD schema (strict validation)");
+    assert_eq!(
+        installed[1]["spec"]["servers"][0]["tls"]["credentialName"],
+        json!("demoapp-cert")
+    );
     let original = installed[0].clone();
     let services: Api<VirtualService> = Api::namespaced(client, "prod");
     let vs = services.get("demoapp").await.unwrap();
@@ -853,4 +867,46 @@ async fn canaryd_shifts_istio_weights_with_a_guarded_json_patch_and_keeps_every_
         422,
         "the test ops guard against moved destinations"
     );
+}
+
+#[tokio::test]
+async fn a_lease_changes_hands_only_with_the_current_resource_version() {
+    use k8s_openapi::api::coordination::v1::Lease;
+
+    let (_server, client) = lab(ApiServerOptions::default()).await;
+    let leases: Api<Lease> = Api::namespaced(client, "default");
+    let lease = |holder: &str| -> Lease {
+        serde_json::from_value(json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "canaryd-leader"},
+            "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15}
+        }))
+        .unwrap()
+    };
+    let held = leases
+        .create(&PostParams::default(), &lease("a"))
+        .await
+        .unwrap();
+    let taken = leases
+        .create(&PostParams::default(), &lease("b"))
+        .await
+        .unwrap_err();
+    assert_eq!(api_error(taken).reason, "AlreadyExists");
+
+    let mut renewed = held.clone();
+    renewed.spec.as_mut().unwrap().lease_duration_seconds = Some(20);
+    leases
+        .replace("canaryd-leader", &PostParams::default(), &renewed)
+        .await
+        .unwrap();
+
+    let mut usurped = held;
+    usurped.spec.as_mut().unwrap().holder_identity = Some("b".into());
+    let stale = leases
+        .replace("canaryd-leader", &PostParams::default(), &usurped)
+        .await
+        .unwrap_err();
+    assert_eq!(api_error(stale).code, 409);
+    let current = leases.get("canaryd-leader").await.unwrap();
+    assert_eq!(current.spec.unwrap().holder_identity.as_deref(), Some("a"));
 }

@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::time::Duration;
 
-use bytes::Bytes;
+use axum::body::Bytes;
 use futures::Stream;
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, watch};

@@ -411,9 +411,11 @@ impl Inner {
         namespace: Option<&'a str>,
         selector: &'a Selector,
     ) -> impl Iterator<Item = &'a Value> + 'a {
+        // Keys sort by group, resource, namespace, name: scan only this resource's range.
+        let start = key(resource, namespace.unwrap_or_default(), "");
         self.objects
-            .iter()
-            .filter(move |((g, p, ns, _), _)| {
+            .range(start..)
+            .take_while(move |((g, p, ns, _), _)| {
                 *g == resource.storage_group()
                     && *p == resource.plural
                     && namespace.is_none_or(|wanted| wanted == ns)
@@ -1162,5 +1164,28 @@ mod tests {
             .unwrap();
         assert_eq!(again.object, created);
         assert_eq!(store.current_resource_version(), before);
+    }
+
+    #[test]
+    fn lists_scan_one_resource_in_one_or_all_namespaces() {
+        let (store, namespaces, services) = store_with_default_namespace();
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "prod"}});
+        store.create(&namespaces, "", ns, &options()).unwrap();
+        for (namespace, name) in [("default", "a"), ("prod", "b"), ("prod", "c")] {
+            let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name}});
+            store.create(&services, namespace, svc, &options()).unwrap();
+        }
+        let names = |namespace: Option<&str>| -> Vec<String> {
+            let (items, _) = store.list(&services, namespace, &Selector::default());
+            items
+                .iter()
+                .map(|o| o["metadata"]["name"].as_str().unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(names(Some("prod")), ["b", "c"]);
+        assert_eq!(names(None), ["a", "b", "c"]);
+        assert!(names(Some("nowhere")).is_empty());
+        let (all_namespaces, _) = store.list(&namespaces, None, &Selector::default());
+        assert_eq!(all_namespaces.len(), 2);
     }
 }

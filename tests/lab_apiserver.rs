@@ -422,7 +422,7 @@ async fn a_watch_streams_changes_bookmarks_and_ends_at_its_timeout() {
     let deployments: Api<Deployment> = Api::namespaced(client, "prod");
     let list = deployments.list(&ListParams::default()).await.unwrap();
     let from = list.metadata.resource_version.unwrap();
-    let params = WatchParams::default().timeout(3).labels("app=web");
+    let params = WatchParams::default().timeout(30).labels("app=web");
     let mut events = deployments
         .watch(&params.disable_bookmarks(), &from)
         .await
@@ -596,7 +596,15 @@ async fn a_kube_rs_watcher_and_reflector_follow_the_server() {
 
 #[tokio::test]
 async fn creating_a_crd_serves_its_resource_at_once_and_deleting_it_stops() {
-    let (_server, client) = lab(ApiServerOptions::default()).await;
+    let (server, _) = lab(ApiServerOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
+    server.write_kubeconfig(&path).unwrap();
+    let kubeconfig = kube::config::Kubeconfig::read_from(&path).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    let client = Client::try_from(config).expect("kube-rs connects through the kubeconfig");
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let crd: CustomResourceDefinition = serde_json::from_value(json!({
         "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
@@ -617,6 +625,22 @@ async fn creating_a_crd_serves_its_resource_at_once_and_deleting_it_stops() {
         .iter()
         .any(|c| c.type_ == "Established" && c.status == "True");
     assert!(established);
+    let apply = PatchParams::apply("gitops").force();
+    let first = crds
+        .patch("widgets.example.dev", &apply, &Patch::Apply(&crd))
+        .await
+        .unwrap();
+    // A later second must not make a no-op apply a change (managedFields times).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let second = crds
+        .patch("widgets.example.dev", &apply, &Patch::Apply(&crd))
+        .await
+        .unwrap();
+    assert_eq!(
+        first.resource_version(),
+        second.resource_version(),
+        "re-applying an unchanged CRD changes nothing"
+    );
 
     let discovery = kube::discovery::Discovery::new(client.clone())
         .run()
@@ -770,6 +794,16 @@ spec:
       weight: 0
   tcp:
   - route: [{destination: {host: db}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: demo-gateway, namespace: prod}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: [demoapp.example.com]
+    tls: {mode: SIMPLE, credentialName: demoapp-cert}
 "#;
 
 #[tokio::test]
@@ -782,6 +816,10 @@ async fn canaryd_shifts_istio_weights_with_a_guarded_json_patch_and_keeps_every_
     let installed = server
         .install(RICH_VIRTUAL_SERVICE)
         .expect("every Istio field of the manifest is in the CRD schema (strict validation)");
+    assert_eq!(
+        installed[1]["spec"]["servers"][0]["tls"]["credentialName"],
+        json!("demoapp-cert")
+    );
     let original = installed[0].clone();
     let services: Api<VirtualService> = Api::namespaced(client, "prod");
     let vs = services.get("demoapp").await.unwrap();
@@ -829,4 +867,46 @@ async fn canaryd_shifts_istio_weights_with_a_guarded_json_patch_and_keeps_every_
         422,
         "the test ops guard against moved destinations"
     );
+}
+
+#[tokio::test]
+async fn a_lease_changes_hands_only_with_the_current_resource_version() {
+    use k8s_openapi::api::coordination::v1::Lease;
+
+    let (_server, client) = lab(ApiServerOptions::default()).await;
+    let leases: Api<Lease> = Api::namespaced(client, "default");
+    let lease = |holder: &str| -> Lease {
+        serde_json::from_value(json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "canaryd-leader"},
+            "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15}
+        }))
+        .unwrap()
+    };
+    let held = leases
+        .create(&PostParams::default(), &lease("a"))
+        .await
+        .unwrap();
+    let taken = leases
+        .create(&PostParams::default(), &lease("b"))
+        .await
+        .unwrap_err();
+    assert_eq!(api_error(taken).reason, "AlreadyExists");
+
+    let mut renewed = held.clone();
+    renewed.spec.as_mut().unwrap().lease_duration_seconds = Some(20);
+    leases
+        .replace("canaryd-leader", &PostParams::default(), &renewed)
+        .await
+        .unwrap();
+
+    let mut usurped = held;
+    usurped.spec.as_mut().unwrap().holder_identity = Some("b".into());
+    let stale = leases
+        .replace("canaryd-leader", &PostParams::default(), &usurped)
+        .await
+        .unwrap_err();
+    assert_eq!(api_error(stale).code, 409);
+    let current = leases.get("canaryd-leader").await.unwrap();
+    assert_eq!(current.spec.unwrap().holder_identity.as_deref(), Some("a"));
 }

@@ -1,6 +1,6 @@
 //! The real `kubectl` against the lab's API server, through the kubeconfig the server writes:
-//! apply, get with server-side printer columns, get -w, set image, patch, server-side apply
-//! and delete, as a person runs them during the demo.
+//! apply, get with server-side printer columns, get -w, explain, set image, scale, patch,
+//! events, describe, server-side apply and delete, as a person runs them during the demo.
 
 use std::process::{Output, Stdio};
 use std::time::Duration;
@@ -155,6 +155,32 @@ fn header_columns(table: &str) -> Vec<String> {
 async fn kubectl_applies_gets_sets_image_patches_and_deletes() {
     let lab = Lab::start().await;
     let manifest = lab.manifest();
+    lab.run(&["create", "namespace", "stage"], true).await;
+    lab.run(
+        &[
+            "create",
+            "secret",
+            "generic",
+            "signing",
+            "-n",
+            "stage",
+            "--from-literal=key=s3cret",
+        ],
+        true,
+    )
+    .await;
+    let key = lab
+        .stdout(&[
+            "get",
+            "secret",
+            "signing",
+            "-n",
+            "stage",
+            "-o",
+            "jsonpath={.type} {.data.key}",
+        ])
+        .await;
+    assert_eq!(key, "Opaque czNjcmV0");
     let applied = lab.stdout(&["apply", "-f", &manifest]).await;
     assert!(
         applied.contains("canary.canaryd.dev/flaskapp created"),
@@ -183,6 +209,8 @@ async fn kubectl_applies_gets_sets_image_patches_and_deletes() {
     );
     let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
     assert_eq!(row[..4], ["flaskapp", "Progressing", "1", "30"]);
+    let explained = lab.stdout(&["explain", "canary.spec.steps"]).await;
+    assert!(explained.contains("Stage traffic weight"), "{explained}");
     let deployments_table = lab.stdout(&["get", "deploy", "-n", "prod"]).await;
     assert_eq!(
         header_columns(&deployments_table),

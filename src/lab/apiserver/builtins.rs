@@ -1,10 +1,11 @@
 //! What the API server itself does to built-in kinds on a write, trimmed to what canaryd and
 //! kubectl observe: defaults (Deployment strategy and replicas, Service type, ports and a
-//! cluster IP, Namespace phase) and the validation a real server would refuse with a 422
-//! (a Deployment's selector must match its template, its containers need a name and an image,
-//! the selector is immutable), and the conversion between the two views of one Event
-//! (`events.k8s.io/v1` is served from core `v1` storage, with the real server's field
-//! mapping). Pure apart from the cluster IP handed in by the store.
+//! cluster IP, Namespace phase, Secret type), a Secret's write-only `stringData` stored
+//! base64-encoded in `data`, the validation a real server would refuse with a 422 (a
+//! Deployment's selector must match its template and is immutable, its containers need a name
+//! and an image), and the conversion between the two views of one Event (`events.k8s.io/v1` is
+//! served from core `v1` storage, with the real server's field mapping). Pure apart from the
+//! cluster IP handed in by the store.
 
 use serde_json::{json, Value};
 
@@ -88,7 +89,8 @@ fn deployment(object: &mut Value, old: Option<&Value>) -> Vec<FieldCause> {
         "strategy",
         json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}),
     );
-    if let Some(containers) = spec["template"]["spec"]["containers"].as_array_mut() {
+    let containers = spec.pointer_mut("/template/spec/containers");
+    if let Some(containers) = containers.and_then(Value::as_array_mut) {
         for container in containers {
             set_default(container, "terminationMessagePolicy", json!("File"));
             let latest = container["image"]
@@ -156,12 +158,52 @@ fn service(object: &mut Value, old: Option<&Value>, allocate_ip: &mut dyn FnMut(
         spec["clusterIP"] = json!(ip);
         spec["clusterIPs"] = json!([ip]);
     }
-    if let Some(ports) = spec["ports"].as_array_mut() {
+    if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
         for port in ports {
             set_default(port, "protocol", json!("TCP"));
             let number = port["port"].clone();
             set_default(port, "targetPort", number);
         }
+    }
+}
+
+pub fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> shift) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A Secret's `stringData` is write-only: the server merges it into `data`, base64-encoded.
+fn secret(object: &mut Value) {
+    if object["type"].as_str().is_none_or(str::is_empty) {
+        object["type"] = json!("Opaque");
+    }
+    let Some(Value::Object(string_data)) =
+        object.as_object_mut().and_then(|m| m.remove("stringData"))
+    else {
+        return;
+    };
+    if !object["data"].is_object() {
+        object["data"] = json!({});
+    }
+    for (key, value) in string_data {
+        let text = value.as_str().unwrap_or_default().as_bytes().to_vec();
+        object["data"][key] = json!(base64(&text));
     }
 }
 
@@ -176,6 +218,10 @@ pub fn admit(
         Builtin::Deployment => deployment(object, old),
         Builtin::Service => {
             service(object, old, allocate_ip);
+            Vec::new()
+        }
+        Builtin::Secret => {
+            secret(object);
             Vec::new()
         }
         Builtin::Namespace => {
@@ -226,6 +272,20 @@ mod tests {
         let mut back = served(events_v1, core);
         back.as_object_mut().unwrap().remove("apiVersion");
         assert_eq!(back, written);
+    }
+
+    #[test]
+    fn secret_string_data_is_stored_base64_encoded() {
+        let mut secret =
+            json!({"data": {"a": "eA=="}, "stringData": {"key": "hello", "k2": "hi!"}});
+        admit(Builtin::Secret, &mut secret, None, &mut no_ip);
+        assert_eq!(
+            secret["data"],
+            json!({"a": "eA==", "key": "aGVsbG8=", "k2": "aGkh"})
+        );
+        assert!(secret.get("stringData").is_none());
+        assert_eq!(secret["type"], json!("Opaque"));
+        assert_eq!(base64(b"ab"), "YWI=");
     }
 
     #[test]

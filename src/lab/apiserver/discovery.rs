@@ -3,7 +3,8 @@
 //! custom resources the moment their CRD is created. Also the minimal OpenAPI v3 documents
 //! kubectl reads before `apply` to learn that the server validates fields itself
 //! (`fieldValidation`): one PATCH operation per kind with its group-version-kind and that
-//! parameter, no schemas (`/openapi/v2` stays 404). Pure: registry in, JSON out.
+//! parameter, plus the CRDs' schemas (so `kubectl explain canary.spec` works); built-in kinds
+//! have none, and `/openapi/v2` stays 404. Pure: registry in, JSON out.
 
 use serde_json::{json, Value};
 
@@ -200,9 +201,22 @@ pub fn openapi_index(registry: &Registry) -> Value {
 
 /// `/openapi/v3/apis/<group>/<version>`: one PATCH operation per kind, which is what kubectl
 /// reads to learn that the server supports `fieldValidation`.
+/// Where a real server names a custom resource's schema: `dev.canaryd.v1alpha1.Canary`.
+fn schema_name(group: &str, version: &str, kind: &str) -> String {
+    let reversed: Vec<&str> = group.split('.').rev().collect();
+    format!("{}.{version}.{kind}", reversed.join("."))
+}
+
 pub fn openapi_group_version(registry: &Registry, group: &str, version: &str) -> Option<Value> {
     let mut paths = serde_json::Map::new();
+    let mut schemas = serde_json::Map::new();
     for resource in served_at(registry, group, version) {
+        if let Some(schema) = resource.version(version).and_then(|v| v.schema.as_ref()) {
+            let mut documented = schema.openapi().clone();
+            documented["x-kubernetes-group-version-kind"] =
+                json!([{"group": group, "version": version, "kind": resource.kind}]);
+            schemas.insert(schema_name(group, version, &resource.kind), documented);
+        }
         let prefix = if group.is_empty() {
             "/api/v1".to_string()
         } else {
@@ -231,7 +245,7 @@ pub fn openapi_group_version(registry: &Registry, group: &str, version: &str) ->
         "openapi": "3.0.0",
         "info": {"title": "Kubernetes", "version": "v1.33.0-canaryd-lab"},
         "paths": paths,
-        "components": {"schemas": {}},
+        "components": {"schemas": schemas},
     }))
 }
 

@@ -11,10 +11,13 @@
 //! `force=true`, which moves ownership to it. Status-subresource writes are recorded under
 //! `subresource: status`.
 //!
-//! What is not: list types come from field names (see `patch::merge_key`), not from the
-//! schema's `x-kubernetes-list-type`; scalar lists are atomic except `finalizers`, a set with
-//! `v:` members; of metadata, managers own labels, annotations, finalizers and ownerReferences;
-//! no version conversion of field sets.
+//! Lists merge as their type says: for custom resources, the CRD schema's
+//! `x-kubernetes-list-type` (`map` keyed by `x-kubernetes-list-map-keys`, `set` with `v:`
+//! members, anything else atomic, as on a real server); for built-in kinds, which have no
+//! schema here, the keyed lists of `patch::merge_key` by field name (one key each, where a real
+//! server sometimes has two, e.g. container ports by port and protocol) and `finalizers` as a
+//! set. Of metadata, managers own labels, annotations, finalizers and ownerReferences. Not
+//! modelled: version conversion of field sets, `x-kubernetes-map-type`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -56,48 +59,129 @@ impl Scope {
 /// The metadata fields a manager can own; the rest of metadata belongs to the server.
 const METADATA_FIELDS: [&str; 4] = ["labels", "annotations", "finalizers", "ownerReferences"];
 
-fn key_segment(item: &Value, key: &str) -> Option<String> {
-    let value = item.get(key)?;
-    let mut map = Map::new();
-    map.insert(key.to_string(), value.clone());
-    Some(format!("k:{}", Value::Object(map)))
+/// How a list merges and is owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ListKind {
+    Atomic,
+    Set,
+    Map(Vec<String>),
 }
 
-fn walk(value: &Value, path: &mut FieldPath, field: &str, out: &mut BTreeMap<FieldPath, Value>) {
+/// Where list types come from: the built-in kinds' field names, or a CRD schema.
+#[derive(Debug, Clone, Copy)]
+pub enum ListRules<'a> {
+    FieldNames,
+    Schema(&'a Value),
+}
+
+/// The subschema at a field path (`f:` into properties, `k:`/`v:` into items).
+fn schema_at<'a>(root: &'a Value, path: &[String]) -> &'a Value {
+    static NONE: Value = Value::Null;
+    path.iter()
+        .fold(root, |schema, segment| match segment.strip_prefix("f:") {
+            Some(field) => schema["properties"]
+                .get(field)
+                .or_else(|| schema.get("additionalProperties"))
+                .unwrap_or(&NONE),
+            None => &schema["items"],
+        })
+}
+
+impl ListRules<'_> {
+    fn kind(self, path: &[String], items: &[Value]) -> ListKind {
+        let by_field_name = || {
+            let field = path
+                .last()
+                .and_then(|s| s.strip_prefix("f:"))
+                .unwrap_or_default();
+            if field == "finalizers" {
+                return ListKind::Set;
+            }
+            merge_key(field, items).map_or(ListKind::Atomic, |k| ListKind::Map(vec![k.to_string()]))
+        };
+        match self {
+            ListRules::FieldNames => by_field_name(),
+            ListRules::Schema(_) if path.first().is_some_and(|s| s == "f:metadata") => {
+                by_field_name()
+            }
+            ListRules::Schema(root) => {
+                let schema = schema_at(root, path);
+                match schema["x-kubernetes-list-type"].as_str() {
+                    Some("set") => ListKind::Set,
+                    Some("map") => ListKind::Map(
+                        schema["x-kubernetes-list-map-keys"]
+                            .as_array()
+                            .map(|keys| {
+                                keys.iter()
+                                    .filter_map(|k| k.as_str().map(str::to_string))
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
+                    ),
+                    _ => ListKind::Atomic,
+                }
+            }
+        }
+    }
+}
+
+/// Who writes, and the rules their write is recorded under.
+#[derive(Debug, Clone, Copy)]
+pub struct Writer<'a> {
+    pub manager: &'a str,
+    pub api_version: &'a str,
+    pub scope: Scope,
+    pub lists: ListRules<'a>,
+    pub now: &'a str,
+}
+
+fn key_segment(item: &Value, keys: &[String]) -> Option<String> {
+    let mut map = Map::new();
+    for key in keys {
+        map.insert(key.clone(), item.get(key)?.clone());
+    }
+    (!map.is_empty()).then(|| format!("k:{}", Value::Object(map)))
+}
+
+fn same_key(a: &Value, b: &Value, keys: &[String]) -> bool {
+    keys.iter()
+        .all(|k| a.get(k).is_some() && a.get(k) == b.get(k))
+}
+
+fn walk(
+    value: &Value,
+    path: &mut FieldPath,
+    lists: ListRules,
+    out: &mut BTreeMap<FieldPath, Value>,
+) {
     match value {
         Value::Object(map) if !map.is_empty() => {
             for (k, v) in map {
                 path.push(format!("f:{k}"));
-                walk(v, path, k, out);
+                walk(v, path, lists, out);
                 path.pop();
             }
         }
-        Value::Array(items) if field == "finalizers" && items.iter().all(Value::is_string) => {
-            for item in items {
-                path.push(format!("v:{item}"));
-                out.insert(path.clone(), item.clone());
-                path.pop();
-            }
-        }
-        Value::Array(items) if !items.is_empty() && items.iter().all(Value::is_object) => {
-            match merge_key(field, items) {
-                Some(key) => {
-                    for item in items {
-                        let Some(segment) = key_segment(item, key) else {
-                            out.insert(path.clone(), value.clone());
-                            return;
-                        };
-                        path.push(segment);
-                        out.insert(path.clone(), Value::Null);
-                        walk(item, path, "", out);
-                        path.pop();
-                    }
-                }
-                None => {
-                    out.insert(path.clone(), value.clone());
+        Value::Array(items) if !items.is_empty() => match lists.kind(path, items) {
+            ListKind::Set if items.iter().all(|i| !i.is_object() && !i.is_array()) => {
+                for item in items {
+                    path.push(format!("v:{item}"));
+                    out.insert(path.clone(), item.clone());
+                    path.pop();
                 }
             }
-        }
+            ListKind::Map(keys) if items.iter().all(|i| key_segment(i, &keys).is_some()) => {
+                for item in items {
+                    path.push(key_segment(item, &keys).unwrap_or_default());
+                    out.insert(path.clone(), Value::Null);
+                    walk(item, path, lists, out);
+                    path.pop();
+                }
+            }
+            _ => {
+                out.insert(path.clone(), value.clone());
+            }
+        },
         other => {
             if !path.is_empty() {
                 out.insert(path.clone(), other.clone());
@@ -107,7 +191,7 @@ fn walk(value: &Value, path: &mut FieldPath, field: &str, out: &mut BTreeMap<Fie
 }
 
 /// Every owned-able field of `object` in `scope`, with its value (list items map to null).
-pub fn leaves(object: &Value, scope: Scope) -> BTreeMap<FieldPath, Value> {
+pub fn leaves(object: &Value, scope: Scope, lists: ListRules) -> BTreeMap<FieldPath, Value> {
     let mut out = BTreeMap::new();
     let Some(map) = object.as_object() else {
         return out;
@@ -121,12 +205,12 @@ pub fn leaves(object: &Value, scope: Scope) -> BTreeMap<FieldPath, Value> {
             for meta in METADATA_FIELDS {
                 if let Some(v) = value.get(meta) {
                     path.push(format!("f:{meta}"));
-                    walk(v, &mut path, meta, &mut out);
+                    walk(v, &mut path, lists, &mut out);
                     path.pop();
                 }
             }
         } else {
-            walk(value, &mut path, key, &mut out);
+            walk(value, &mut path, lists, &mut out);
         }
     }
     out
@@ -241,26 +325,19 @@ fn write_entries(object: &mut Value, entries: Vec<Entry>) {
     }
 }
 
-fn entry_for<'a>(
-    entries: &'a mut Vec<Entry>,
-    manager: &str,
-    operation: &str,
-    scope: Scope,
-    api_version: &str,
-    now: &str,
-) -> &'a mut Entry {
-    let subresource = scope.subresource().map(str::to_string);
+fn entry_for<'a>(entries: &'a mut Vec<Entry>, writer: &Writer, operation: &str) -> &'a mut Entry {
+    let subresource = writer.scope.subresource().map(str::to_string);
     let position = entries.iter().position(|e| {
-        e.manager == manager && e.operation == operation && e.subresource == subresource
+        e.manager == writer.manager && e.operation == operation && e.subresource == subresource
     });
     let index = match position {
         Some(i) => i,
         None => {
             entries.push(Entry {
-                manager: manager.to_string(),
+                manager: writer.manager.to_string(),
                 operation: operation.to_string(),
-                api_version: api_version.to_string(),
-                time: now.to_string(),
+                api_version: writer.api_version.to_string(),
+                time: writer.now.to_string(),
                 subresource,
                 fields: FieldSet::new(),
             });
@@ -268,22 +345,17 @@ fn entry_for<'a>(
         }
     };
     let entry = &mut entries[index];
-    entry.time = now.to_string();
-    entry.api_version = api_version.to_string();
+    entry.time = writer.now.to_string();
+    entry.api_version = writer.api_version.to_string();
     entry
 }
 
-/// Who wrote what: records an update by `manager` from `old` to `new` in `new`'s managedFields.
-pub fn record_update(
-    old: Option<&Value>,
-    new: &mut Value,
-    manager: &str,
-    api_version: &str,
-    scope: Scope,
-    now: &str,
-) {
-    let before = old.map(|o| leaves(o, scope)).unwrap_or_default();
-    let after = leaves(new, scope);
+/// Who wrote what: records an update by `writer` from `old` to `new` in `new`'s managedFields.
+pub fn record_update(old: Option<&Value>, new: &mut Value, writer: &Writer) {
+    let before = old
+        .map(|o| leaves(o, writer.scope, writer.lists))
+        .unwrap_or_default();
+    let after = leaves(new, writer.scope, writer.lists);
     let changed: FieldSet = after
         .iter()
         .filter(|(path, value)| before.get(*path) != Some(value))
@@ -301,7 +373,7 @@ pub fn record_update(
             .retain(|f| !changed.contains(f) && !removed.contains(f));
     }
     if !changed.is_empty() {
-        let entry = entry_for(&mut entries, manager, "Update", scope, api_version, now);
+        let entry = entry_for(&mut entries, writer, "Update");
         entry.fields.extend(changed);
     }
     write_entries(new, entries);
@@ -366,42 +438,48 @@ fn remove_at(value: &mut Value, path: &[String]) {
     }
 }
 
-/// Merges an applied configuration into the live object: maps recursively, keyed lists by
-/// key (applied order first), every other value replaced.
-fn merge_applied(target: &mut Value, applied: &Value, field: &str) {
+/// Merges an applied configuration into the live object: maps recursively, map-lists by key
+/// and sets by member (applied order first), every other value replaced.
+fn merge_applied(target: &mut Value, applied: &Value, path: &mut FieldPath, lists: ListRules) {
     match (target, applied) {
         (Value::Object(live), Value::Object(config)) => {
             for (key, value) in config {
+                path.push(format!("f:{key}"));
                 match live.get_mut(key) {
-                    Some(existing) if !value.is_null() => merge_applied(existing, value, key),
+                    Some(existing) if !value.is_null() => {
+                        merge_applied(existing, value, path, lists)
+                    }
                     _ => {
                         live.insert(key.clone(), value.clone());
                     }
                 }
+                path.pop();
             }
         }
-        (Value::Array(live), Value::Array(config)) if field == "finalizers" => {
-            let mut merged = config.clone();
-            merged.extend(live.iter().filter(|f| !config.contains(f)).cloned());
-            *live = merged;
-        }
-        (Value::Array(live), Value::Array(config)) => match merge_key(field, config) {
-            Some(key) if config.iter().all(|c| c.get(key).is_some()) => {
+        (Value::Array(live), Value::Array(config)) => match lists.kind(path, config) {
+            ListKind::Set => {
+                let mut merged = config.clone();
+                merged.extend(live.iter().filter(|f| !config.contains(f)).cloned());
+                *live = merged;
+            }
+            ListKind::Map(keys) if config.iter().all(|c| key_segment(c, &keys).is_some()) => {
                 let mut merged = Vec::new();
                 for item in config {
                     let mut base = live
                         .iter()
-                        .find(|l| l.get(key) == item.get(key))
+                        .find(|l| same_key(l, item, &keys))
                         .cloned()
                         .unwrap_or_else(|| json!({}));
-                    merge_applied(&mut base, item, "");
+                    path.push(key_segment(item, &keys).unwrap_or_default());
+                    merge_applied(&mut base, item, path, lists);
+                    path.pop();
                     merged.push(base);
                 }
-                for item in live.iter() {
-                    if !config.iter().any(|c| c.get(key) == item.get(key)) {
-                        merged.push(item.clone());
-                    }
-                }
+                merged.extend(
+                    live.iter()
+                        .filter(|l| !config.iter().any(|c| same_key(l, c, &keys)))
+                        .cloned(),
+                );
                 *live = merged;
             }
             _ => *live = config.clone(),
@@ -428,23 +506,20 @@ fn dotted(path: &FieldPath) -> String {
         .collect()
 }
 
-/// Server-side apply of `config` by `manager` onto `live` (None: the object is created).
+/// Server-side apply of `config` by `writer` onto `live` (`exists` false: it is created).
 /// Returns the merged object with its managedFields, or the 409 a real server answers.
-#[allow(clippy::too_many_arguments)]
 pub fn apply(
     live: &Value,
     exists: bool,
     config: &Value,
-    manager: &str,
+    writer: &Writer,
     force: bool,
-    api_version: &str,
-    scope: Scope,
-    now: &str,
     conflict: impl Fn(String, Vec<Value>) -> ApiError,
 ) -> Result<Value, ApiError> {
+    let (manager, scope) = (writer.manager, writer.scope);
     let live_ref = exists.then_some(live);
     let mut entries = read_entries(live_ref);
-    let applied = leaves(config, scope);
+    let applied = leaves(config, scope, writer.lists);
     let applied_set: FieldSet = applied.keys().cloned().collect();
     let mine = |e: &Entry| {
         e.manager == manager
@@ -510,7 +585,7 @@ pub fn apply(
             metadata.retain(|k, _| METADATA_FIELDS.contains(&k.as_str()));
         }
     }
-    merge_applied(&mut merged, &body, "");
+    merge_applied(&mut merged, &body, &mut Vec::new(), writer.lists);
     for path in previously.difference(&applied_set) {
         let shared = entries
             .iter()
@@ -519,7 +594,7 @@ pub fn apply(
             remove_at(&mut merged, path);
         }
     }
-    let entry = entry_for(&mut entries, manager, "Apply", scope, api_version, now);
+    let entry = entry_for(&mut entries, writer, "Apply");
     entry.fields = applied_set;
     write_entries(&mut merged, entries);
     Ok(merged)
@@ -537,6 +612,16 @@ mod tests {
         e
     }
 
+    fn writer<'a>(manager: &'a str, api_version: &'a str) -> Writer<'a> {
+        Writer {
+            manager,
+            api_version,
+            scope: Scope::All,
+            lists: ListRules::FieldNames,
+            now: NOW,
+        }
+    }
+
     fn deployment(replicas: i64, image: &str) -> Value {
         json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
             "spec": {"replicas": replicas, "template": {"spec": {"containers": [
@@ -545,7 +630,7 @@ mod tests {
 
     #[test]
     fn fields_v1_round_trips_with_keyed_items() {
-        let set: FieldSet = leaves(&deployment(1, "a"), Scope::All)
+        let set: FieldSet = leaves(&deployment(1, "a"), Scope::All, ListRules::FieldNames)
             .into_keys()
             .collect();
         let encoded = to_fields_v1(&set);
@@ -559,18 +644,15 @@ mod tests {
     #[test]
     fn apply_conflicts_with_another_managers_value_unless_forced() {
         let mut live = deployment(1, "a");
-        record_update(None, &mut live, "kubectl-edit", "apps/v1", Scope::All, NOW);
+        record_update(None, &mut live, &writer("kubectl-edit", "apps/v1"));
         let config = json!({"apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"name": "web"}, "spec": {"replicas": 3}});
         let err = apply(
             &live,
             true,
             &config,
-            "canaryd",
+            &writer("canaryd", "apps/v1"),
             false,
-            "apps/v1",
-            Scope::All,
-            NOW,
             conflict,
         )
         .unwrap_err();
@@ -580,11 +662,8 @@ mod tests {
             &live,
             true,
             &config,
-            "canaryd",
+            &writer("canaryd", "apps/v1"),
             true,
-            "apps/v1",
-            Scope::All,
-            NOW,
             conflict,
         )
         .unwrap();
@@ -599,32 +678,11 @@ mod tests {
     fn a_field_dropped_from_the_applied_config_is_removed() {
         let base = json!({"metadata": {"name": "web"}});
         let first = json!({"metadata": {"name": "web", "labels": {"a": "1", "b": "2"}}});
-        let applied = apply(
-            &base,
-            true,
-            &first,
-            "m",
-            false,
-            "v1",
-            Scope::All,
-            NOW,
-            conflict,
-        )
-        .unwrap();
+        let applied = apply(&base, true, &first, &writer("m", "v1"), false, conflict).unwrap();
         assert_eq!(applied["metadata"]["labels"]["b"], json!("2"));
         let second = json!({"metadata": {"name": "web", "labels": {"a": "1"}}});
-        let reapplied = apply(
-            &applied,
-            true,
-            &second,
-            "m",
-            false,
-            "v1",
-            Scope::All,
-            NOW,
-            conflict,
-        )
-        .unwrap();
+        let reapplied =
+            apply(&applied, true, &second, &writer("m", "v1"), false, conflict).unwrap();
         assert_eq!(reapplied["metadata"]["labels"], json!({"a": "1"}));
         let entry = &reapplied["metadata"]["managedFields"][0];
         assert_eq!(entry["operation"], json!("Apply"));
@@ -635,17 +693,14 @@ mod tests {
     fn finalizers_are_a_set_each_manager_owns_its_own() {
         let base = json!({"metadata": {"name": "web", "finalizers": ["other.dev/keep"]}});
         let mut live = base.clone();
-        record_update(None, &mut live, "other", "v1", Scope::All, NOW);
+        record_update(None, &mut live, &writer("other", "v1"));
         let config = json!({"metadata": {"name": "web", "finalizers": ["canaryd.dev/cleanup"]}});
         let applied = apply(
             &live,
             true,
             &config,
-            "canaryd",
+            &writer("canaryd", "v1"),
             false,
-            "v1",
-            Scope::All,
-            NOW,
             conflict,
         )
         .unwrap();
@@ -658,11 +713,8 @@ mod tests {
             &applied,
             true,
             &release,
-            "canaryd",
+            &writer("canaryd", "v1"),
             false,
-            "v1",
-            Scope::All,
-            NOW,
             conflict,
         )
         .unwrap();
@@ -675,15 +727,46 @@ mod tests {
     #[test]
     fn an_update_takes_the_changed_fields_from_the_previous_owner() {
         let mut first = deployment(1, "a");
-        record_update(None, &mut first, "alice", "apps/v1", Scope::All, NOW);
+        record_update(None, &mut first, &writer("alice", "apps/v1"));
         let mut second = deployment(1, "b");
         second["metadata"]["managedFields"] = first["metadata"]["managedFields"].clone();
-        record_update(Some(&first), &mut second, "bob", "apps/v1", Scope::All, NOW);
+        record_update(Some(&first), &mut second, &writer("bob", "apps/v1"));
         let entries = second["metadata"]["managedFields"].as_array().unwrap();
         assert_eq!(entries.len(), 2);
         let bob = entries.iter().find(|e| e["manager"] == "bob").unwrap();
         let image = &bob["fieldsV1"]["f:spec"]["f:template"]["f:spec"]["f:containers"]
             ["k:{\"name\":\"app\"}"]["f:image"];
         assert_eq!(image, &json!({}));
+    }
+
+    #[test]
+    fn custom_resource_lists_follow_the_schema_list_type() {
+        let schema = json!({"type": "object", "properties": {"status": {"type": "object", "properties": {
+            "conditions": {"type": "array", "items": {"type": "object"}},
+            "history": {"type": "array", "x-kubernetes-list-type": "map",
+                        "x-kubernetes-list-map-keys": ["id"], "items": {"type": "object"}}}}}});
+        let status = json!({"status": {
+            "conditions": [{"type": "Ready", "status": "True"}],
+            "history": [{"id": "r1", "phase": "Succeeded"}]}});
+        let paths = |lists| -> Vec<String> {
+            leaves(&status, Scope::StatusOnly, lists)
+                .keys()
+                .map(|p| p.join("/"))
+                .collect()
+        };
+        let by_schema = paths(ListRules::Schema(&schema));
+        assert!(
+            by_schema.contains(&"f:status/f:conditions".to_string()),
+            "a list without a list type is atomic: {by_schema:?}"
+        );
+        assert!(
+            by_schema.contains(&"f:status/f:history/k:{\"id\":\"r1\"}/f:phase".to_string()),
+            "{by_schema:?}"
+        );
+        let by_name = paths(ListRules::FieldNames);
+        assert!(
+            by_name.contains(&"f:status/f:conditions/k:{\"type\":\"Ready\"}/f:status".to_string()),
+            "built-in conditions merge by type: {by_name:?}"
+        );
     }
 }

@@ -18,6 +18,7 @@ use super::discovery;
 use super::error::{ApiError, ApiResult};
 use super::fields::Scope;
 use super::patch::{self, PatchKind};
+use super::protobuf;
 use super::registry::ResourceType;
 use super::scale;
 use super::selector::Selector;
@@ -98,7 +99,20 @@ impl Call {
         if self.body.is_empty() {
             return Ok(Value::Null);
         }
-        let mut value: Value = if self.content_type().contains("yaml") {
+        let content_type = self.content_type();
+        let refused = |what: String| {
+            ApiError::unsupported_media_type(format!(
+                "the lab API server speaks JSON and YAML, and protobuf only for Namespaces and \
+                 Secrets, not {what}; write a manifest and use `kubectl create -f` or \
+                 `kubectl apply -f`"
+            ))
+        };
+        if content_type.contains("cbor") {
+            return Err(refused(content_type.to_string()));
+        }
+        let mut value: Value = if content_type.contains("protobuf") {
+            protobuf::decode(&self.body).map_err(refused)?
+        } else if content_type.contains("yaml") {
             serde_yaml_ng::from_slice(&self.body)
                 .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?
         } else {
@@ -248,7 +262,7 @@ fn written(target: &Target, outcome: Written) -> Response {
     };
     let mut response = json_response(
         code,
-        &present(&target.resource, &target.version, &outcome.object),
+        &present(&target.resource, &target.version, outcome.object),
     );
     for warning in outcome.warnings {
         let text = format!("299 - \"{}\"", warning.replace('"', "\\\""));
@@ -283,7 +297,7 @@ fn resource(
     }
     match call.method {
         Method::GET => {
-            let object = present(resource, version, &store.get(resource, &namespace, &name)?);
+            let object = present(resource, version, store.get(resource, &namespace, &name)?);
             match call.wants_table() {
                 Some(include) => {
                     let rv = object["metadata"]["resourceVersion"]
@@ -334,7 +348,7 @@ fn resource(
         Method::DELETE if target.subresource.is_none() => {
             let options = call.body_value()?;
             let object = store.delete(resource, &namespace, &name, &options["preconditions"])?;
-            Ok(ok(&present(resource, version, &object)))
+            Ok(ok(&present(resource, version, object)))
         }
         _ => Err(ApiError::method_not_allowed(format!(
             "the server does not allow this method on the requested resource ({})",
@@ -398,7 +412,7 @@ fn collection(app: &AppState, call: &Call, target: &Target) -> ApiResult<Respons
         Method::GET => {
             let (items, rv) = store.list(resource, target.namespace.as_deref(), &selector);
             let items: Vec<Value> = items
-                .iter()
+                .into_iter()
                 .map(|o| present(resource, version, o))
                 .collect();
             let rv = rv.to_string();
@@ -435,7 +449,7 @@ fn collection(app: &AppState, call: &Call, target: &Target) -> ApiResult<Respons
                 let namespace = item["metadata"]["namespace"].as_str().unwrap_or_default();
                 let name = item["metadata"]["name"].as_str().unwrap_or_default();
                 match store.delete(resource, namespace, name, &Value::Null) {
-                    Ok(object) => deleted.push(present(resource, version, &object)),
+                    Ok(object) => deleted.push(present(resource, version, object)),
                     Err(e) if e.code == 404 => {}
                     Err(e) => return Err(e),
                 }

@@ -1,18 +1,38 @@
 //! The lab's Kubernetes API server: an in-process HTTP server on a loopback port that speaks
-//! the Kubernetes REST protocol for the resources canaryd and a person use (namespaces,
-//! Services, Events, Deployments, Leases, CRDs and the custom resources they define, such as
-//! Canaries and Istio's VirtualServices and Gateways). canaryd reaches it with its ordinary
-//! kube-rs client and the real `kubectl` works against it, through the kubeconfig it writes.
+//! the Kubernetes REST protocol for the resources canaryd and a person use: Namespaces,
+//! Services, Secrets (webhook signing keys), Events (core and `events.k8s.io`, one storage),
+//! Deployments (with `scale`), Leases, CRDs and the custom resources they define (Canaries,
+//! Istio's VirtualServices and Gateways). canaryd reaches it with its ordinary kube-rs client
+//! and the real `kubectl` works against it, through the kubeconfig it writes.
 //!
-//! Module map: `store` (objects, resourceVersions, history), `watch` (per-client event streams),
+//! Modules: `store` (objects, resourceVersions, history), `watch` (per-client event streams),
 //! `handlers` (HTTP), `discovery` (discovery and OpenAPI documents), `registry` (served
-//! resources), `validation` (CRD schemas), `builtins` (built-in kinds' defaults and checks),
-//! `patch` and `fields` (patch types, managedFields and server-side apply), `scale`, `selector`,
-//! `table` (kubectl's server-side printing), `kubeconfig`, `error` (`metav1.Status`).
+//! resources), `validation` (CRD schemas, metadata rules), `builtins` (built-in kinds'
+//! defaults and checks), `patch` (merge, JSON and strategic merge patches), `fields`
+//! (managedFields and server-side apply), `scale`, `selector`, `table` (kubectl's server-side
+//! printing), `protobuf` (kubectl's `create namespace|secret` bodies), `kubeconfig`, `error`
+//! (`metav1.Status`).
 //!
-//! Not modelled: authentication and authorization, admission webhooks, version conversion of
-//! custom resources, pagination (`limit` is ignored; lists are whole), protobuf, controllers
-//! (nothing sets a Deployment's status but its clients).
+//! Simplified, on purpose:
+//! - Server-side apply tracks ownership in real `managedFields`; list semantics come from the
+//!   CRD schema for custom resources and from field names for built-in kinds (see `fields`).
+//! - Strategic merge patch knows the built-in kinds' keyed lists by field name (see `patch`).
+//! - Unknown fields are pruned (and refused under `fieldValidation=Strict`) only for custom
+//!   resources; built-in kinds have no schema here, only the checks in `builtins`.
+//! - kubectl's `apply` works with its default `--validate=strict`: the OpenAPI v3 documents
+//!   say that the server validates fields itself, and carry the CRDs' schemas for `kubectl
+//!   explain`; `/openapi/v2` is 404.
+//! - Deleting a Namespace or a CRD removes what it contains at once (no Terminating phase).
+//! - Watches replay from a bounded history (`history_limit`); older resourceVersions get the
+//!   `410 Expired` ERROR event a real server streams.
+//!
+//! Not modelled: authentication and authorization, admission webhooks, CEL validation rules
+//! (`x-kubernetes-validations`), version conversion of custom resources (all served versions
+//! are views of one object, validated with the storage version's schema), pagination (`limit`
+//! is ignored; lists are whole), protobuf and CBOR beyond the Namespace and Secret bodies
+//! (other protobuf bodies, such as `kubectl create deployment`'s, get a 415 that says to use
+//! `kubectl create -f` or `apply -f`; responses are always JSON), controllers (nothing sets a
+//! Deployment's status but its clients), Pods, ConfigMaps and ReplicaSets.
 
 mod builtins;
 mod discovery;
@@ -21,6 +41,7 @@ mod fields;
 mod handlers;
 mod kubeconfig;
 mod patch;
+mod protobuf;
 mod registry;
 mod scale;
 mod selector;
@@ -199,6 +220,12 @@ impl ApiServerHandle {
     /// A kubeconfig file for kubectl (`--kubeconfig`) and kube-rs; lives as long as the handle.
     pub fn kubeconfig_path(&self) -> &Path {
         &self.kubeconfig
+    }
+
+    /// Writes a kubeconfig for this server to `path` (for a person's `KUBECONFIG` during the
+    /// demo); it stops working when the server stops.
+    pub fn write_kubeconfig(&self, path: &Path) -> std::io::Result<()> {
+        kubeconfig::write(path, &self.url)
     }
 
     /// A kube-rs client for this server, default namespace `default`.

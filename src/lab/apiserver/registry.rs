@@ -16,6 +16,7 @@ use super::validation::Schema;
 pub enum Builtin {
     Namespace,
     Service,
+    Secret,
     CoreEvent,
     Event,
     Deployment,
@@ -154,6 +155,17 @@ const BUILTINS: &[BuiltinSpec] = &[
         categories: &["all"],
         status: true,
         builtin: Builtin::Service,
+    },
+    BuiltinSpec {
+        group: "",
+        version: "v1",
+        plural: "secrets",
+        kind: "Secret",
+        namespaced: true,
+        short_names: &[],
+        categories: &[],
+        status: false,
+        builtin: Builtin::Secret,
     },
     BuiltinSpec {
         group: "",

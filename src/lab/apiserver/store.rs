@@ -14,7 +14,7 @@ use tokio::sync::broadcast;
 
 use super::builtins;
 use super::error::{qualified, ApiError, ApiResult, FieldCause};
-use super::fields::{self, Scope};
+use super::fields::{self, ListRules, Scope, Writer};
 use super::patch::{self, PatchKind};
 use super::registry::{self, Builtin, Origin, Registry, ResourceType};
 use super::scale;
@@ -115,6 +115,41 @@ fn desired_state(object: &Value) -> Value {
         map.remove("kind");
     }
     copy
+}
+
+/// List types for field ownership: a custom resource's schema, or the built-in field names.
+fn list_rules(resource: &ResourceType) -> ListRules<'_> {
+    static NO_SCHEMA: Value = Value::Null;
+    match resource.origin {
+        Origin::Builtin(_) => ListRules::FieldNames,
+        Origin::Custom => ListRules::Schema(
+            resource
+                .version(&resource.storage_version)
+                .and_then(|v| v.schema.as_deref())
+                .map_or(&NO_SCHEMA, |schema| schema.openapi()),
+        ),
+    }
+}
+
+fn not_an_object() -> ApiError {
+    ApiError::bad_request("the object must be a JSON object with apiVersion, kind and metadata")
+}
+
+/// Equal but for the times in managedFields: a no-op write, which a real server does not
+/// commit (no new resourceVersion, no watch event).
+fn unchanged(object: &Value, current: &Value) -> bool {
+    let without_times = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(entries) = v["metadata"]["managedFields"].as_array_mut() {
+            for entry in entries {
+                if let Some(map) = entry.as_object_mut() {
+                    map.remove("time");
+                }
+            }
+        }
+        v
+    };
+    object == current || without_times(object) == without_times(current)
 }
 
 struct Inner {
@@ -309,13 +344,16 @@ impl Store {
     ) -> ApiResult<Written> {
         let mut inner = self.lock();
         let current = inner.objects.get(&key(resource, namespace, name)).cloned();
-        if kind == PatchKind::Apply && (current.is_some() || scope != Scope::StatusOnly) {
+        let missing = || ApiError::not_found(&resource.group, &resource.plural, name);
+        if kind == PatchKind::Apply {
+            if current.is_none() && scope == Scope::StatusOnly {
+                return Err(missing());
+            }
             return inner.apply(
                 resource, namespace, name, current, patch_body, scope, options,
             );
         }
-        let current =
-            current.ok_or_else(|| ApiError::not_found(&resource.group, &resource.plural, name))?;
+        let current = current.ok_or_else(missing)?;
         let mut patched = builtins::served(resource, current.clone());
         match kind {
             PatchKind::Merge => patch::merge_patch(&mut patched, patch_body),
@@ -327,7 +365,7 @@ impl Store {
                 ))
             }
             PatchKind::Strategic => patch::strategic_merge(&mut patched, patch_body),
-            PatchKind::Apply => unreachable!("handled above"),
+            PatchKind::Apply => unreachable!("apply patches return above"),
         }
         let patched = builtins::stored(resource, patched);
         inner.update(resource, current, patched, scope, options, false)
@@ -373,9 +411,11 @@ impl Inner {
         namespace: Option<&'a str>,
         selector: &'a Selector,
     ) -> impl Iterator<Item = &'a Value> + 'a {
+        // Keys sort by group, resource, namespace, name: scan only this resource's range.
+        let start = key(resource, namespace.unwrap_or_default(), "");
         self.objects
-            .iter()
-            .filter(move |((g, p, ns, _), _)| {
+            .range(start..)
+            .take_while(move |((g, p, ns, _), _)| {
                 *g == resource.storage_group()
                     && *p == resource.plural
                     && namespace.is_none_or(|wanted| wanted == ns)
@@ -510,6 +550,9 @@ impl Inner {
         options: &WriteOptions,
         managed_fields_done: bool,
     ) -> ApiResult<Written> {
+        if !object.is_object() {
+            return Err(not_an_object());
+        }
         if object["kind"].as_str() != Some(resource.kind.as_str()) {
             return Err(ApiError::bad_request(format!(
                 "the kind in the body ({}) does not match the kind of the resource ({})",
@@ -616,14 +659,14 @@ impl Inner {
                 .as_str()
                 .unwrap_or_default()
                 .to_string();
-            fields::record_update(
-                None,
-                &mut object,
-                &options.manager,
-                &api_version,
+            let writer = Writer {
+                manager: &options.manager,
+                api_version: &api_version,
                 scope,
-                &now,
-            );
+                lists: list_rules(resource),
+                now: &now,
+            };
+            fields::record_update(None, &mut object, &writer);
         }
         let uid = self.next_uid();
         let meta = &mut object["metadata"];
@@ -684,12 +727,34 @@ impl Inner {
                 ));
             }
         }
-        let stamp = now();
-        let condition = |kind: &str, reason: &str| json!({"type": kind, "status": "True", "reason": reason, "message": "", "lastTransitionTime": stamp});
+        // Conditions are set once, so an unchanged CRD re-applied is a no-op; storedVersions
+        // accumulates every storage version, as on a real server.
+        let conditions = match &crd["status"]["conditions"] {
+            Value::Array(existing) if !existing.is_empty() => Value::Array(existing.clone()),
+            _ => {
+                let stamp = now();
+                let condition = |kind: &str, reason: &str| {
+                    json!({"type": kind, "status": "True", "reason": reason, "message": "",
+                           "lastTransitionTime": stamp})
+                };
+                json!([
+                    condition("NamesAccepted", "NoConflicts"),
+                    condition("Established", "InitialNamesAccepted")
+                ])
+            }
+        };
+        let mut stored_versions: Vec<Value> = crd["status"]["storedVersions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let storage = json!(defined.storage_version);
+        if !stored_versions.contains(&storage) {
+            stored_versions.push(storage);
+        }
         crd["status"] = json!({
             "acceptedNames": crd["spec"]["names"],
-            "conditions": [condition("NamesAccepted", "NoConflicts"), condition("Established", "InitialNamesAccepted")],
-            "storedVersions": [defined.storage_version],
+            "conditions": conditions,
+            "storedVersions": stored_versions,
         });
         Ok(Some(defined))
     }
@@ -737,15 +802,20 @@ impl Inner {
             Scope::NoStatus
         };
         let (group, plural) = (resource.group.clone(), resource.plural.clone());
+        let now = now();
+        let writer = Writer {
+            manager: &options.manager,
+            api_version: &api_version,
+            scope,
+            lists: list_rules(resource),
+            now: &now,
+        };
         let merged = fields::apply(
             &live,
             exists,
             config,
-            &options.manager,
+            &writer,
             options.force,
-            &api_version,
-            scope,
-            &now(),
             |message, causes| {
                 let mut error = ApiError::conflict(&group, &plural, name, "");
                 error.message = message;
@@ -771,6 +841,9 @@ impl Inner {
         options: &WriteOptions,
         managed_fields_done: bool,
     ) -> ApiResult<Written> {
+        if !body.is_object() {
+            return Err(not_an_object());
+        }
         let name = current["metadata"]["name"]
             .as_str()
             .unwrap_or_default()
@@ -866,23 +939,24 @@ impl Inner {
                 .as_str()
                 .unwrap_or_default()
                 .to_string();
-            fields::record_update(
-                Some(&current),
-                &mut object,
-                &options.manager,
-                &api_version,
+            let now = now();
+            let writer = Writer {
+                manager: &options.manager,
+                api_version: &api_version,
                 scope,
-                &now(),
-            );
+                lists: list_rules(resource),
+                now: &now,
+            };
+            fields::record_update(Some(&current), &mut object, &writer);
         }
         if object["metadata"]["managedFields"].is_null() {
             if let Some(meta) = object["metadata"].as_object_mut() {
                 meta.remove("managedFields");
             }
         }
-        if object == current {
+        if unchanged(&object, &current) {
             return Ok(Written {
-                object,
+                object: current,
                 created: false,
                 warnings,
             });
@@ -1009,5 +1083,109 @@ impl Inner {
             object["metadata"]["resourceVersion"] = json!(self.bump());
             self.commit(&resource, ChangeKind::Deleted, object, Some(current));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> WriteOptions {
+        WriteOptions {
+            manager: "test".into(),
+            dry_run: false,
+            field_validation: FieldValidation::Strict,
+            force: false,
+        }
+    }
+
+    fn store_with_default_namespace() -> (Store, ResourceType, ResourceType) {
+        let store = Store::new(100);
+        let namespaces = store.lookup("", "v1", "namespaces").unwrap();
+        let services = store.lookup("", "v1", "services").unwrap();
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}});
+        store.create(&namespaces, "", ns, &options()).unwrap();
+        (store, namespaces, services)
+    }
+
+    #[test]
+    fn a_body_that_is_not_an_object_is_a_bad_request() {
+        let (store, _, services) = store_with_default_namespace();
+        let err = store
+            .create(&services, "default", json!([1]), &options())
+            .unwrap_err();
+        assert_eq!(err.code, 400);
+        let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"}});
+        store.create(&services, "default", svc, &options()).unwrap();
+        let err = store
+            .update(
+                &services,
+                "default",
+                "web",
+                json!("x"),
+                Scope::All,
+                &options(),
+            )
+            .unwrap_err();
+        assert_eq!(err.code, 400);
+        let err = store
+            .patch(
+                &services,
+                "default",
+                "web",
+                PatchKind::Merge,
+                &json!("x"),
+                Scope::All,
+                &options(),
+            )
+            .unwrap_err();
+        assert_eq!(err.code, 400);
+    }
+
+    #[test]
+    fn a_no_op_write_keeps_the_resource_version_and_defaults_add_no_nulls() {
+        let (store, _, services) = store_with_default_namespace();
+        let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"}});
+        let created = store
+            .create(&services, "default", svc, &options())
+            .unwrap()
+            .object;
+        assert!(created["spec"].get("ports").is_none());
+        let before = store.current_resource_version();
+        let again = store
+            .update(
+                &services,
+                "default",
+                "web",
+                created.clone(),
+                Scope::All,
+                &options(),
+            )
+            .unwrap();
+        assert_eq!(again.object, created);
+        assert_eq!(store.current_resource_version(), before);
+    }
+
+    #[test]
+    fn lists_scan_one_resource_in_one_or_all_namespaces() {
+        let (store, namespaces, services) = store_with_default_namespace();
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "prod"}});
+        store.create(&namespaces, "", ns, &options()).unwrap();
+        for (namespace, name) in [("default", "a"), ("prod", "b"), ("prod", "c")] {
+            let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name}});
+            store.create(&services, namespace, svc, &options()).unwrap();
+        }
+        let names = |namespace: Option<&str>| -> Vec<String> {
+            let (items, _) = store.list(&services, namespace, &Selector::default());
+            items
+                .iter()
+                .map(|o| o["metadata"]["name"].as_str().unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(names(Some("prod")), ["b", "c"]);
+        assert_eq!(names(None), ["a", "b", "c"]);
+        assert!(names(Some("nowhere")).is_empty());
+        let (all_namespaces, _) = store.list(&namespaces, None, &Selector::default());
+        assert_eq!(all_namespaces.len(), 2);
     }
 }

@@ -261,6 +261,10 @@ fn deployment_images(deploy: &Value) -> Value {
     join(select(deploy, ".spec.template.spec.containers[*].image"))
 }
 
+fn secret_data_count(secret: &Value) -> Value {
+    json!(secret["data"].as_object().map_or(0, serde_json::Map::len))
+}
+
 fn event_last_seen(event: &Value) -> Value {
     let candidates = [
         ".series.lastObservedTime",
@@ -309,6 +313,12 @@ pub fn builtin_columns(builtin: Builtin) -> Vec<Column> {
             Column::new("Port(s)", "string", Computed(service_ports)),
             age_column(),
             Column::new("Selector", "string", Computed(service_selector)).wide(),
+        ],
+        Builtin::Secret => vec![
+            name_column(),
+            Column::new("Type", "string", path(".type")),
+            Column::new("Data", "string", Computed(secret_data_count)),
+            age_column(),
         ],
         Builtin::Deployment => vec![
             name_column(),

@@ -278,6 +278,11 @@ impl Schema {
         })
     }
 
+    /// The schema as the CRD declares it (for the OpenAPI documents).
+    pub fn openapi(&self) -> &Value {
+        &self.structural
+    }
+
     /// Drops fields the schema does not declare; returns their paths (for `fieldValidation`).
     pub fn prune(&self, object: &mut Value) -> Vec<String> {
         let mut removed = Vec::new();

@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::time::Duration;
 
-use bytes::Bytes;
+use axum::body::Bytes;
 use futures::Stream;
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, watch};
@@ -38,8 +38,8 @@ pub struct WatchRequest {
 }
 
 /// The object as served at `version` (storage is version-agnostic; no schema conversion).
-pub fn present(resource: &ResourceType, version: &str, object: &Value) -> Value {
-    let mut object = builtins::served(resource, object.clone());
+pub fn present(resource: &ResourceType, version: &str, object: Value) -> Value {
+    let mut object = builtins::served(resource, object);
     object["apiVersion"] = json!(resource.api_version(version));
     object["kind"] = json!(resource.kind);
     object
@@ -99,7 +99,7 @@ impl WatchState {
     fn render(&self, change: &Change) -> Option<Bytes> {
         let event_type = self.event_type(change)?;
         let request = &self.request;
-        let object = present(&request.resource, &request.version, &change.object);
+        let object = present(&request.resource, &request.version, change.object.clone());
         let object = match request.table {
             None => object,
             Some(include) => {

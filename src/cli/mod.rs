@@ -103,6 +103,8 @@ pub enum Command {
 
 /// Runs a parsed command line and maps the outcome to an exit code.
 pub fn run(cli: Cli) -> ExitCode {
+    // kube (ring) and reqwest (aws-lc-rs) both bring a rustls crypto provider; pick one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match cli.command {
         Command::Crd => {
             print!("{}", crate::crd::canary_crd_yaml());

@@ -11,6 +11,7 @@ use crate::config::MeshPreset;
 
 mod analyze;
 mod analyze_live;
+mod demo;
 mod operate;
 mod validate;
 
@@ -69,6 +70,9 @@ pub enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// A whole rollout in a local lab (Kubernetes API, simulated mesh, real Prometheus),
+    /// shown live: the quickest way to see what canaryd does.
+    Demo(demo::DemoArgs),
     /// Run the daemon: watch Canaries and drive their rollouts (uses the kubeconfig or the
     /// in-cluster service account).
     Run {
@@ -134,6 +138,7 @@ pub fn run(cli: Cli) -> ExitCode {
             mesh,
             explain,
         }),
+        Command::Demo(args) => demo::run(args),
         Command::Run { config } => operate::run_daemon(&config),
         Command::Status { target, watch } => operate::status(&target, watch),
         Command::Promote { target } => operate::command(&target, crate::rollout::Verb::Promote),

@@ -21,6 +21,7 @@
 //! ```
 
 pub mod apiserver;
+pub mod harness;
 pub mod mesh;
 pub mod mesh_server;
 pub mod prometheus;

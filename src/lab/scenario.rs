@@ -106,7 +106,7 @@ impl BehaviourTable {
     /// v4 is 60 % slower.
     pub fn demo() -> Self {
         let v1 = Behaviour {
-            error_rate: 0.002,
+            error_rate: 0.01,
             latency: Latency {
                 median_ms: 60.0,
                 sigma: 0.45,

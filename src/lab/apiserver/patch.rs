@@ -35,10 +35,18 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
     json_patch::merge(target, patch);
 }
 
-/// RFC 6902; a failed `test` or a missing path is the 422 a real server answers.
+/// RFC 6902; a failed `test` or a missing path is the 422 a real server answers. As in the
+/// real server (evanphx/json-patch), a `test` for `null` passes on a missing path: kube-rs's
+/// finalizer helper relies on it to add the first finalizer.
 pub fn json_patch(target: &mut Value, patch: &Value) -> ApiResult<()> {
-    let operations: json_patch::Patch = serde_json::from_value(patch.clone())
+    let mut operations: json_patch::Patch = serde_json::from_value(patch.clone())
         .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
+    operations.0.retain(|op| match op {
+        json_patch::PatchOperation::Test(t) => {
+            !(t.value.is_null() && target.pointer(t.path.as_str()).is_none())
+        }
+        _ => true,
+    });
     json_patch::patch(target, &operations).map_err(|e| ApiError::unprocessable(e.to_string()))
 }
 
@@ -224,6 +232,22 @@ mod tests {
         json!({"spec": {"replicas": 2, "template": {"spec": {"containers": [
             {"name": "app", "image": "app:1", "ports": [{"containerPort": 80}]},
             {"name": "sidecar", "image": "proxy:1"}]}}}})
+    }
+
+    #[test]
+    fn a_null_test_passes_on_a_missing_path_like_a_real_server() {
+        let mut target = json!({"metadata": {"name": "x"}});
+        let add_first = json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": null},
+            {"op": "add", "path": "/metadata/finalizers", "value": ["f"]}
+        ]);
+        json_patch(&mut target, &add_first).unwrap();
+        assert_eq!(target["metadata"]["finalizers"], json!(["f"]));
+        let stale = json!([{"op": "test", "path": "/metadata/finalizers", "value": null}]);
+        assert!(
+            json_patch(&mut target, &stale).is_err(),
+            "an existing value is not null"
+        );
     }
 
     #[test]

@@ -57,6 +57,10 @@ pub struct Context {
     pub interval: Duration,
     /// The clock; tests pin it.
     pub now: fn() -> Timestamp,
+    /// Per Canary uid, the resourceVersion a status write of ours was based on. The cache
+    /// lags behind our own writes; a reconcile that still sees that version would decide
+    /// again on the old status (and fold the same telemetry twice), so it waits instead.
+    pub written: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
 }
 
 impl Context {
@@ -82,6 +86,7 @@ impl Context {
             virtual_services,
             interval,
             now: Timestamp::now,
+            written: Arc::default(),
         }
     }
 }

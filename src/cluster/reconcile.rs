@@ -59,6 +59,9 @@ pub fn error_policy(canary: Arc<Canary>, error: &Error, _ctx: Arc<Context>) -> R
 }
 
 async fn apply(canary: &Canary, ctx: &Context, deleting: bool) -> Result<Requeue, Error> {
+    if is_stale(canary, ctx) {
+        return Ok(Requeue::requeue(Duration::from_millis(200)));
+    }
     let now = Timestamp::from_second((ctx.now)().as_second()).unwrap_or_else(|_| (ctx.now)());
     let ns = canary.namespace().unwrap_or_default();
     let name = canary.name_any();
@@ -75,7 +78,9 @@ async fn apply(canary: &Canary, ctx: &Context, deleting: bool) -> Result<Requeue
         set_condition(&mut status, "SpecValid", false, "InvalidSpec", &text, now);
         status.message = format!("invalid spec, nothing done: {text}");
         status.observed_generation = canary.metadata.generation;
-        write_status(ctx, &api, &name, &old, &status).await?;
+        if write_status(ctx, &api, &name, &old, &status).await? {
+            remember_write(canary, ctx);
+        }
         return Ok(Requeue::await_change());
     }
     set_condition(
@@ -129,7 +134,9 @@ async fn apply(canary: &Canary, ctx: &Context, deleting: bool) -> Result<Requeue
             );
             status.message = format!("holding: {problem}");
             status.observed_generation = canary.metadata.generation;
-            write_status(ctx, &api, &name, &old, &status).await?;
+            if write_status(ctx, &api, &name, &old, &status).await? {
+                remember_write(canary, ctx);
+            }
             return Ok(Requeue::requeue(ctx.interval));
         }
     };
@@ -176,7 +183,9 @@ async fn apply(canary: &Canary, ctx: &Context, deleting: bool) -> Result<Requeue
         return Ok(Requeue::await_change());
     }
     new.observed_generation = canary.metadata.generation;
-    write_status(ctx, &api, &name, &old, &new).await?;
+    if write_status(ctx, &api, &name, &old, &new).await? {
+        remember_write(canary, ctx);
+    }
     Ok(next_round(spec, &new, ctx, now))
 }
 
@@ -536,16 +545,43 @@ fn set_condition(
     }
 }
 
-/// Replaces the whole status (through the status subresource) when it changed.
+/// True while the cache still holds the version our last status write was based on.
+fn is_stale(canary: &Canary, ctx: &Context) -> bool {
+    let (Some(uid), Some(version)) = (&canary.metadata.uid, &canary.metadata.resource_version)
+    else {
+        return false;
+    };
+    let mut written = ctx.written.lock().expect("written lock");
+    match written.get(uid) {
+        Some(based_on) if based_on == version => true,
+        Some(_) => {
+            written.remove(uid);
+            false
+        }
+        None => false,
+    }
+}
+
+fn remember_write(canary: &Canary, ctx: &Context) {
+    if let (Some(uid), Some(version)) = (&canary.metadata.uid, &canary.metadata.resource_version) {
+        ctx.written
+            .lock()
+            .expect("written lock")
+            .insert(uid.clone(), version.clone());
+    }
+}
+
+/// Replaces the whole status (through the status subresource) when it changed; true when
+/// it wrote.
 async fn write_status(
     ctx: &Context,
     api: &Api<Canary>,
     name: &str,
     old: &CanaryStatus,
     new: &CanaryStatus,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     if old == new {
-        return Ok(());
+        return Ok(false);
     }
     ensure_leader(ctx)?;
     let patch: json_patch::Patch = serde_json::from_value(json!([
@@ -555,5 +591,5 @@ async fn write_status(
     let params = PatchParams::apply(FIELD_MANAGER);
     api.patch_status(name, &params, &Patch::Json::<()>(patch))
         .await?;
-    Ok(())
+    Ok(true)
 }

@@ -630,3 +630,28 @@ fn rbac_in_deploy_covers_every_call_the_controller_makes() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_cache_that_has_not_seen_our_status_write_is_not_decided_on_again() {
+    let (ctx, handle) = context(World {
+        stage_weight: 30,
+        ..Default::default()
+    });
+    let script = vec![
+        get(VS_PATH),
+        patch(VS_PATH, |b| (StatusCode::OK, patched_vs(b, 30))),
+        event(),
+        patch(STATUS_PATH, status_answer),
+    ];
+    let server = serve(handle, script, Seen::default(), objects());
+    let stale = canary(progressing(1, 30));
+    run(ctx.clone(), stale.clone(), server).await;
+    // The same cached object again (our write not yet seen): no request, a short requeue.
+    let action = reconcile::reconcile(Arc::new(stale), ctx)
+        .await
+        .expect("no error");
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::requeue(Duration::from_millis(200))
+    );
+}

@@ -38,6 +38,8 @@ pub struct LabOptions {
     /// How long a changed Deployment takes to become available.
     pub rollout_delay: Duration,
     pub scrape_interval: Duration,
+    /// Seed of the simulated traffic: the same seed sends the same requests.
+    pub seed: u64,
 }
 
 impl Default for LabOptions {
@@ -47,6 +49,7 @@ impl Default for LabOptions {
             requests_per_second: 2000.0,
             rollout_delay: Duration::from_secs(2),
             scrape_interval: Duration::from_secs(1),
+            seed: jiff::Timestamp::now().as_nanosecond() as u64,
         }
     }
 }
@@ -144,6 +147,7 @@ impl Lab {
             .map_err(|e| fail("mesh")(e.to_string()))?;
         let mut traffic = AppTraffic::for_canary(&canary);
         traffic.requests_per_second = options.requests_per_second;
+        traffic.seed = options.seed;
         tasks.push(mesh.simulate(client.clone(), traffic, BehaviourTable::demo()));
 
         let targets = [ScrapeTarget {

@@ -20,6 +20,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod alertmanager;
 pub mod apiserver;
 pub mod mesh;
 pub mod mesh_server;

@@ -269,7 +269,8 @@ impl Notifier {
         pending.retain(|n| !n.receivers.is_empty());
         status.notifications.pending = pending;
 
-        let firing_until = now
+        // Alertmanager judges `endsAt` by its own clock, not by the reconcile's.
+        let firing_until = Timestamp::now()
             + jiff::SignedDuration::try_from(self.inner.settings.resend_interval.0 * 4)
                 .unwrap_or_default();
         let mut alerts = std::mem::take(&mut status.notifications.alerts);

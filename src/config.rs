@@ -320,6 +320,18 @@ impl Config {
         }
         let mut names = std::collections::HashSet::new();
         for (i, n) in self.notifiers.iter().enumerate() {
+            if let NotifierConfig::Alertmanager { url, .. } | NotifierConfig::Webhook { url, .. } =
+                n
+            {
+                if !url::Url::parse(url)
+                    .is_ok_and(|u| u.scheme() == "http" || u.scheme() == "https")
+                {
+                    return bad(
+                        &format!("notifiers[{i}].url"),
+                        format!("\"{url}\" is not an http(s) URL; write it like http://alertmanager.monitoring:9093"),
+                    );
+                }
+            }
             if !names.insert(n.name()) {
                 return bad(
                     &format!("notifiers[{i}].name"),

@@ -144,3 +144,46 @@ fn secrets_never_show_in_debug_output() {
         "<secret>"
     );
 }
+
+#[test]
+fn the_config_example_of_the_readme_parses_and_bad_urls_are_named() {
+    let config = crate::config::Config::parse(
+        "prometheus: {url: 'http://p:9090'}
+notifiers:
+  - {type: alertmanager, name: am, url: 'http://alertmanager.monitoring:9093'}
+  - {type: slack, name: team-slack, urlFile: /etc/canaryd/slack/url}
+  - {type: webhook, name: pager-bridge, url: 'https://hooks.internal/canaryd', secretFile: /etc/canaryd/hmac/key}
+notify:
+  dashboardUrl: 'https://grafana.example.com/d/canaryd?var-namespace={namespace}&var-canary={canary}'
+  resendInterval: 1m
+",
+    )
+    .unwrap();
+    assert_eq!(config.notifiers.len(), 3);
+    assert_eq!(
+        config.notify.resend_interval.0,
+        std::time::Duration::from_secs(60)
+    );
+    let (key, msg) = crate::config::Config::parse(
+        "prometheus: {url: 'http://p'}\nnotifiers: [{type: webhook, name: x, url: 'hooks.internal'}]",
+    )
+    .unwrap_err();
+    assert_eq!(key, "notifiers[0].url");
+    assert!(msg.contains("http(s)"), "{msg}");
+}
+
+#[test]
+fn a_missing_secret_file_is_an_error_that_names_the_file() {
+    let configs = [NotifierConfig::Slack {
+        name: "team".into(),
+        url_file: "/nonexistent/slack-url".into(),
+    }];
+    let err = Notifier::new(&configs, NotifySettings::default(), RetryPolicy::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("notifiers[team]") && err.contains("/nonexistent/slack-url"),
+        "{err}"
+    );
+}

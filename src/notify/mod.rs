@@ -302,7 +302,7 @@ impl Notifier {
         now: Timestamp,
     ) {
         let routed = self.routed(canary, event);
-        let key = format!(
+        let mut key = format!(
             "{}/{}/{:?}/{}/{}",
             canary.uid().unwrap_or_default(),
             status.rollout_started_at.map_or(0, |t| t.as_second()),
@@ -310,6 +310,12 @@ impl Notifier {
             status.step,
             status.stage_revision.as_deref().unwrap_or("")
         );
+        if event == NotificationEvent::Paused {
+            // A resume restarts the step, so a second pause of the same step is a new event;
+            // a replayed decision keeps the step's start and so the key.
+            let step_start = status.step_started_at.map_or(0, |t| t.as_second());
+            key.push_str(&format!("/{step_start}"));
+        }
         let (alertmanagers, others): (Vec<String>, Vec<String>) =
             routed.into_iter().partition(|r| {
                 matches!(

@@ -187,3 +187,30 @@ fn a_missing_secret_file_is_an_error_that_names_the_file() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_second_pause_after_a_resume_is_a_new_notification() {
+    let n = notifier();
+    let c = canary(Vec::new());
+    let t = |s: i64| Timestamp::from_second(1_700_000_000 + s).unwrap();
+    let mut status = CanaryStatus {
+        phase: Phase::Paused,
+        step: 1,
+        step_started_at: Some(t(0)),
+        ..Default::default()
+    };
+    let paused = [Action::Notify {
+        event: NotifyEvent::Paused,
+        message: "paused".into(),
+    }];
+    n.sync(&c, &mut status, &paused, t(60));
+    n.sync(&c, &mut status, &paused, t(90));
+    assert_eq!(
+        status.notifications.pending.len(),
+        1,
+        "a replay is the same event"
+    );
+    status.step_started_at = Some(t(120)); // resumed, then paused again
+    n.sync(&c, &mut status, &paused, t(180));
+    assert_eq!(status.notifications.pending.len(), 2);
+}

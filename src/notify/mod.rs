@@ -275,6 +275,13 @@ impl Notifier {
                 .unwrap_or_default();
         let mut alerts = std::mem::take(&mut status.notifications.alerts);
         for a in &mut alerts {
+            a.receivers.retain(|r| {
+                let known = self.inner.receivers.contains_key(r);
+                if !known {
+                    tracing::warn!(notifier = %r, alert = %a.alertname, "no notifier of that name in the config; dropping");
+                }
+                known
+            });
             let key = format!("{}/{}/{}", about.uid, a.alertname, a.starts_at.as_second());
             let body = serde_json::Value::Array(vec![messages::alert(a, &about, firing_until)]);
             match a.resolved_at {
@@ -448,12 +455,12 @@ impl Notifier {
             body,
             key: key.into(),
         };
-        match queue.try_send(job) {
-            Ok(()) => {
-                self.deliveries().insert(id, Delivery::InFlight);
-            }
+        // Marked before it is queued: the delivery may finish before `try_send` returns.
+        self.deliveries().insert(id.clone(), Delivery::InFlight);
+        if queue.try_send(job).is_err() {
             // Left pending; the next reconcile tries again.
-            Err(_) => tracing::warn!(notifier = %receiver, "the notification queue is full"),
+            self.forget(&id);
+            tracing::warn!(notifier = %receiver, "the notification queue is full");
         }
     }
 
@@ -501,6 +508,16 @@ async fn dispatch(inner: std::sync::Weak<Inner>, mut rx: mpsc::Receiver<Job>) {
             let mut attempt = 0;
             loop {
                 let Some(this) = inner.upgrade() else { return };
+                // A firing alert that was resolved meanwhile is not sent any more.
+                let current = this
+                    .deliveries
+                    .lock()
+                    .expect("delivery map lock")
+                    .get(&job.id)
+                    .copied();
+                if current != Some(Delivery::InFlight) {
+                    return;
+                }
                 let result = {
                     let _permit = permits.acquire().await.expect("semaphore open");
                     send(&this, &job).await
@@ -520,10 +537,15 @@ async fn dispatch(inner: std::sync::Weak<Inner>, mut rx: mpsc::Receiver<Job>) {
                         continue;
                     }
                 };
-                this.deliveries
+                // Unless forgotten meanwhile (a resolved alert's firing resend).
+                if let Some(state) = this
+                    .deliveries
                     .lock()
                     .expect("delivery map lock")
-                    .insert(job.id.clone(), outcome);
+                    .get_mut(&job.id)
+                {
+                    *state = outcome;
+                }
                 return;
             }
         });

@@ -247,6 +247,8 @@ impl Notifier {
         }
         if self.inner.receivers.is_empty() {
             status.notifications = Default::default();
+        }
+        if status.notifications.is_empty() {
             return;
         }
         let about = self.about(canary, status);

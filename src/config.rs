@@ -28,6 +28,46 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notifiers: Vec<NotifierConfig>,
+    /// Links in notifications and how delivery is repeated.
+    #[serde(default)]
+    pub notify: NotifySettings,
+}
+
+/// What every notifier shares. Links may contain `{namespace}` and `{canary}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NotifySettings {
+    /// Grafana dashboard of a Canary, e.g. `https://grafana/d/canaryd?var-namespace={namespace}&var-canary={canary}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dashboard_url: Option<String>,
+    /// Where a person sees the Canary (a GitOps UI, the Kubernetes dashboard).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_url: Option<String>,
+    /// How often a firing alert is sent to Alertmanager again.
+    #[serde(default = "default_resend_interval")]
+    pub resend_interval: HumanDuration,
+    /// How long one notification is retried before canaryd gives it up.
+    #[serde(default = "default_give_up_after")]
+    pub give_up_after: HumanDuration,
+}
+
+impl Default for NotifySettings {
+    fn default() -> Self {
+        Self {
+            dashboard_url: None,
+            canary_url: None,
+            resend_interval: default_resend_interval(),
+            give_up_after: default_give_up_after(),
+        }
+    }
+}
+
+fn default_resend_interval() -> HumanDuration {
+    HumanDuration::from_secs(60)
+}
+
+fn default_give_up_after() -> HumanDuration {
+    HumanDuration::from_secs(24 * 3600)
 }
 
 fn default_interval() -> HumanDuration {
@@ -280,6 +320,18 @@ impl Config {
         }
         let mut names = std::collections::HashSet::new();
         for (i, n) in self.notifiers.iter().enumerate() {
+            if let NotifierConfig::Alertmanager { url, .. } | NotifierConfig::Webhook { url, .. } =
+                n
+            {
+                if !url::Url::parse(url)
+                    .is_ok_and(|u| u.scheme() == "http" || u.scheme() == "https")
+                {
+                    return bad(
+                        &format!("notifiers[{i}].url"),
+                        format!("\"{url}\" is not an http(s) URL; write it like http://alertmanager.monitoring:9093"),
+                    );
+                }
+            }
             if !names.insert(n.name()) {
                 return bad(
                     &format!("notifiers[{i}].name"),

@@ -11,5 +11,6 @@ pub mod cluster;
 pub mod config;
 pub mod crd;
 pub mod lab;
+pub mod notify;
 pub mod rollout;
 pub mod telemetry;

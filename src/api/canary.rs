@@ -60,6 +60,88 @@ pub struct CanarySpec {
     /// What to do when someone else changes the weights during a rollout.
     #[serde(default)]
     pub traffic_drift: TrafficDriftPolicy,
+    /// Which of the daemon's notifiers hear which rollout events. Without any route,
+    /// `RolledBack` and `Paused` go to every notifier.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notifications: Vec<NotificationRoute>,
+}
+
+/// Sends some rollout events of this Canary to one notifier of the daemon's config.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NotificationRoute {
+    /// `name` of a notifier in the daemon's config.
+    #[schemars(length(min = 1))]
+    pub notifier: String,
+    /// The events it gets; `[RolledBack, Paused]` when left out.
+    #[serde(default = "default_notification_events")]
+    pub events: Vec<NotificationEvent>,
+}
+
+pub fn default_notification_events() -> Vec<NotificationEvent> {
+    vec![NotificationEvent::RolledBack, NotificationEvent::Paused]
+}
+
+/// A rollout event people can be told about.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum NotificationEvent {
+    RolloutStarted,
+    StepAdvanced,
+    /// Needs a person.
+    Paused,
+    RolledBack,
+    Promoted,
+    Succeeded,
+}
+
+/// Notifications not yet confirmed by their receivers, and the alerts canaryd keeps firing,
+/// so a restarted daemon sends what is missing and nothing twice.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationStatus {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<PendingNotification>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alerts: Vec<AlertState>,
+}
+
+impl NotificationStatus {
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty() && self.alerts.is_empty()
+    }
+}
+
+/// One event on its way to the receivers named (those that have not confirmed it yet).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingNotification {
+    /// Idempotency key: the same event of the same rollout always has the same key.
+    pub key: String,
+    pub event: NotificationEvent,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage_revision: Option<String>,
+    pub at: Timestamp,
+    /// Notifier names still to confirm.
+    pub receivers: Vec<String>,
+}
+
+/// An Alertmanager alert canaryd re-sends while it fires and resolves once.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AlertState {
+    /// `CanaryRolledBack` or `CanaryPaused`.
+    pub alertname: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage_revision: Option<String>,
+    pub starts_at: Timestamp,
+    /// Why, in plain words.
+    pub description: String,
+    /// Alertmanager notifiers that get it (those that have not confirmed the resolution yet).
+    pub receivers: Vec<String>,
+    /// Set when the alert stopped firing; it is removed once every receiver confirmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_at: Option<Timestamp>,
 }
 
 pub fn default_steps() -> Vec<u8> {
@@ -505,6 +587,9 @@ pub struct CanaryStatus {
     /// The most recent phase changes and decisions, newest last (bounded).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<HistoryEntry>,
+    /// Notifications not yet delivered and alerts still firing.
+    #[serde(default, skip_serializing_if = "NotificationStatus::is_empty")]
+    pub notifications: NotificationStatus,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]

@@ -90,14 +90,16 @@ pub async fn run(
     .reflect(vs_writer)
     .touched_objects();
 
-    let ctx = Arc::new(Context::new(
+    let mut ctx = Context::new(
         client.clone(),
         metrics,
         leader,
         deployments,
         virtual_services,
         config.evaluation_interval.0,
-    ));
+    );
+    ctx.notifier = crate::notify::Notifier::from_config(config)?;
+    let ctx = Arc::new(ctx);
 
     let controller = Controller::new(
         Api::<Canary>::all(client.clone()),

@@ -53,6 +53,8 @@ pub struct Context {
     pub leader: Leadership,
     pub deployments: Store<Deployment>,
     pub virtual_services: Store<VirtualService>,
+    /// Sends rollout events to people; `Context::new` starts without receivers.
+    pub notifier: crate::notify::Notifier,
     /// Default time between two looks.
     pub interval: Duration,
     /// The clock; tests pin it.
@@ -84,6 +86,7 @@ impl Context {
             leader,
             deployments,
             virtual_services,
+            notifier: crate::notify::Notifier::disabled(),
             interval,
             now: Timestamp::now,
             written: Arc::default(),

@@ -179,6 +179,7 @@ async fn apply(canary: &Canary, ctx: &Context, deleting: bool) -> Result<Requeue
     for action in &decision.actions {
         act(canary, &new, ctx, action).await?;
     }
+    ctx.notifier.sync(canary, &mut new, &decision.actions, now);
     if deleting {
         return Ok(Requeue::await_change());
     }
@@ -302,9 +303,8 @@ async fn act(
                     .fire(calls, payload(canary, status, kind_name(*kind)));
             }
         }
-        Action::Notify { event, message } => {
-            tracing::info!(canary = %canary.name_any(), namespace = %ns, event = event.as_str(), %message, "rollout event");
-        }
+        // Recorded in the status and sent in the background by `Notifier::sync`.
+        Action::Notify { .. } => {}
         Action::RecordEvent {
             warning,
             reason,

@@ -373,6 +373,60 @@ async fn a_rollback_writes_100_0_and_records_the_event() {
 }
 
 #[tokio::test]
+async fn a_rollback_records_its_alert_in_the_status_and_alertmanager_gets_it() {
+    let am = crate::lab::alertmanager::LabAlertmanager::start()
+        .await
+        .expect("alertmanager starts");
+    let (mut ctx, handle) = context(World {
+        stage_weight: 30,
+        metrics: FixedCounts {
+            stage_error_rate: 0.10,
+            prod_error_rate: 0.01,
+        },
+        ..Default::default()
+    });
+    let notifiers = [crate::config::NotifierConfig::Alertmanager {
+        name: "am".into(),
+        url: am.url(),
+    }];
+    Arc::get_mut(&mut ctx).unwrap().notifier =
+        crate::notify::Notifier::new(&notifiers, Default::default(), Default::default()).unwrap();
+    let seen = Seen::default();
+    let script = vec![
+        get(VS_PATH),
+        patch(VS_PATH, |b| (StatusCode::OK, patched_vs(b, 30))),
+        event(),
+        patch(STATUS_PATH, status_answer),
+    ];
+    let server = serve(handle, script, seen.clone(), objects());
+    run(ctx, canary(progressing(1, 30)), server).await;
+    let status = status_in(&seen.lock().unwrap()[3].2);
+    let alert = &status.notifications.alerts[0];
+    assert_eq!(alert.alertname, "CanaryRolledBack");
+    assert!(
+        alert
+            .description
+            .contains("errors: rollback (stage 10.000 %"),
+        "{}",
+        alert.description
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let alerts = loop {
+        let alerts = am.alerts().await.unwrap_or_default();
+        if !alerts.is_empty() || std::time::Instant::now() > deadline {
+            break alerts;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    assert_eq!(alerts[0]["labels"]["canary"], "flaskapp");
+    assert_eq!(
+        alerts[0]["labels"]["stage_revision"],
+        json!(status.stage_revision)
+    );
+}
+
+#[tokio::test]
 async fn a_conflict_on_the_virtual_service_is_retried_on_a_fresh_read() {
     let (ctx, handle) = context(World {
         stage_weight: 30,

@@ -20,6 +20,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod alertmanager;
 pub mod apiserver;
 pub mod harness;
 pub mod mesh;

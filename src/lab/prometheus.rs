@@ -247,7 +247,7 @@ fn config_yaml(targets: &[ScrapeTarget], scrape_interval: Duration) -> String {
     yaml
 }
 
-fn find_on_path(name: &str, path: &std::ffi::OsStr) -> Option<PathBuf> {
+pub(crate) fn find_on_path(name: &str, path: &std::ffi::OsStr) -> Option<PathBuf> {
     std::env::split_paths(path)
         .map(|dir| dir.join(name))
         .find(|p| is_executable(p))
@@ -259,7 +259,7 @@ fn is_executable(path: &Path) -> bool {
         .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-fn free_port() -> Result<u16, LabError> {
+pub(crate) fn free_port() -> Result<u16, LabError> {
     TcpListener::bind(("127.0.0.1", 0))
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

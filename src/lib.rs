@@ -12,4 +12,5 @@ pub mod config;
 pub mod crd;
 pub mod lab;
 pub mod rollout;
+pub mod server;
 pub mod telemetry;

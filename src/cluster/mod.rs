@@ -57,6 +57,8 @@ pub struct Context {
     pub interval: Duration,
     /// The clock; tests pin it.
     pub now: fn() -> Timestamp,
+    /// canaryd's own metrics (the admin server exports them).
+    pub exported: Arc<crate::server::Metrics>,
 }
 
 impl Context {
@@ -82,6 +84,7 @@ impl Context {
             virtual_services,
             interval,
             now: Timestamp::now,
+            exported: Arc::new(crate::server::Metrics::unregistered()),
         }
     }
 }

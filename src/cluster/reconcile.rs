@@ -177,7 +177,7 @@ async fn apply(canary: &Canary, ctx: &Context, deleting: bool) -> Result<Requeue
         return Ok(Requeue::await_change());
     }
     ctx.exported
-        .record(&ns, &name, &status, &new, &decision.actions, now);
+        .record(canary, &status, &new, &decision.actions, now);
     new.observed_generation = canary.metadata.generation;
     write_status(ctx, &api, &name, &old, &new).await?;
     Ok(next_round(spec, &new, ctx, now))

@@ -18,7 +18,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::api::{CanaryStatus, Phase, Verdict};
+use crate::api::{Canary, CanaryStatus, Phase, Verdict};
 use crate::rollout::{Action, NotifyEvent};
 
 const PHASES: [Phase; 8] = [
@@ -36,6 +36,14 @@ const PHASES: [Phase; 8] = [
 struct CanaryLabels {
     namespace: String,
     canary: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InfoLabels {
+    namespace: String,
+    canary: String,
+    stage_host: String,
+    prod_host: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -97,6 +105,7 @@ type FloatGauge = Gauge<f64, AtomicU64>;
 /// they can be removed when it goes away.
 #[derive(Default)]
 struct Emitted {
+    info: Option<InfoLabels>,
     metrics: BTreeSet<String>,
     decisions: BTreeSet<(&'static str, &'static str)>,
 }
@@ -107,6 +116,7 @@ pub struct Metrics {
     reconcile_errors: Family<CategoryLabels, Counter>,
     reconcile_duration: Histogram,
     last_success: FloatGauge,
+    info: Family<InfoLabels, Gauge>,
     phase: Family<PhaseLabels, Gauge>,
     step: Family<CanaryLabels, Gauge>,
     weight: Family<ArmLabels, Gauge>,
@@ -132,6 +142,7 @@ impl Metrics {
             reconcile_errors: Family::default(),
             reconcile_duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             last_success: FloatGauge::default(),
+            info: Family::default(),
             phase: Family::default(),
             step: Family::default(),
             weight: Family::default(),
@@ -170,6 +181,11 @@ impl Metrics {
             "last_reconcile_success_timestamp_seconds",
             "Unix time of the last reconcile that succeeded",
             m.last_success.clone(),
+        );
+        canaryd.register(
+            "canary_info",
+            "1 per Canary, labelled with the stage and prod hosts it compares",
+            m.info.clone(),
         );
         canaryd.register(
             "canary_phase",
@@ -301,13 +317,15 @@ impl Metrics {
     /// actions, and the duration of a rollout that ended.
     pub fn record(
         &self,
-        namespace: &str,
-        canary: &str,
+        canary: &Canary,
         old: &CanaryStatus,
         new: &CanaryStatus,
         actions: &[Action],
         now: Timestamp,
     ) {
+        let spec = &canary.spec;
+        let namespace = canary.metadata.namespace.as_deref().unwrap_or_default();
+        let canary = canary.metadata.name.as_deref().unwrap_or_default();
         let mut emitted = self.emitted.lock().expect("metrics lock");
         let emitted = emitted
             .entry((namespace.to_string(), canary.to_string()))
@@ -316,6 +334,18 @@ impl Metrics {
             namespace: namespace.into(),
             canary: canary.into(),
         };
+        let info = InfoLabels {
+            namespace: namespace.into(),
+            canary: canary.into(),
+            stage_host: spec.stage.host.clone(),
+            prod_host: spec.prod.host.clone(),
+        };
+        if emitted.info.as_ref() != Some(&info) {
+            if let Some(old_info) = emitted.info.replace(info.clone()) {
+                self.info.remove(&old_info);
+            }
+            self.info.get_or_create(&info).set(1);
+        }
         for phase in PHASES {
             self.phase
                 .get_or_create(&phase_labels(&labels, phase))
@@ -404,6 +434,9 @@ impl Metrics {
             .expect("metrics lock")
             .remove(&(namespace.to_string(), canary.to_string()))
             .unwrap_or_default();
+        if let Some(info) = &emitted.info {
+            self.info.remove(info);
+        }
         for metric in &emitted.metrics {
             self.remove_metric(&labels, metric);
         }

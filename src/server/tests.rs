@@ -1,5 +1,5 @@
 use super::*;
-use crate::api::{CanaryStatus, DecisionRecord, MetricReport, Phase, Verdict};
+use crate::api::{Canary, CanaryStatus, DecisionRecord, MetricReport, Phase, Verdict};
 use crate::rollout::{Action, NotifyEvent};
 
 fn report(name: &str, upper: Option<f64>) -> MetricReport {
@@ -29,6 +29,14 @@ fn progressing(weight: u8, metrics: Vec<MetricReport>) -> CanaryStatus {
     }
 }
 
+fn canary(namespace: &str, name: &str) -> Canary {
+    let mut c: Canary = serde_yaml_ng::from_str(include_str!("../../config/canary-flaskapp.yaml"))
+        .expect("the example Canary");
+    c.metadata.namespace = Some(namespace.into());
+    c.metadata.name = Some(name.into());
+    c
+}
+
 fn series(text: &str, name: &str) -> Vec<String> {
     text.lines()
         .filter(|l| l.starts_with(name) && !l.starts_with('#'))
@@ -46,8 +54,7 @@ fn a_canary_exports_phase_step_weights_and_statistics() {
         message: "free text that must not become a label".into(),
     }];
     admin.metrics.record(
-        "prod",
-        "flaskapp",
+        &canary("prod", "flaskapp"),
         &CanaryStatus::default(),
         &new,
         &actions,
@@ -75,6 +82,9 @@ fn a_canary_exports_phase_step_weights_and_statistics() {
     assert!(text.contains(
         r#"canaryd_decisions_total{namespace="prod",canary="flaskapp",decision="step_advanced",reason="analysis"} 1"#
     ));
+    assert!(text.contains(
+        r#"canaryd_canary_info{namespace="prod",canary="flaskapp",stage_host="flaskapp.stage.svc.cluster.local",prod_host="flaskapp.prod.svc.cluster.local"} 1"#
+    ));
     assert!(!text.contains("free text"));
 }
 
@@ -92,14 +102,19 @@ fn a_deleted_canary_leaves_no_series_behind() {
     }];
     let m = &admin.metrics;
     m.record(
-        "prod",
-        "flaskapp",
+        &canary("prod", "flaskapp"),
         &CanaryStatus::default(),
         &new,
         &actions,
         now,
     );
-    m.record("prod", "other", &CanaryStatus::default(), &new, &[], now);
+    m.record(
+        &canary("prod", "other"),
+        &CanaryStatus::default(),
+        &new,
+        &[],
+        now,
+    );
     m.forget_canary("prod", "flaskapp");
     let text = admin.encode();
     assert!(!text.contains(r#"canary="flaskapp""#), "{text}");
@@ -117,9 +132,15 @@ fn a_metric_dropped_from_the_spec_loses_its_series() {
         30,
         vec![report("errors", Some(1.0)), report("custom", Some(1.0))],
     );
-    m.record("ns", "c", &CanaryStatus::default(), &first, &[], now);
+    m.record(
+        &canary("ns", "c"),
+        &CanaryStatus::default(),
+        &first,
+        &[],
+        now,
+    );
     let second = progressing(30, vec![report("errors", None)]);
-    m.record("ns", "c", &first, &second, &[], now);
+    m.record(&canary("ns", "c"), &first, &second, &[], now);
     let text = admin.encode();
     assert!(series(&text, "canaryd_canary_e_value")
         .iter()

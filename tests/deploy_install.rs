@@ -208,11 +208,19 @@ fn the_plain_manifests_render_offline_into_valid_objects() {
 const CHART: &str = "deploy/helm/canaryd";
 
 fn values() -> Value {
-    serde_yaml_ng::from_str(&read(format!("{CHART}/values.yaml"))).expect("values.yaml parses")
+    chart_values(CHART)
+}
+
+fn chart_values(chart: &str) -> Value {
+    serde_yaml_ng::from_str(&read(format!("{chart}/values.yaml"))).expect("values.yaml parses")
 }
 
 fn templates() -> Vec<(String, String)> {
-    let dir = root().join(CHART).join("templates");
+    chart_templates(CHART)
+}
+
+fn chart_templates(chart: &str) -> Vec<(String, String)> {
+    let dir = root().join(chart).join("templates");
     let mut files: Vec<(String, String)> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -354,7 +362,13 @@ fn render(template: &str, values: &Value) -> String {
 
 fn render_chart(values: &Value) -> Vec<Value> {
     let mut objects = documents(&read(format!("{CHART}/crds/canary.yaml")));
-    for (name, text) in templates() {
+    objects.extend(render_templates(CHART, values));
+    objects
+}
+
+fn render_templates(chart: &str, values: &Value) -> Vec<Value> {
+    let mut objects = Vec::new();
+    for (name, text) in chart_templates(chart) {
         let rendered = render(&text, values);
         let docs = serde_yaml_ng::Deserializer::from_str(&rendered)
             .map(|d| <Value as serde::Deserialize>::deserialize(d))
@@ -471,4 +485,55 @@ fn optional_parts_of_the_chart_render_when_enabled() {
     assert!(parsed.prometheus.bearer_token_file.is_some());
     let volumes = &of_kind(&objects, "Deployment")[0]["spec"]["template"]["spec"]["volumes"];
     assert_eq!(volumes.as_array().unwrap().len(), 3);
+}
+
+// ---------------------------------------------------------------------------------------
+// deploy/examples
+
+#[test]
+fn the_examples_are_a_valid_demo_app_in_two_environments_with_its_canary() {
+    let chart = "deploy/examples/demoapp";
+    let mut values = chart_values(chart);
+    let prod = render_templates(chart, &values);
+    values["deployment"]["tag"] = json!("v2");
+    let stage = render_templates(chart, &values);
+    check_types(&prod);
+    check_types(&stage);
+    let image = |objects: &[Value]| {
+        of_kind(objects, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["image"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(image(&prod).ends_with(":v1") && image(&stage).ends_with(":v2"));
+
+    let canary: canaryd::api::Canary =
+        serde_yaml_ng::from_str(&read("deploy/examples/canary.yaml")).unwrap();
+    canaryd::api::validation::validate(&canary.spec, "prod").expect("the example Canary is valid");
+    let istio = documents(&read("deploy/examples/istio.yaml"));
+    let vs: canaryd::api::virtual_service::VirtualService =
+        serde_json::from_value(of_kind(&istio, "VirtualService")[0].clone()).unwrap();
+    assert_eq!(
+        vs.metadata.name.as_deref(),
+        Some(canary.spec.virtual_service.name.as_str())
+    );
+    let hosts = serde_json::to_string(&vs).unwrap();
+    assert!(hosts.contains(&canary.spec.prod.host) && hosts.contains(&canary.spec.stage.host));
+    let gateway = of_kind(&istio, "Gateway")[0];
+    assert_eq!(
+        vs_gateways(of_kind(&istio, "VirtualService")[0]),
+        vec![format!(
+            "prod/{}",
+            gateway["metadata"]["name"].as_str().unwrap()
+        )]
+    );
+}
+
+fn vs_gateways(vs: &Value) -> Vec<String> {
+    vs["spec"]["gateways"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g.as_str().unwrap().to_string())
+        .collect()
 }

@@ -371,7 +371,7 @@ fn render_templates(chart: &str, values: &Value) -> Vec<Value> {
     for (name, text) in chart_templates(chart) {
         let rendered = render(&text, values);
         let docs = serde_yaml_ng::Deserializer::from_str(&rendered)
-            .map(|d| <Value as serde::Deserialize>::deserialize(d))
+            .map(<Value as serde::Deserialize>::deserialize)
             .collect::<Result<Vec<_>, _>>()
             .unwrap_or_else(|e| panic!("{name} renders to invalid YAML: {e}\n{rendered}"));
         objects.extend(docs.into_iter().filter(|v| !v.is_null()));

@@ -174,9 +174,15 @@ pub async fn run_with(
 /// [`reconcile`], timed and counted in canaryd's metrics.
 async fn timed_reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = std::time::Instant::now();
+    let deleted = canary.metadata.deletion_timestamp.is_some();
+    let (namespace, name) = (canary.namespace().unwrap_or_default(), canary.name_any());
     let result = reconcile(canary, ctx.clone()).await;
     let category = result.as_ref().err().map(Error::category);
     ctx.exported.reconciled(started.elapsed(), category);
+    if deleted && result.is_ok() {
+        // The finalizer is gone: so is the Canary, and so are its series.
+        ctx.exported.forget_canary(&namespace, &name);
+    }
     result
 }
 

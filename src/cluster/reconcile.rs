@@ -173,7 +173,6 @@ async fn apply(canary: &Canary, ctx: &Context, deleting: bool) -> Result<Requeue
         act(canary, &new, ctx, action).await?;
     }
     if deleting {
-        ctx.exported.forget_canary(&ns, &name);
         return Ok(Requeue::await_change());
     }
     ctx.exported

@@ -1,6 +1,7 @@
 use super::*;
 use crate::api::{Canary, CanaryStatus, DecisionRecord, MetricReport, Phase, Verdict};
 use crate::rollout::{Action, NotifyEvent};
+use std::time::Instant;
 
 fn report(name: &str, upper: Option<f64>) -> MetricReport {
     MetricReport {
@@ -187,4 +188,134 @@ async fn the_admin_port_serves_metrics_health_and_readiness() {
     let page = get("/metrics").await.unwrap().text().await.unwrap();
     assert!(page.contains("# TYPE canaryd_leader gauge"));
     task.abort();
+}
+
+/// Counts are never asked for here: the Canary stays Idle (stage runs prod's revision).
+struct NoPrometheus;
+
+impl MetricsSource for NoPrometheus {
+    fn counts<'a>(
+        &'a self,
+        _: &'a Canary,
+        _: Timestamp,
+        _: Duration,
+    ) -> BoxFuture<'a, Result<LookCounts, String>> {
+        Box::pin(async { Err("no Prometheus in this test".to_string()) })
+    }
+}
+
+const APP: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: flaskapp, namespace: prod}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: flaskapp}}
+  template:
+    metadata: {labels: {app: flaskapp}}
+    spec: {containers: [{name: app, image: "demoapp:v1"}]}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: flaskapp, namespace: stage}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: flaskapp}}
+  template:
+    metadata: {labels: {app: flaskapp}}
+    spec: {containers: [{name: app, image: "demoapp:v1"}]}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: demoapp, namespace: prod}
+spec:
+  hosts: [flaskapp.example.com]
+  http:
+  - name: primary
+    route:
+    - destination: {host: flaskapp.prod.svc.cluster.local}
+      weight: 100
+    - destination: {host: flaskapp.stage.svc.cluster.local}
+      weight: 0
+"#;
+
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_running_controller_is_ready_after_sync_and_a_deleted_canary_leaves_no_series() {
+    use crate::lab::apiserver::{ApiServer, ApiServerOptions};
+    let server = ApiServer::start(ApiServerOptions {
+        namespaces: vec!["prod".into(), "stage".into()],
+        install_istio_crds: true,
+        install_canary_crd: true,
+        ..ApiServerOptions::default()
+    })
+    .await
+    .unwrap();
+    server.install(APP).unwrap();
+    // Installed with canaryd's finalizer: the lab API server refuses the JSON patch kube-rs
+    // sends to add the first finalizer (a `test` of the absent /metadata/finalizers).
+    let mut canary: serde_json::Value =
+        serde_yaml_ng::from_str(include_str!("../../config/canary-flaskapp.yaml")).unwrap();
+    canary["metadata"]["finalizers"] = serde_json::json!([crate::cluster::FINALIZER]);
+    server
+        .install(&serde_json::to_string(&canary).unwrap())
+        .unwrap();
+    let client = server.client().unwrap();
+    let config = crate::config::Config::parse(
+        "prometheus: {url: 'http://127.0.0.1:1'}\nleaderElection: {enabled: false}\n",
+    )
+    .unwrap();
+
+    let admin = Admin::new();
+    let (addr, _server) = admin.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let controller = {
+        let (client, admin) = (client.clone(), admin.clone());
+        tokio::spawn(async move {
+            crate::cluster::controller::run_with(client, &config, Arc::new(NoPrometheus), &admin)
+                .await
+        })
+    };
+    let http = reqwest::Client::new();
+    let url = |path: &str| format!("http://{addr}{path}");
+    eventually("/readyz", async || {
+        http.get(url("/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    let page = async || {
+        http.get(url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    eventually("the Canary's series", async || {
+        let text = page().await;
+        text.contains(r#"canaryd_canary_phase{namespace="prod",canary="flaskapp",phase="Idle"} 1"#)
+            && text.contains("canaryd_leader 1")
+            && text.contains(r#"canaryd_reconcile_total{result="ok"}"#)
+    })
+    .await;
+
+    let canaries: kube::Api<Canary> = kube::Api::namespaced(client, "prod");
+    canaries
+        .delete("flaskapp", &Default::default())
+        .await
+        .unwrap();
+    eventually("the series to go", async || {
+        !page().await.contains(r#"canary="flaskapp""#)
+    })
+    .await;
+    controller.abort();
 }

@@ -537,3 +537,27 @@ fn vs_gateways(vs: &Value) -> Vec<String> {
         .map(|g| g.as_str().unwrap().to_string())
         .collect()
 }
+
+#[test]
+fn the_alert_rules_pass_promtool() {
+    let mut values = values();
+    values["prometheusRule"]["enabled"] = json!(true);
+    let objects = render_chart(&values);
+    let rule = of_kind(&objects, "PrometheusRule")[0];
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("canaryd-rules.yaml");
+    let groups = json!({"groups": rule["spec"]["groups"]});
+    std::fs::write(&path, serde_yaml_ng::to_string(&groups).unwrap()).unwrap();
+    let out = Command::new("promtool")
+        .arg("check")
+        .arg("rules")
+        .arg(&path)
+        .output()
+        .expect("promtool (Debian package prometheus; tests/run.sh installs it)");
+    assert!(
+        out.status.success(),
+        "promtool refuses the chart's alert rules:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

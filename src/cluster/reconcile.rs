@@ -175,10 +175,11 @@ async fn apply(canary: &Canary, ctx: &Context, deleting: bool) -> Result<Requeue
     if deleting {
         return Ok(Requeue::await_change());
     }
-    ctx.exported
-        .record(canary, &status, &new, &decision.actions, now);
     new.observed_generation = canary.metadata.generation;
     write_status(ctx, &api, &name, &old, &new).await?;
+    // Only once written: a failed write is decided again, and must not count twice.
+    ctx.exported
+        .record(canary, &status, &new, &decision.actions, now);
     Ok(next_round(spec, &new, ctx, now))
 }
 

@@ -13,4 +13,5 @@ pub mod crd;
 pub mod lab;
 pub mod notify;
 pub mod rollout;
+pub mod server;
 pub mod telemetry;

@@ -59,12 +59,19 @@ pub fn run_daemon(path: &Path) -> ExitCode {
             Ok(c) => c,
             Err(e) => return fail(format!("cannot reach Kubernetes: {e}")),
         };
+        let admin = crate::server::Admin::new();
+        if let Err(e) = admin.serve(config.admin.listen).await {
+            return fail(format!("admin server on {}: {e}", config.admin.listen));
+        }
         let metrics: Arc<dyn crate::cluster::MetricsSource> =
             match crate::telemetry::Telemetry::new(&config.prometheus, config.mesh) {
-                Ok(t) => Arc::new(t),
+                Ok(t) => Arc::new(crate::server::TimedSource {
+                    inner: Arc::new(t),
+                    metrics: admin.metrics.clone(),
+                }),
                 Err(e) => return fail(format!("prometheus: {e}")),
             };
-        match crate::cluster::controller::run(client, &config, metrics).await {
+        match crate::cluster::controller::run_with(client, &config, metrics, &admin).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(e),
         }

@@ -9,16 +9,18 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
+use kube::runtime::controller::Action;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, Controller, WatchStreamExt};
 use kube::{Client, ResourceExt};
 
 use super::leader::{Election, Leadership};
 use super::reconcile::{error_policy, reconcile};
-use super::{Context, MetricsSource};
+use super::{Context, Error, MetricsSource};
 use crate::api::virtual_service::VirtualService;
 use crate::api::Canary;
 use crate::config::Config;
+use crate::server::Admin;
 
 /// The Canaries whose spec names this object (a Deployment or a VirtualService).
 fn canaries_naming(
@@ -45,6 +47,16 @@ pub async fn run(
     client: Client,
     config: &Config,
     metrics: Arc<dyn MetricsSource>,
+) -> anyhow::Result<()> {
+    run_with(client, config, metrics, &Admin::new()).await
+}
+
+/// [`run`], recording into `admin`'s metrics and marking it ready once the caches synced.
+pub async fn run_with(
+    client: Client,
+    config: &Config,
+    metrics: Arc<dyn MetricsSource>,
+    admin: &Admin,
 ) -> anyhow::Result<()> {
     let leader = if config.leader_election.enabled {
         let le = &config.leader_election;
@@ -94,11 +106,12 @@ pub async fn run(
         client.clone(),
         metrics,
         leader,
-        deployments,
-        virtual_services,
+        deployments.clone(),
+        virtual_services.clone(),
         config.evaluation_interval.0,
     );
     ctx.notifier = crate::notify::Notifier::from_config(config)?;
+    ctx.exported = admin.metrics.clone();
     let ctx = Arc::new(ctx);
 
     let controller = Controller::new(
@@ -106,6 +119,11 @@ pub async fn run(
         watcher::Config::default(),
     );
     let canaries = controller.store();
+    tokio::spawn(report_state(
+        admin.clone(),
+        ctx.leader.clone(),
+        (canaries.clone(), deployments, virtual_services),
+    ));
     let for_deployments = canaries.clone();
     controller
         .watches_stream(dep_stream, move |d: Deployment| {
@@ -141,7 +159,7 @@ pub async fn run(
             )
         })
         .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
+        .run(timed_reconcile, error_policy, ctx)
         .for_each(|result| async move {
             match result {
                 Ok((obj, _)) => tracing::debug!(canary = %obj.name, "reconciled"),
@@ -152,4 +170,41 @@ pub async fn run(
     tracing::info!("controller stopped");
     tokio::time::sleep(Duration::from_millis(10)).await;
     Ok(())
+}
+
+/// [`reconcile`], timed and counted in canaryd's metrics.
+async fn timed_reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let deleted = canary.metadata.deletion_timestamp.is_some();
+    let (namespace, name) = (canary.namespace().unwrap_or_default(), canary.name_any());
+    let result = reconcile(canary, ctx.clone()).await;
+    let category = result.as_ref().err().map(Error::category);
+    ctx.exported.reconciled(started.elapsed(), category);
+    if deleted && result.is_ok() {
+        // The finalizer is gone: so is the Canary, and so are its series.
+        ctx.exported.forget_canary(&namespace, &name);
+    }
+    result
+}
+
+/// Marks the admin server ready once every cache has synced, then follows leadership.
+async fn report_state(
+    admin: Admin,
+    leader: Leadership,
+    caches: (Store<Canary>, Store<Deployment>, Store<VirtualService>),
+) {
+    let synced = tokio::join!(
+        caches.0.wait_until_ready(),
+        caches.1.wait_until_ready(),
+        caches.2.wait_until_ready()
+    );
+    if !matches!(synced, (Ok(()), Ok(()), Ok(()))) {
+        return;
+    }
+    admin.readiness.set_ready();
+    tracing::info!("caches synced; ready");
+    loop {
+        admin.metrics.set_leader(leader.is_leader());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }

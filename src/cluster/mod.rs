@@ -63,6 +63,8 @@ pub struct Context {
     /// lags behind our own writes; a reconcile that still sees that version would decide
     /// again on the old status (and fold the same telemetry twice), so it waits instead.
     pub written: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
+    /// canaryd's own metrics (the admin server exports them).
+    pub exported: Arc<crate::server::Metrics>,
 }
 
 impl Context {
@@ -90,6 +92,7 @@ impl Context {
             interval,
             now: Timestamp::now,
             written: Arc::default(),
+            exported: Arc::new(crate::server::Metrics::unregistered()),
         }
     }
 }

@@ -187,6 +187,9 @@ async fn apply(canary: &Canary, ctx: &Context, deleting: bool) -> Result<Requeue
     if write_status(ctx, &api, &name, &old, &new).await? {
         remember_write(canary, ctx);
     }
+    // Only once written: a failed write is decided again, and must not count twice.
+    ctx.exported
+        .record(canary, &status, &new, &decision.actions, now);
     Ok(next_round(spec, &new, ctx, now))
 }
 

@@ -181,6 +181,30 @@ async fn demo(args: DemoArgs) -> Result<ExitCode, crate::lab::harness::LabError>
                     m.name, m.e_value, m.rollback_threshold, m.ratio_lower
                 );
             }
+            let rolled_back = |alerts: &[serde_json::Value]| {
+                alerts
+                    .iter()
+                    .any(|a| a["labels"]["alertname"] == "CanaryRolledBack")
+            };
+            match lab.alerts_when(Duration::from_secs(20), rolled_back).await {
+                Some(alerts) => {
+                    for a in alerts.iter().filter(|a| rolled_back(std::slice::from_ref(a))) {
+                        println!(
+                            "Alertmanager ({}) received {} [severity {}]: {}",
+                            lab.alertmanager.as_ref().map(|am| am.url()).unwrap_or_default(),
+                            a["labels"]["alertname"].as_str().unwrap_or(""),
+                            a["labels"]["severity"].as_str().unwrap_or(""),
+                            a["annotations"]["summary"].as_str().unwrap_or("")
+                        );
+                    }
+                    if !alerts.iter().any(|a| rolled_back(std::slice::from_ref(a))) {
+                        println!("Alertmanager received no alert within 20 s (see canaryd's log)");
+                    }
+                }
+                None => println!(
+                    "(Alertmanager is not installed, so no alert was sent: apt-get install -y prometheus-alertmanager)"
+                ),
+            }
             if args.scenario.should_promote() {
                 ExitCode::FAILURE
             } else {

@@ -40,6 +40,8 @@ pub struct LabOptions {
     pub scrape_interval: Duration,
     /// Seed of the simulated traffic: the same seed sends the same requests.
     pub seed: u64,
+    /// Also start the real Alertmanager (when installed) and notify it of rollbacks.
+    pub alertmanager: bool,
 }
 
 impl Default for LabOptions {
@@ -50,6 +52,7 @@ impl Default for LabOptions {
             rollout_delay: Duration::from_secs(2),
             scrape_interval: Duration::from_secs(1),
             seed: jiff::Timestamp::now().as_nanosecond() as u64,
+            alertmanager: true,
         }
     }
 }
@@ -70,6 +73,8 @@ pub struct Lab {
     pub client: Client,
     pub mesh: Mesh,
     pub prometheus: LabPrometheus,
+    /// The real Alertmanager, when asked for and installed.
+    pub alertmanager: Option<super::alertmanager::LabAlertmanager>,
     pub dir: tempfile::TempDir,
     pub options: LabOptions,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -157,11 +162,21 @@ impl Lab {
         let prometheus = LabPrometheus::start(&targets, options.scrape_interval)
             .await
             .map_err(|e| fail("Prometheus")(e.to_string()))?;
+        let alertmanager = if options.alertmanager {
+            match super::alertmanager::LabAlertmanager::start().await {
+                Ok(am) => Some(am),
+                Err(super::alertmanager::AlertmanagerError::NotInstalled) => None,
+                Err(e) => return Err(fail("Alertmanager")(e.to_string())),
+            }
+        } else {
+            None
+        };
         let lab = Lab {
             api,
             client,
             mesh,
             prometheus,
+            alertmanager,
             dir,
             options,
             tasks,
@@ -216,8 +231,12 @@ impl Lab {
              evaluationInterval: {interval}\n\
              leaderElection: {{enabled: true, namespace: {LEASE_NAMESPACE}, leaseDuration: 4s, renewDeadline: 3s}}\n\
              admin: {{listen: '127.0.0.1:0'}}\n\
-             log: {{format: text, level: 'info,kube=warn'}}\n",
-            self.prometheus.url()
+             log: {{format: text, level: 'info,kube=warn'}}\n{}",
+            self.prometheus.url(),
+            self.alertmanager
+                .as_ref()
+                .map(|am| format!("notifiers: [{{type: alertmanager, name: lab, url: '{}'}}]\n", am.url()))
+                .unwrap_or_default()
         );
         let path = self.dir.path().join(format!("{name}.yaml"));
         std::fs::write(&path, text).map_err(|e| fail("daemon config")(e.to_string()))?;
@@ -335,6 +354,27 @@ impl Lab {
             .and_then(|s| s.template.spec)
             .and_then(|p| p.containers.first().and_then(|c| c.image.clone()))
             .unwrap_or_default())
+    }
+}
+
+impl Lab {
+    /// The active alerts of Alertmanager once `done` holds for them (delivery is
+    /// asynchronous); `None` without Alertmanager.
+    pub async fn alerts_when(
+        &self,
+        timeout: Duration,
+        done: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Option<Vec<serde_json::Value>> {
+        let am = self.alertmanager.as_ref()?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tick.tick().await;
+            let alerts = am.alerts().await.unwrap_or_default();
+            if done(&alerts) || tokio::time::Instant::now() > deadline {
+                return Some(alerts);
+            }
+        }
     }
 }
 

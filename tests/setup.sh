@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what the demo and the tests need on a fresh Debian machine: the real Prometheus,
+# Alertmanager (and promtool), and kubectl. Nothing is started here: the demo and the tests
+# start private instances on loopback ports.
+set -euo pipefail
+
+need=()
+command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v prometheus-alertmanager >/dev/null 2>&1 || command -v alertmanager >/dev/null 2>&1 || need+=(prometheus-alertmanager)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}" >&2
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  # The packages may start their own services; the lab runs private instances instead.
+  $SUDO pkill -x prometheus 2>/dev/null || true
+  $SUDO pkill -f prometheus-alertmanager 2>/dev/null || true
+fi
+# kubectl: Debian names it kubernetes-client; other repositories kubectl.
+if ! command -v kubectl >/dev/null 2>&1; then
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq kubectl >/dev/null 2>&1 \
+    || DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq kubernetes-client >/dev/null 2>&1 \
+    || echo "note: kubectl could not be installed; the kubectl tests will fail with the install hint" >&2
+fi

@@ -25,6 +25,7 @@ pub mod apiserver;
 pub mod harness;
 pub mod mesh;
 pub mod mesh_server;
+pub mod process;
 pub mod prometheus;
 pub mod scenario;
 pub mod workloads;

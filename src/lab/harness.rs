@@ -77,6 +77,9 @@ pub struct Lab {
     pub alertmanager: Option<super::alertmanager::LabAlertmanager>,
     pub dir: tempfile::TempDir,
     pub options: LabOptions,
+    /// The admin port of the first daemon started, which Prometheus scrapes as job `canaryd`.
+    pub admin_port: u16,
+    admin_taken: std::sync::atomic::AtomicBool,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -155,10 +158,20 @@ impl Lab {
         traffic.seed = options.seed;
         tasks.push(mesh.simulate(client.clone(), traffic, BehaviourTable::demo()));
 
-        let targets = [ScrapeTarget {
-            job: "mesh".into(),
-            address: mesh.addr(),
-        }];
+        let admin_port = std::net::TcpListener::bind(("127.0.0.1", 0))
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .map_err(|e| fail("admin port")(e.to_string()))?;
+        let targets = [
+            ScrapeTarget {
+                job: "mesh".into(),
+                address: mesh.addr(),
+            },
+            ScrapeTarget {
+                job: "canaryd".into(),
+                address: ([127, 0, 0, 1], admin_port).into(),
+            },
+        ];
         let prometheus = LabPrometheus::start(&targets, options.scrape_interval)
             .await
             .map_err(|e| fail("Prometheus")(e.to_string()))?;
@@ -179,6 +192,8 @@ impl Lab {
             alertmanager,
             dir,
             options,
+            admin_port,
+            admin_taken: Default::default(),
             tasks,
         };
         lab.wait_for_first_scrape().await?;
@@ -189,38 +204,55 @@ impl Lab {
         self.api.kubeconfig_path()
     }
 
-    /// Waits until Prometheus has the mesh's traffic of prod.
+    /// Waits until Prometheus has the mesh's traffic.
     async fn wait_for_first_scrape(&self) -> Result<(), LabError> {
-        let url = format!(
-            "{}/api/v1/query?query=sum(istio_requests_total)",
-            self.prometheus.url()
-        );
+        self.query_until("sum(istio_requests_total)", Duration::from_secs(60), |_| {
+            true
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Polls an instant query until its first sample satisfies `done`; returns that value.
+    pub async fn query_until(
+        &self,
+        promql: &str,
+        timeout: Duration,
+        done: impl Fn(f64) -> bool,
+    ) -> Result<f64, LabError> {
+        let url = format!("{}/api/v1/query", self.prometheus.url());
         let http = reqwest::Client::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let deadline = tokio::time::Instant::now() + timeout;
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
             tick.tick().await;
-            let body: serde_json::Value = match http.get(&url).send().await {
-                Ok(r) => r.json().await.unwrap_or_default(),
-                Err(_) => serde_json::Value::Null,
-            };
-            if body["data"]["result"]
-                .as_array()
-                .is_some_and(|r| !r.is_empty())
-            {
-                return Ok(());
+            let body: serde_json::Value =
+                match http.get(&url).query(&[("query", promql)]).send().await {
+                    Ok(r) => r.json().await.unwrap_or_default(),
+                    Err(_) => serde_json::Value::Null,
+                };
+            let value = body["data"]["result"][0]["value"][1]
+                .as_str()
+                .and_then(|v| v.parse::<f64>().ok());
+            if let Some(v) = value.filter(|v| done(*v)) {
+                return Ok(v);
             }
             if tokio::time::Instant::now() > deadline {
                 return Err(fail("Prometheus")(format!(
-                    "no scrape of the mesh within 60 s; its log:\n{}",
+                    "`{promql}` gave no such value within {timeout:?} (last: {value:?}); its log:\n{}",
                     self.prometheus.log_tail()
                 )));
             }
         }
     }
 
-    /// Writes a daemon config for this lab and returns its path.
+    /// Writes a daemon config for this lab and returns its path. The first daemon gets the
+    /// admin port Prometheus scrapes; later ones any free port.
     pub fn daemon_config(&self, name: &str) -> Result<PathBuf, LabError> {
+        let first = !self
+            .admin_taken
+            .swap(true, std::sync::atomic::Ordering::SeqCst);
+        let admin_port = if first { self.admin_port } else { 0 };
         let interval = lab_canary(self.options.speed)
             .spec
             .analysis
@@ -230,7 +262,7 @@ impl Lab {
             "prometheus: {{url: '{}', timeout: 5s, retries: 1}}\n\
              evaluationInterval: {interval}\n\
              leaderElection: {{enabled: true, namespace: {LEASE_NAMESPACE}, leaseDuration: 4s, renewDeadline: 3s}}\n\
-             admin: {{listen: '127.0.0.1:0'}}\n\
+             admin: {{listen: '127.0.0.1:{admin_port}'}}\n\
              log: {{format: text, level: 'info,kube=warn'}}\n{}",
             self.prometheus.url(),
             self.alertmanager

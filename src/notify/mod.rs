@@ -143,6 +143,8 @@ struct Inner {
     http: reqwest::Client,
     deliveries: Mutex<HashMap<String, Delivery>>,
     queue: Option<mpsc::Sender<Job>>,
+    /// Counts every attempt, delivered or failed, in canaryd's own metrics.
+    metrics: Arc<crate::server::Metrics>,
 }
 
 /// The notification service: cheap to clone, shared by every reconcile.
@@ -162,6 +164,7 @@ impl Notifier {
                 http: reqwest::Client::new(),
                 deliveries: Mutex::default(),
                 queue: None,
+                metrics: Arc::new(crate::server::Metrics::unregistered()),
             }),
         }
     }
@@ -171,6 +174,21 @@ impl Notifier {
         configs: &[NotifierConfig],
         settings: NotifySettings,
         retry: RetryPolicy,
+    ) -> Result<Self, NotifyError> {
+        Self::with_metrics(
+            configs,
+            settings,
+            retry,
+            Arc::new(crate::server::Metrics::unregistered()),
+        )
+    }
+
+    /// [`Self::new`], counting deliveries in `metrics`.
+    pub fn with_metrics(
+        configs: &[NotifierConfig],
+        settings: NotifySettings,
+        retry: RetryPolicy,
+        metrics: Arc<crate::server::Metrics>,
     ) -> Result<Self, NotifyError> {
         let mut receivers = HashMap::new();
         for c in configs {
@@ -209,18 +227,22 @@ impl Notifier {
                 .expect("an HTTP client with default settings"),
             deliveries: Mutex::default(),
             queue: Some(tx),
+            metrics,
         });
         tokio::spawn(dispatch(Arc::downgrade(&inner), rx));
         Ok(Self { inner })
     }
 
-    /// From the daemon's config.
-    pub fn from_config(config: &crate::config::Config) -> Result<Self, NotifyError> {
+    /// From the daemon's config, counting deliveries in `metrics`.
+    pub fn from_config(
+        config: &crate::config::Config,
+        metrics: Arc<crate::server::Metrics>,
+    ) -> Result<Self, NotifyError> {
         let retry = RetryPolicy {
             give_up_after: config.notify.give_up_after.0,
             ..RetryPolicy::default()
         };
-        Self::new(&config.notifiers, config.notify.clone(), retry)
+        Self::with_metrics(&config.notifiers, config.notify.clone(), retry, metrics)
     }
 
     /// Records the decision's notify actions in `status` and sends what is pending or due:
@@ -524,6 +546,7 @@ async fn dispatch(inner: std::sync::Weak<Inner>, mut rx: mpsc::Receiver<Job>) {
                     let _permit = permits.acquire().await.expect("semaphore open");
                     send(&this, &job).await
                 };
+                this.metrics.notification(&job.receiver, result.is_ok());
                 let outcome = match result {
                     Ok(()) => Delivery::Delivered(Instant::now()),
                     Err(e) if started.elapsed() >= this.retry.give_up_after => {

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use canaryd::api::{Canary, Phase};
-use canaryd::lab::harness::{Lab, LabOptions, LEASE_NAMESPACE};
+use canaryd::lab::harness::{Daemon, Lab, LabOptions, LEASE_NAMESPACE};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams};
@@ -23,6 +23,14 @@ async fn lab() -> Lab {
     })
     .await
     .expect("the lab starts")
+}
+
+/// A lab with canaryd running and `image` released to stage.
+async fn released(image: &str) -> (Lab, Daemon) {
+    let lab = lab().await;
+    let daemon = lab.spawn_daemon(BINARY.as_ref(), "canaryd-0").unwrap();
+    lab.release(image).await.unwrap();
+    (lab, daemon)
 }
 
 fn phase(c: &Canary) -> Option<Phase> {
@@ -80,9 +88,7 @@ async fn until(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_good_release_goes_through_every_step_and_prod_ends_on_it() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let lab = lab().await;
-    let daemon = lab.spawn_daemon(BINARY.as_ref(), "canaryd-0").unwrap();
-    lab.release("demoapp:v2").await.unwrap();
+    let (lab, daemon) = released("demoapp:v2").await;
     let end = until(&lab, &daemon, finished).await;
     assert_eq!(phase(&end), Some(Phase::Succeeded), "{:?}", end.status);
     assert_eq!(journey(&end), PROMOTED_JOURNEY);
@@ -97,9 +103,7 @@ async fn a_good_release_goes_through_every_step_and_prod_ends_on_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_with_more_errors_is_rolled_back_at_its_first_traffic_step() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let lab = lab().await;
-    let daemon = lab.spawn_daemon(BINARY.as_ref(), "canaryd-0").unwrap();
-    lab.release("demoapp:v3").await.unwrap();
+    let (lab, daemon) = released("demoapp:v3").await;
     let end = until(&lab, &daemon, finished).await;
     let status = end.status.clone().unwrap();
     assert_eq!(status.phase, Phase::RolledBack, "{}", status.message);
@@ -117,9 +121,7 @@ async fn a_release_with_more_errors_is_rolled_back_at_its_first_traffic_step() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slower_release_is_rolled_back() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let lab = lab().await;
-    let daemon = lab.spawn_daemon(BINARY.as_ref(), "canaryd-0").unwrap();
-    lab.release("demoapp:v4").await.unwrap();
+    let (lab, daemon) = released("demoapp:v4").await;
     let end = until(&lab, &daemon, finished).await;
     let status = end.status.clone().unwrap();
     assert_eq!(status.phase, Phase::RolledBack, "{}", status.message);
@@ -130,9 +132,7 @@ async fn a_slower_release_is_rolled_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_down_during_a_step_holds_the_weights_until_it_is_back() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let mut lab = lab().await;
-    let daemon = lab.spawn_daemon(BINARY.as_ref(), "canaryd-0").unwrap();
-    lab.release("demoapp:v2").await.unwrap();
+    let (mut lab, daemon) = released("demoapp:v2").await;
     until(&lab, &daemon, |c| at_step(c, 1)).await;
 
     lab.prometheus.stop();
@@ -173,9 +173,7 @@ async fn prometheus_down_during_a_step_holds_the_weights_until_it_is_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn canaryd_killed_mid_rollout_resumes_from_status() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let lab = lab().await;
-    let mut first = lab.spawn_daemon(BINARY.as_ref(), "canaryd-0").unwrap();
-    lab.release("demoapp:v2").await.unwrap();
+    let (lab, mut first) = released("demoapp:v2").await;
     until(&lab, &first, |c| at_step(c, 1)).await;
     first.kill();
     let second = lab.spawn_daemon(BINARY.as_ref(), "canaryd-1").unwrap();
@@ -242,9 +240,7 @@ async fn with_two_replicas_only_the_leader_writes_and_the_other_takes_over() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_sees_the_rollout_and_can_abort_it() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let lab = lab().await;
-    let daemon = lab.spawn_daemon(BINARY.as_ref(), "canaryd-0").unwrap();
-    lab.release("demoapp:v2").await.unwrap();
+    let (lab, daemon) = released("demoapp:v2").await;
     until(&lab, &daemon, |c| at_step(c, 1)).await;
     let kubectl = |args: &[&str]| {
         let out = Command::new("kubectl")

@@ -81,7 +81,7 @@ async fn until(
 ) -> Canary {
     match lab.follow(ROLLOUT_TIMEOUT, |_| {}, done).await {
         Ok(c) => c,
-        Err(e) => panic!("{e}\ncanaryd's log:\n{}", daemon.log_tail()),
+        Err(e) => panic!("{}", daemon.explain(e)),
     }
 }
 

@@ -85,10 +85,7 @@ async fn demo(args: DemoArgs) -> Result<ExitCode, crate::lab::harness::LabError>
         |c| c.status.as_ref().is_some_and(|s| !s.conditions.is_empty()),
     )
     .await
-    .map_err(|e| crate::lab::harness::LabError {
-        what: e.what,
-        message: format!("{}\ncanaryd's log:\n{}", e.message, daemon.log_tail()),
-    })?;
+    .map_err(|e| daemon.explain(e))?;
     bar.finish_and_clear();
 
     println!("releasing {image} to stage (like `helm upgrade --set deployment.tag=...`)");
@@ -137,10 +134,7 @@ async fn demo(args: DemoArgs) -> Result<ExitCode, crate::lab::harness::LabError>
             done,
         )
         .await
-        .map_err(|e| crate::lab::harness::LabError {
-            what: e.what,
-            message: format!("{}\ncanaryd's log:\n{}", e.message, daemon.log_tail()),
-        })?;
+        .map_err(|e| daemon.explain(e))?;
     bar.finish_and_clear();
     let took = started.elapsed().as_secs_f64();
     let status = end.status.clone().unwrap_or_default();

@@ -65,10 +65,8 @@ async fn apply(canary: &Canary, ctx: &Context, deleting: bool) -> Result<Requeue
     let now = Timestamp::from_second((ctx.now)().as_second()).unwrap_or_else(|_| (ctx.now)());
     let ns = canary.namespace().unwrap_or_default();
     let name = canary.name_any();
-    let api: Api<Canary> = Api::namespaced(ctx.client.clone(), &ns);
     let spec = &canary.spec;
-    let old = canary.status.clone().unwrap_or_default();
-    let mut status = old.clone();
+    let mut status = canary.status.clone().unwrap_or_default();
 
     if let Err(errors) = validate(spec, &ns) {
         if deleting {
@@ -78,9 +76,7 @@ async fn apply(canary: &Canary, ctx: &Context, deleting: bool) -> Result<Requeue
         set_condition(&mut status, "SpecValid", false, "InvalidSpec", &text, now);
         status.message = format!("invalid spec, nothing done: {text}");
         status.observed_generation = canary.metadata.generation;
-        if write_status(ctx, &api, &name, &old, &status).await? {
-            remember_write(canary, ctx);
-        }
+        write_status(ctx, canary, &status).await?;
         return Ok(Requeue::await_change());
     }
     set_condition(
@@ -134,9 +130,7 @@ async fn apply(canary: &Canary, ctx: &Context, deleting: bool) -> Result<Requeue
             );
             status.message = format!("holding: {problem}");
             status.observed_generation = canary.metadata.generation;
-            if write_status(ctx, &api, &name, &old, &status).await? {
-                remember_write(canary, ctx);
-            }
+            write_status(ctx, canary, &status).await?;
             return Ok(Requeue::requeue(ctx.interval));
         }
     };
@@ -184,9 +178,7 @@ async fn apply(canary: &Canary, ctx: &Context, deleting: bool) -> Result<Requeue
         return Ok(Requeue::await_change());
     }
     new.observed_generation = canary.metadata.generation;
-    if write_status(ctx, &api, &name, &old, &new).await? {
-        remember_write(canary, ctx);
-    }
+    write_status(ctx, canary, &new).await?;
     // Only once written: a failed write is decided again, and must not count twice.
     ctx.exported
         .record(canary, &status, &new, &decision.actions, now);
@@ -565,34 +557,27 @@ fn is_stale(canary: &Canary, ctx: &Context) -> bool {
     }
 }
 
-fn remember_write(canary: &Canary, ctx: &Context) {
+/// Replaces the whole status (through the status subresource) when it changed, and
+/// remembers which version of the Canary the write was based on (see [`is_stale`]).
+async fn write_status(ctx: &Context, canary: &Canary, new: &CanaryStatus) -> Result<(), Error> {
+    if canary.status.clone().unwrap_or_default() == *new {
+        return Ok(());
+    }
+    ensure_leader(ctx)?;
+    let api: Api<Canary> =
+        Api::namespaced(ctx.client.clone(), &canary.namespace().unwrap_or_default());
+    let patch: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "add", "path": "/status", "value": new}
+    ]))
+    .expect("a valid JSON patch");
+    let params = PatchParams::apply(FIELD_MANAGER);
+    api.patch_status(&canary.name_any(), &params, &Patch::Json::<()>(patch))
+        .await?;
     if let (Some(uid), Some(version)) = (&canary.metadata.uid, &canary.metadata.resource_version) {
         ctx.written
             .lock()
             .expect("written lock")
             .insert(uid.clone(), version.clone());
     }
-}
-
-/// Replaces the whole status (through the status subresource) when it changed; true when
-/// it wrote.
-async fn write_status(
-    ctx: &Context,
-    api: &Api<Canary>,
-    name: &str,
-    old: &CanaryStatus,
-    new: &CanaryStatus,
-) -> Result<bool, Error> {
-    if old == new {
-        return Ok(false);
-    }
-    ensure_leader(ctx)?;
-    let patch: json_patch::Patch = serde_json::from_value(json!([
-        {"op": "add", "path": "/status", "value": new}
-    ]))
-    .expect("a valid JSON patch");
-    let params = PatchParams::apply(FIELD_MANAGER);
-    api.patch_status(name, &params, &Patch::Json::<()>(patch))
-        .await?;
-    Ok(true)
+    Ok(())
 }

@@ -424,9 +424,15 @@ impl Daemon {
     }
 
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        super::process::tail(&self.log, 40)
+    }
+
+    /// The same error, with the end of this daemon's log appended.
+    pub fn explain(&self, e: LabError) -> LabError {
+        LabError {
+            what: e.what,
+            message: format!("{}\ncanaryd's log:\n{}", e.message, self.log_tail()),
+        }
     }
 }
 

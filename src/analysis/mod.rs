@@ -2,7 +2,7 @@
 //! (roll back), proven not worse within a margin (advance), or not yet known (continue).
 //! No I/O, no clock: time and data come in as arguments, the state as a value.
 //!
-//! # The test (DESIGN.md section 4)
+//! # The test (docs/architecture.md, section 4)
 //!
 //! Every metric is a rate of bad requests (5xx; slower than a latency threshold; a custom
 //! bad/total pair). In look i, with n_s, n_p requests and b_s, b_p bad events, let

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::api::{Canary, Phase};
-use crate::lab::harness::{Lab, LabOptions};
-use crate::lab::scenario::{Scenario, BASELINE_IMAGE};
+use canaryd_lab::harness::{Lab, LabOptions};
+use canaryd_lab::scenario::{Scenario, BASELINE_IMAGE};
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
@@ -52,7 +52,7 @@ fn spinner(message: &str) -> ProgressBar {
     bar
 }
 
-async fn demo(args: DemoArgs) -> Result<ExitCode, crate::lab::harness::LabError> {
+async fn demo(args: DemoArgs) -> Result<ExitCode, canaryd_lab::harness::LabError> {
     let image = args.scenario.release_image();
     println!(
         "canaryd demo: scenario {} (stage gets {image}; prod runs {BASELINE_IMAGE}), time {}x faster, {} requests/s",
@@ -73,7 +73,7 @@ async fn demo(args: DemoArgs) -> Result<ExitCode, crate::lab::harness::LabError>
         lab.prometheus.url()
     );
 
-    let exe = std::env::current_exe().map_err(|e| crate::lab::harness::LabError {
+    let exe = std::env::current_exe().map_err(|e| canaryd_lab::harness::LabError {
         what: "canaryd",
         message: e.to_string(),
     })?;

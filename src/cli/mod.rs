@@ -11,6 +11,7 @@ use crate::config::MeshPreset;
 
 mod analyze;
 mod analyze_live;
+#[cfg(feature = "demo")]
 mod demo;
 mod operate;
 mod validate;
@@ -72,6 +73,7 @@ pub enum Command {
     },
     /// A whole rollout in a local lab (Kubernetes API, simulated mesh, real Prometheus),
     /// shown live: the quickest way to see what canaryd does.
+    #[cfg(feature = "demo")]
     Demo(demo::DemoArgs),
     /// Run the daemon: watch Canaries and drive their rollouts (uses the kubeconfig or the
     /// in-cluster service account).
@@ -107,11 +109,9 @@ pub enum Command {
 
 /// Runs a parsed command line and maps the outcome to an exit code.
 pub fn run(cli: Cli) -> ExitCode {
-    // kube (ring) and reqwest (aws-lc-rs) both bring a rustls crypto provider; pick one.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     match cli.command {
         Command::Crd => {
-            print!("{}", crate::crd::canary_crd_yaml());
+            print!("{}", crate::api::crd::canary_crd_yaml());
             ExitCode::SUCCESS
         }
         Command::Validate { files } => validate::run(&files),
@@ -138,6 +138,7 @@ pub fn run(cli: Cli) -> ExitCode {
             mesh,
             explain,
         }),
+        #[cfg(feature = "demo")]
         Command::Demo(args) => demo::run(args),
         Command::Run { config } => operate::run_daemon(&config),
         Command::Status { target, watch } => operate::status(&target, watch),

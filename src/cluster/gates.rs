@@ -89,7 +89,7 @@ impl Default for GateRunner {
 impl GateRunner {
     pub fn new() -> Self {
         Self {
-            http: reqwest::Client::builder()
+            http: crate::tls::http_client()
                 .user_agent(concat!("canaryd/", env!("CARGO_PKG_VERSION")))
                 .build()
                 .expect("an HTTP client with default settings"),

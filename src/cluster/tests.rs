@@ -374,7 +374,7 @@ async fn a_rollback_writes_100_0_and_records_the_event() {
 
 #[tokio::test]
 async fn a_rollback_records_its_alert_in_the_status_and_alertmanager_gets_it() {
-    let am = crate::lab::alertmanager::LabAlertmanager::start()
+    let am = canaryd_lab::alertmanager::LabAlertmanager::start()
         .await
         .expect("alertmanager starts");
     let (mut ctx, handle) = context(World {

@@ -161,7 +161,7 @@ impl Notifier {
                 receivers: HashMap::new(),
                 settings: NotifySettings::default(),
                 retry: RetryPolicy::default(),
-                http: reqwest::Client::new(),
+                http: crate::tls::http_client().build().expect("an HTTP client"),
                 deliveries: Mutex::default(),
                 queue: None,
                 metrics: Arc::new(crate::server::Metrics::unregistered()),
@@ -221,7 +221,7 @@ impl Notifier {
             receivers,
             settings,
             retry,
-            http: reqwest::Client::builder()
+            http: crate::tls::http_client()
                 .user_agent(concat!("canaryd/", env!("CARGO_PKG_VERSION")))
                 .build()
                 .expect("an HTTP client with default settings"),

@@ -179,7 +179,7 @@ fn daemon_metrics_use_the_agreed_names() {
 async fn the_admin_port_serves_metrics_health_and_readiness() {
     let admin = Admin::new();
     let (addr, task) = admin.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let http = reqwest::Client::new();
+    let http = crate::tls::http_client().build().expect("an HTTP client");
     let get = |path: &str| http.get(format!("http://{addr}{path}")).send();
     assert_eq!(get("/healthz").await.unwrap().status(), 200);
     assert_eq!(get("/readyz").await.unwrap().status(), 503);
@@ -249,7 +249,7 @@ async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_running_controller_is_ready_after_sync_and_a_deleted_canary_leaves_no_series() {
-    use crate::lab::apiserver::{ApiServer, ApiServerOptions};
+    use canaryd_lab::apiserver::{ApiServer, ApiServerOptions};
     let server = ApiServer::start(ApiServerOptions {
         namespaces: vec!["prod".into(), "stage".into()],
         install_istio_crds: true,
@@ -282,7 +282,7 @@ async fn the_running_controller_is_ready_after_sync_and_a_deleted_canary_leaves_
                 .await
         })
     };
-    let http = reqwest::Client::new();
+    let http = crate::tls::http_client().build().expect("an HTTP client");
     let url = |path: &str| format!("http://{addr}{path}");
     eventually("/readyz", async || {
         http.get(url("/readyz"))

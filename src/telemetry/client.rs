@@ -71,7 +71,7 @@ impl PromClient {
                 .map_err(|e| bad("headers", format!("value of {name} is not valid: {e}")))?;
             headers.insert(name, value);
         }
-        let mut builder = reqwest::Client::builder()
+        let mut builder = crate::tls::http_client()
             .timeout(config.timeout.0)
             .default_headers(headers);
         if let Some(tls) = &config.tls {

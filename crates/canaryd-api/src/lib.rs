@@ -1,0 +1,13 @@
+//! The Kubernetes-facing types canaryd owns (`Canary`) and the narrow views of foreign
+//! resources it touches (`VirtualService`). Pure data and validation; no client calls.
+#![forbid(unsafe_code)]
+
+pub mod canary;
+pub mod crd;
+pub mod duration;
+pub mod validation;
+pub mod virtual_service;
+
+pub use canary::*;
+pub use duration::HumanDuration;
+pub use validation::{validate, SpecError};

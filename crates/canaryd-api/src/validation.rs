@@ -1,0 +1,498 @@
+//! Rules on a Canary spec that the OpenAPI schema cannot express. Every error names the
+//! field and says how to fix it; a Canary that fails here is reported in its status and
+//! left alone, never retried in a loop.
+
+use std::collections::HashSet;
+
+use super::canary::{CanarySpec, MetricKind, PromotionMode};
+
+/// One problem with a spec: which field, what is wrong, how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}; {fix}")]
+pub struct SpecError {
+    pub field: String,
+    pub problem: String,
+    pub fix: String,
+}
+
+fn err(field: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) -> SpecError {
+    SpecError {
+        field: field.into(),
+        problem: problem.into(),
+        fix: fix.into(),
+    }
+}
+
+/// Checks a spec; `namespace` is the Canary's own (the default for referenced objects).
+/// Returns every problem found, not only the first.
+pub fn validate(spec: &CanarySpec, namespace: &str) -> Result<(), Vec<SpecError>> {
+    let mut errors = Vec::new();
+    validate_steps(spec, &mut errors);
+    validate_targets(spec, namespace, &mut errors);
+    validate_durations(spec, &mut errors);
+    validate_analysis(spec, &mut errors);
+    validate_checks_and_webhooks(spec, &mut errors);
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+/// All problems joined into one line, for a status condition or an error message.
+pub fn describe(errors: &[SpecError]) -> String {
+    errors
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+fn validate_steps(spec: &CanarySpec, errors: &mut Vec<SpecError>) {
+    let steps = &spec.steps;
+    let field = "spec.steps";
+    if steps.len() < 2 {
+        errors.push(err(
+            field,
+            format!("has {} step(s)", steps.len()),
+            "list at least [0, 100], for example [0, 30, 60, 100]",
+        ));
+        return;
+    }
+    if steps[0] != 0 {
+        errors.push(err(
+            field,
+            format!("starts at {}", steps[0]),
+            "start with 0, the pre-traffic test step",
+        ));
+    }
+    if steps[steps.len() - 1] != 100 {
+        errors.push(err(
+            field,
+            format!("ends at {}", steps[steps.len() - 1]),
+            "end with 100, so stage holds all traffic before prod is promoted",
+        ));
+    }
+    if let Some(bad) = steps.iter().find(|&&w| w > 100) {
+        errors.push(err(
+            field,
+            format!("contains {bad}"),
+            "use weights between 0 and 100",
+        ));
+    }
+    if let Some(i) = (1..steps.len()).find(|&i| steps[i] <= steps[i - 1]) {
+        errors.push(err(
+            format!("{field}[{i}]"),
+            format!(
+                "{} does not exceed the step before it ({})",
+                steps[i],
+                steps[i - 1]
+            ),
+            "make the weights strictly increasing",
+        ));
+    }
+}
+
+fn validate_targets(spec: &CanarySpec, namespace: &str, errors: &mut Vec<SpecError>) {
+    if spec.prod.host == spec.stage.host {
+        errors.push(err(
+            "spec.stage.host",
+            format!("equals spec.prod.host ({})", spec.prod.host),
+            "name the two different hosts the VirtualService routes to",
+        ));
+    }
+    let ns = |n: &Option<String>| n.clone().unwrap_or_else(|| namespace.to_string());
+    if spec.prod.deployment.name == spec.stage.deployment.name
+        && ns(&spec.prod.deployment.namespace) == ns(&spec.stage.deployment.namespace)
+    {
+        errors.push(err(
+            "spec.stage.deployment",
+            "is the same Deployment as spec.prod.deployment",
+            "point stage and prod at their own Deployments (usually the same name in two namespaces)",
+        ));
+    }
+}
+
+fn validate_durations(spec: &CanarySpec, errors: &mut Vec<SpecError>) {
+    let d = &spec.step_duration;
+    if d.max.0.is_zero() {
+        errors.push(err(
+            "spec.stepDuration.max",
+            "is zero",
+            "give each step time to decide, for example 30m",
+        ));
+    }
+    if d.min > d.max {
+        errors.push(err(
+            "spec.stepDuration.min",
+            format!("({}) is longer than max ({})", d.min, d.max),
+            "make min at most max",
+        ));
+    }
+    if let Some(interval) = spec.analysis.interval {
+        if interval.0.as_secs() < 1 {
+            errors.push(err(
+                "spec.analysis.interval",
+                format!("is {interval}"),
+                "use at least 1s (Prometheus needs a window to count requests in)",
+            ));
+        }
+    }
+    if spec.analysis.no_data.after.0.is_zero() {
+        errors.push(err(
+            "spec.analysis.noData.after",
+            "is zero",
+            "allow some time without data, for example 10m",
+        ));
+    }
+}
+
+fn validate_analysis(spec: &CanarySpec, errors: &mut Vec<SpecError>) {
+    let a = &spec.analysis;
+    if !(a.alpha > 0.0 && a.alpha < 0.5) {
+        errors.push(err(
+            "spec.analysis.alpha",
+            format!("is {}", a.alpha),
+            "use a probability between 0 and 0.5 (exclusive), for example 0.01",
+        ));
+    }
+    if a.metrics.is_empty() {
+        errors.push(err(
+            "spec.analysis.metrics",
+            "is empty",
+            "list at least one metric, or omit the field for the defaults (errors and latency)",
+        ));
+    }
+    let mut names = HashSet::new();
+    for (i, m) in a.metrics.iter().enumerate() {
+        let field = |f: &str| format!("spec.analysis.metrics[{i}].{f}");
+        if !names.insert(m.name.as_str()) {
+            errors.push(err(
+                field("name"),
+                format!("\"{}\" is used twice", m.name),
+                "give every metric its own name",
+            ));
+        }
+        if m.name.is_empty()
+            || !m
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            errors.push(err(
+                field("name"),
+                format!("\"{}\" is not a simple name", m.name),
+                "use letters, digits, '-' and '_' only",
+            ));
+        }
+        if !(m.margin.is_finite() && m.margin > 1.0) {
+            errors.push(err(
+                field("margin"),
+                format!("is {}", m.margin),
+                "use a rate ratio above 1, for example 1.5 (stage at most 50% worse)",
+            ));
+        }
+        if !(m.tolerance.is_finite() && m.tolerance >= 1.0 && m.tolerance < m.margin) {
+            errors.push(err(
+                field("tolerance"),
+                format!("is {} with margin {}", m.tolerance, m.margin),
+                "use a ratio of at least 1 and below margin (1 rolls back any proven regression)",
+            ));
+        }
+        match m.kind {
+            MetricKind::Latency => {
+                if m.thresholds_ms.is_empty() {
+                    errors.push(err(
+                        field("thresholdsMs"),
+                        "is empty for a latency metric",
+                        "list the latencies (histogram bucket boundaries, ms) a request should stay under, for example [250, 1000]",
+                    ));
+                }
+                if let Some(t) = m
+                    .thresholds_ms
+                    .iter()
+                    .find(|t| !(t.is_finite() && **t > 0.0))
+                {
+                    errors.push(err(
+                        field("thresholdsMs"),
+                        format!("contains {t}"),
+                        "use positive milliseconds",
+                    ));
+                }
+                if m.thresholds_ms.windows(2).any(|w| w[1] <= w[0]) {
+                    errors.push(err(
+                        field("thresholdsMs"),
+                        "is not strictly increasing",
+                        "list each threshold once, smallest first",
+                    ));
+                }
+            }
+            MetricKind::ErrorRate => {
+                if !m.thresholds_ms.is_empty() {
+                    errors.push(err(
+                        field("thresholdsMs"),
+                        "is set on an errorRate metric",
+                        "remove it, or use kind: latency",
+                    ));
+                }
+            }
+            MetricKind::Ratio => {
+                for (name, q) in [("bad", &m.bad), ("total", &m.total)] {
+                    if q.as_deref().is_none_or(|q| q.trim().is_empty()) {
+                        errors.push(err(
+                            field(name),
+                            "is missing for a ratio metric",
+                            format!("give the PromQL of the {name} events of one arm, using {{{{ host }}}} and {{{{ window }}}}"),
+                        ));
+                    }
+                }
+                if !m.thresholds_ms.is_empty() {
+                    errors.push(err(
+                        field("thresholdsMs"),
+                        "is set on a ratio metric",
+                        "remove it; a ratio metric counts its own bad events",
+                    ));
+                }
+            }
+        }
+        if m.kind != MetricKind::Ratio && (m.bad.is_some() || m.total.is_some()) {
+            errors.push(err(
+                field("bad"),
+                "bad/total are set on a built-in metric kind",
+                "remove them, or use kind: ratio",
+            ));
+        }
+    }
+    if let Some(slo) = &a.slo {
+        if let Some(r) = slo.max_error_rate {
+            if !(r.is_finite() && r > 0.0 && r < 1.0) {
+                errors.push(err(
+                    "spec.analysis.slo.maxErrorRate",
+                    format!("is {r}"),
+                    "use a fraction between 0 and 1, for example 0.01",
+                ));
+            }
+        }
+        if let Some(q) = &slo.max_latency_ms {
+            for (quantile, ms) in q.limits() {
+                if !(ms.is_finite() && ms > 0.0) {
+                    errors.push(err(
+                        format!(
+                            "spec.analysis.slo.maxLatencyMs.p{}",
+                            (quantile * 100.0).round()
+                        ),
+                        format!("is {ms}"),
+                        "use positive milliseconds",
+                    ));
+                }
+            }
+        }
+    }
+}
+
+fn validate_url(field: String, url: &str, errors: &mut Vec<SpecError>) {
+    let concrete = url.replace("{{ host }}", "host.invalid");
+    match url::Url::parse(&concrete) {
+        Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+        Ok(u) => errors.push(err(
+            field,
+            format!("uses the scheme {}", u.scheme()),
+            "use an http:// or https:// URL",
+        )),
+        Err(e) => errors.push(err(
+            field,
+            format!("\"{url}\" is not a URL ({e})"),
+            "write a full URL such as http://{{ host }}/health",
+        )),
+    }
+}
+
+fn validate_checks_and_webhooks(spec: &CanarySpec, errors: &mut Vec<SpecError>) {
+    let mut names = HashSet::new();
+    for (i, c) in spec.checks.iter().enumerate() {
+        let field = |f: &str| format!("spec.checks[{i}].{f}");
+        if !names.insert(c.name.as_str()) {
+            errors.push(err(
+                field("name"),
+                format!("\"{}\" is used twice", c.name),
+                "give every check its own name",
+            ));
+        }
+        validate_url(field("url"), &c.url, errors);
+        let known = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+        if !known.contains(&c.method.as_str()) {
+            errors.push(err(
+                field("method"),
+                format!("\"{}\" is not an HTTP method", c.method),
+                format!("use one of {}", known.join(", ")),
+            ));
+        }
+        if c.timeout.0.is_zero() {
+            errors.push(err(field("timeout"), "is zero", "use a timeout such as 5s"));
+        }
+        if c.count == 0 {
+            errors.push(err(field("count"), "is 0", "send at least one request"));
+        }
+    }
+    let mut names = HashSet::new();
+    for (i, w) in spec.webhooks.iter().enumerate() {
+        let field = |f: &str| format!("spec.webhooks[{i}].{f}");
+        if !names.insert(w.name.as_str()) {
+            errors.push(err(
+                field("name"),
+                format!("\"{}\" is used twice", w.name),
+                "give every webhook its own name",
+            ));
+        }
+        validate_url(field("url"), &w.target.url, errors);
+    }
+    match (&spec.promotion.mode, &spec.promotion.webhook) {
+        (PromotionMode::Webhook, None) => errors.push(err(
+            "spec.promotion.webhook",
+            "is missing with mode webhook",
+            "give the URL of the pipeline that updates prod, or use mode copyTemplate",
+        )),
+        (PromotionMode::Webhook, Some(w)) => {
+            validate_url("spec.promotion.webhook.url".into(), &w.url, errors)
+        }
+        (mode, Some(_)) => errors.push(err(
+            "spec.promotion.webhook",
+            format!("is set but mode is {mode:?}"),
+            "remove it, or set mode: webhook",
+        )),
+        (_, None) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::canary::*;
+    use crate::duration::HumanDuration;
+
+    pub(crate) fn seed_spec() -> CanarySpec {
+        serde_yaml_ng::from_str(
+            r#"
+virtualService: {name: demoapp, namespace: prod}
+prod:  {host: flaskapp.prod.svc.cluster.local,  deployment: {namespace: prod,  name: flaskapp}}
+stage: {host: flaskapp.stage.svc.cluster.local, deployment: {namespace: stage, name: flaskapp}}
+"#,
+        )
+        .unwrap()
+    }
+
+    fn fields(spec: &CanarySpec) -> Vec<String> {
+        validate(spec, "prod")
+            .err()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| e.field)
+            .collect()
+    }
+
+    #[test]
+    fn the_seed_canary_with_defaults_is_valid() {
+        let spec = seed_spec();
+        assert_eq!(spec.steps, vec![0, 30, 60, 100]);
+        assert_eq!(validate(&spec, "prod"), Ok(()));
+    }
+
+    #[test]
+    fn steps_must_start_at_zero_end_at_100_and_increase() {
+        let mut spec = seed_spec();
+        spec.steps = vec![10, 50, 50, 90];
+        let errors = validate(&spec, "prod").unwrap_err();
+        let text = describe(&errors);
+        assert!(text.contains("spec.steps: starts at 10"), "{text}");
+        assert!(text.contains("spec.steps: ends at 90"), "{text}");
+        assert!(text.contains("spec.steps[2]: 50 does not exceed"), "{text}");
+        spec.steps = vec![0];
+        assert_eq!(fields(&spec), vec!["spec.steps"]);
+        spec.steps = vec![0, 150, 100];
+        assert!(fields(&spec).contains(&"spec.steps".to_string()));
+    }
+
+    #[test]
+    fn alpha_margin_and_durations_are_checked_with_the_fix() {
+        let mut spec = seed_spec();
+        spec.analysis.alpha = 0.5;
+        spec.analysis.metrics[0].margin = 1.0;
+        spec.step_duration.min = HumanDuration::from_secs(3600);
+        let errors = validate(&spec, "prod").unwrap_err();
+        let text = describe(&errors);
+        assert!(text.contains("spec.analysis.alpha: is 0.5; use a probability"));
+        assert!(text.contains("spec.analysis.metrics[0].margin: is 1; use a rate ratio above 1"));
+        assert!(text.contains("spec.stepDuration.min: (1h) is longer than max (30m)"));
+    }
+
+    #[test]
+    fn metric_kinds_need_their_own_fields() {
+        let mut spec = seed_spec();
+        spec.analysis.metrics[1].thresholds_ms.clear();
+        spec.analysis.metrics.push(MetricSpec {
+            name: "custom".into(),
+            kind: MetricKind::Ratio,
+            margin: 1.2,
+            tolerance: 1.0,
+            thresholds_ms: vec![],
+            bad: None,
+            total: Some("sum(x)".into()),
+        });
+        assert_eq!(
+            fields(&spec),
+            vec![
+                "spec.analysis.metrics[1].thresholdsMs",
+                "spec.analysis.metrics[2].bad"
+            ]
+        );
+    }
+
+    #[test]
+    fn same_environment_twice_is_rejected() {
+        let mut spec = seed_spec();
+        spec.stage = spec.prod.clone();
+        assert_eq!(
+            fields(&spec),
+            vec!["spec.stage.host", "spec.stage.deployment"]
+        );
+    }
+
+    #[test]
+    fn check_urls_and_promotion_webhook_are_checked() {
+        let mut spec = seed_spec();
+        spec.checks.push(CheckSpec {
+            name: "smoke".into(),
+            url: "ftp://{{ host }}/x".into(),
+            method: "FETCH".into(),
+            expect_status: 200,
+            body_contains: None,
+            count: 1,
+            timeout: HumanDuration::from_secs(5),
+            every_step: false,
+        });
+        spec.promotion.mode = PromotionMode::Webhook;
+        assert_eq!(
+            fields(&spec),
+            vec![
+                "spec.checks[0].url",
+                "spec.checks[0].method",
+                "spec.promotion.webhook"
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_spec_fields_are_rejected_by_name() {
+        let err = serde_yaml_ng::from_str::<CanarySpec>(
+            r#"
+virtualService: {name: demoapp}
+prod:  {host: a, deployment: {name: a}}
+stage: {host: b, deployment: {name: b}}
+stepDuraton: {min: 1m}
+"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("unknown field `stepDuraton`"), "{err}");
+    }
+}

@@ -1,0 +1,291 @@
+//! End to end: the real `canaryd` binary against the lab (in-process Kubernetes API, simulated
+//! rollouts and mesh, the real Prometheus), one whole rollout per test. The tests run one at a
+//! time (each starts its own lab) and clean up their processes and files when they end or fail.
+
+use std::process::Command;
+use std::time::Duration;
+
+use canaryd::api::{Canary, Phase};
+use canaryd_lab::harness::{Daemon, Lab, LabOptions, LEASE_NAMESPACE};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, ListParams};
+
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const BINARY: &str = env!("CARGO_BIN_EXE_canaryd");
+const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(300);
+
+async fn lab() -> Lab {
+    Lab::start(LabOptions {
+        requests_per_second: 4000.0,
+        ..Default::default()
+    })
+    .await
+    .expect("the lab starts")
+}
+
+/// A lab with canaryd running and `image` released to stage.
+async fn released(image: &str) -> (Lab, Daemon) {
+    let lab = lab().await;
+    let daemon = lab.spawn_daemon(BINARY.as_ref(), "canaryd-0").unwrap();
+    lab.release(image).await.unwrap();
+    (lab, daemon)
+}
+
+fn phase(c: &Canary) -> Option<Phase> {
+    c.status
+        .as_ref()
+        .filter(|s| s.stage_revision.is_some())
+        .map(|s| s.phase)
+}
+
+fn at_step(c: &Canary, step: u32) -> bool {
+    phase(c) == Some(Phase::Progressing) && c.status.as_ref().is_some_and(|s| s.step >= step)
+}
+
+fn finished(c: &Canary) -> bool {
+    matches!(
+        phase(c),
+        Some(Phase::Succeeded | Phase::RolledBack | Phase::Paused)
+    )
+}
+
+/// The (phase, stage weight) sequence of the rollout, from the status history.
+fn journey(c: &Canary) -> Vec<(Phase, u8)> {
+    c.status
+        .as_ref()
+        .map(|s| {
+            s.history
+                .iter()
+                .map(|h| (h.phase, h.stage_weight))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+const PROMOTED_JOURNEY: [(Phase, u8); 7] = [
+    (Phase::Testing, 0),
+    (Phase::Progressing, 30),
+    (Phase::Progressing, 60),
+    (Phase::Progressing, 100),
+    (Phase::Promoting, 100),
+    (Phase::SwitchingBack, 0),
+    (Phase::Succeeded, 0),
+];
+
+async fn until(
+    lab: &Lab,
+    daemon: &canaryd_lab::harness::Daemon,
+    done: impl Fn(&Canary) -> bool,
+) -> Canary {
+    match lab.follow(ROLLOUT_TIMEOUT, |_| {}, done).await {
+        Ok(c) => c,
+        Err(e) => panic!("{}", daemon.explain(e)),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_good_release_goes_through_every_step_and_prod_ends_on_it() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (lab, daemon) = released("demoapp:v2").await;
+    let end = until(&lab, &daemon, finished).await;
+    assert_eq!(phase(&end), Some(Phase::Succeeded), "{:?}", end.status);
+    assert_eq!(journey(&end), PROMOTED_JOURNEY);
+    assert_eq!(lab.prod_image().await.unwrap(), "demoapp:v2");
+    assert_eq!(
+        lab.stage_weight().await.unwrap(),
+        0,
+        "prod has all the traffic"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_with_more_errors_is_rolled_back_at_its_first_traffic_step() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (lab, daemon) = released("demoapp:v3").await;
+    let end = until(&lab, &daemon, finished).await;
+    let status = end.status.clone().unwrap();
+    assert_eq!(status.phase, Phase::RolledBack, "{}", status.message);
+    let decision = status.last_decision.unwrap();
+    assert_eq!((decision.step, decision.stage_weight), (1, 30));
+    assert!(decision.reason.contains("errors"), "{}", decision.reason);
+    assert_eq!(lab.stage_weight().await.unwrap(), 0);
+    assert_eq!(
+        lab.prod_image().await.unwrap(),
+        "demoapp:v1",
+        "prod was not touched"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slower_release_is_rolled_back() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (lab, daemon) = released("demoapp:v4").await;
+    let end = until(&lab, &daemon, finished).await;
+    let status = end.status.clone().unwrap();
+    assert_eq!(status.phase, Phase::RolledBack, "{}", status.message);
+    assert!(status.last_decision.unwrap().reason.contains("latency"));
+    assert_eq!(lab.stage_weight().await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_down_during_a_step_holds_the_weights_until_it_is_back() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (mut lab, daemon) = released("demoapp:v2").await;
+    until(&lab, &daemon, |c| at_step(c, 1)).await;
+
+    lab.prometheus.stop();
+    let held = until(&lab, &daemon, |c| {
+        c.status
+            .as_ref()
+            .is_some_and(|s| s.message.contains("telemetry unavailable"))
+    })
+    .await;
+    let held_step = held.status.as_ref().unwrap().step;
+    let weight = lab.stage_weight().await.unwrap();
+    assert_eq!(
+        i64::from(held.status.as_ref().unwrap().stage_weight),
+        weight
+    );
+    // Nothing can be awaited here: the point is that nothing happens. Three more looks'
+    // time without telemetry must leave the step and the weights where they were.
+    let interval = held.spec.analysis.interval.unwrap().0;
+    tokio::time::sleep(interval * 3).await;
+    let now = lab.canaries().get("flaskapp").await.unwrap();
+    assert_eq!(
+        now.status.as_ref().unwrap().step,
+        held_step,
+        "advanced without telemetry"
+    );
+    assert_eq!(lab.stage_weight().await.unwrap(), weight, "weights held");
+
+    lab.prometheus.restart().await.unwrap();
+    let end = until(&lab, &daemon, finished).await;
+    assert_eq!(phase(&end), Some(Phase::Succeeded), "{:?}", end.status);
+    assert_eq!(
+        journey(&end),
+        PROMOTED_JOURNEY,
+        "no step repeated or skipped"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canaryd_killed_mid_rollout_resumes_from_status() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (lab, mut first) = released("demoapp:v2").await;
+    until(&lab, &first, |c| at_step(c, 1)).await;
+    first.kill();
+    let second = lab.spawn_daemon(BINARY.as_ref(), "canaryd-1").unwrap();
+    let end = until(&lab, &second, finished).await;
+    assert_eq!(phase(&end), Some(Phase::Succeeded), "{:?}", end.status);
+    assert_eq!(
+        journey(&end),
+        PROMOTED_JOURNEY,
+        "no step repeated or skipped"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_replicas_only_the_leader_writes_and_the_other_takes_over() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let lab = lab().await;
+    let mut a = lab.spawn_daemon(BINARY.as_ref(), "canaryd-a").unwrap();
+    let mut b = lab.spawn_daemon(BINARY.as_ref(), "canaryd-b").unwrap();
+    lab.release("demoapp:v2").await.unwrap();
+    until(&lab, &a, |c| at_step(c, 1)).await;
+
+    let leases: Api<Lease> = Api::namespaced(lab.client.clone(), LEASE_NAMESPACE);
+    let holder = leases
+        .get("canaryd")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .holder_identity
+        .unwrap();
+    let events: Api<Event> = Api::namespaced(lab.client.clone(), "prod");
+    let reporters: std::collections::BTreeSet<String> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|e| e.reporting_instance)
+        .collect();
+    assert_eq!(
+        reporters,
+        [holder.clone()].into(),
+        "only the leader wrote Events"
+    );
+
+    let survivor = if holder == "canaryd-a" {
+        a.kill();
+        &b
+    } else {
+        b.kill();
+        &a
+    };
+    let end = until(&lab, survivor, finished).await;
+    assert_eq!(phase(&end), Some(Phase::Succeeded), "{:?}", end.status);
+    assert_eq!(journey(&end), PROMOTED_JOURNEY);
+    let lease = leases.get("canaryd").await.unwrap().spec.unwrap();
+    assert_ne!(
+        lease.holder_identity.unwrap(),
+        holder,
+        "the other replica took the lease"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_sees_the_rollout_and_can_abort_it() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (lab, daemon) = released("demoapp:v2").await;
+    until(&lab, &daemon, |c| at_step(c, 1)).await;
+    let kubectl = |args: &[&str]| {
+        let out = Command::new("kubectl")
+            .args(args)
+            .env("KUBECONFIG", lab.kubeconfig())
+            .output()
+            .expect("kubectl is installed (apt-get install -y kubectl)");
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let table = kubectl(&["get", "canaries", "-n", "prod"]);
+    assert!(
+        table.contains("PHASE") && table.contains("Progressing"),
+        "{table}"
+    );
+    kubectl(&[
+        "annotate",
+        "canary",
+        "flaskapp",
+        "-n",
+        "prod",
+        "canaryd.dev/command=abort/from-kubectl",
+        "--overwrite",
+    ]);
+    let end = until(&lab, &daemon, finished).await;
+    let status = end.status.unwrap();
+    assert_eq!(status.phase, Phase::RolledBack);
+    assert!(
+        status.message.contains("aborted by an operator"),
+        "{}",
+        status.message
+    );
+    let phase = kubectl(&[
+        "get",
+        "canary",
+        "flaskapp",
+        "-n",
+        "prod",
+        "-o",
+        "jsonpath={.status.phase}",
+    ]);
+    assert_eq!(phase, "RolledBack");
+    assert_eq!(lab.stage_weight().await.unwrap(), 0);
+}

@@ -1,0 +1,16 @@
+//! canaryd's integration tests, one module per area, linked into one test binary. Tests that
+//! need Prometheus, Alertmanager or the lab's API server start their own on loopback ports.
+
+mod analyze_aa;
+mod analyze_cli;
+mod cli;
+mod dashboards_prometheus;
+mod deploy_install;
+mod e2e_lab;
+mod notify_alert_rules;
+mod notify_alertmanager;
+mod notify_webhook;
+mod telemetry_analyze_live;
+mod telemetry_client;
+mod telemetry_common;
+mod telemetry_prometheus;

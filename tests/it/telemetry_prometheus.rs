@@ -1,0 +1,310 @@
+//! Telemetry against the real Prometheus: the counts canaryd reads back are exactly the ones
+//! the exporter served, for both mesh presets and custom queries, and the failure modes
+//! (Prometheus down, no data, bad PromQL) are told apart.
+
+use std::time::{Duration, Instant};
+
+use crate::telemetry_common::*;
+use canaryd::analysis::{ArmCounts, LookCounts, RatioCounts};
+use canaryd::api::canary::CanarySpec;
+use canaryd::config::MeshPreset;
+use canaryd::telemetry::{QueryTarget, SelectBy, TelemetryError};
+
+#[tokio::test]
+async fn istio_preset_reads_exact_counts_of_many_canaries_in_three_queries() {
+    let arms = [
+        flaskapp_prod(),
+        flaskapp_stage(),
+        checkout_prod(),
+        checkout_stage(),
+    ];
+    let lab = Lab::start(&arms).await;
+    let flaskapp = canary(&arms[1], &arms[0], THREE_METRICS);
+    let checkout = canary(&arms[3], &arms[2], "[{name: errors, kind: errorRate}]");
+    let targets = [
+        QueryTarget {
+            key: "prod/flaskapp",
+            spec: &flaskapp,
+            namespace: "prod",
+        },
+        QueryTarget {
+            key: "prod/checkout",
+            spec: &checkout,
+            namespace: "prod",
+        },
+    ];
+    let expected_flaskapp = LookCounts {
+        stage: arms[1].expected(true, Some("orders")),
+        prod: arms[0].expected(true, Some("orders")),
+    };
+    let expected_checkout = LookCounts {
+        stage: arms[3].expected(false, None),
+        prod: arms[2].expected(false, None),
+    };
+    assert_eq!(expected_flaskapp.stage.errors, 10.0);
+    assert_eq!(expected_flaskapp.prod.requests, 1000.0);
+
+    for select_by in [SelectBy::Host, SelectBy::Workload] {
+        let telemetry = lab.telemetry(MeshPreset::Istio, select_by);
+        // Traffic and latency batched over both Canaries, plus flaskapp's custom ratio.
+        assert_eq!(telemetry.queries(&targets, WINDOW).len(), 3);
+        let looks = telemetry.fetch(&targets, lab.window_end, WINDOW).await;
+        assert_eq!(looks.len(), 2);
+        assert_eq!(
+            looks["prod/flaskapp"].as_ref().unwrap(),
+            &expected_flaskapp,
+            "{select_by:?}"
+        );
+        assert_eq!(
+            looks["prod/checkout"].as_ref().unwrap(),
+            &expected_checkout,
+            "{select_by:?}"
+        );
+    }
+
+    // The time of one evaluation of one Canary with three metrics (3 queries).
+    let telemetry = lab.telemetry(MeshPreset::Istio, SelectBy::Host);
+    let one = &targets[..1];
+    for q in telemetry.queries(one, Duration::from_secs(30)) {
+        eprintln!("query: {q}");
+    }
+    let mut times = Vec::new();
+    for _ in 0..20 {
+        let started = Instant::now();
+        let looks = telemetry.fetch(one, lab.window_end, WINDOW).await;
+        times.push(started.elapsed());
+        assert!(looks["prod/flaskapp"].is_ok());
+    }
+    times.sort();
+    eprintln!(
+        "one evaluation (1 Canary, 3 metrics, 3 queries): median {:?}, max {:?} over {} runs",
+        times[times.len() / 2],
+        times[times.len() - 1],
+        times.len()
+    );
+
+    // A tick with 1,000 Canaries due: the batched queries grow with chunks, not Canaries.
+    let idle: Vec<CanarySpec> = (0..998)
+        .map(|i| {
+            serde_yaml_ng::from_str(&format!(
+                "{{virtualService: {{name: vs}}, prod: {{host: svc{i}.prod, deployment: {{name: svc{i}}}}}, stage: {{host: svc{i}.stage, deployment: {{name: svc{i}}}}}, analysis: {{metrics: [{{name: errors, kind: errorRate}}]}}}}"
+            ))
+            .unwrap()
+        })
+        .collect();
+    let mut many: Vec<QueryTarget<'_, String>> = idle
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| QueryTarget {
+            key: format!("svc{i}"),
+            spec,
+            namespace: "prod",
+        })
+        .collect();
+    many.push(QueryTarget {
+        key: "prod/flaskapp".into(),
+        spec: &flaskapp,
+        namespace: "prod",
+    });
+    let queries = telemetry.queries(&many, WINDOW).len();
+    let started = Instant::now();
+    let looks = telemetry.fetch(&many, lab.window_end, WINDOW).await;
+    eprintln!(
+        "one tick of {} Canaries: {queries} queries, {:?}",
+        many.len(),
+        started.elapsed()
+    );
+    assert_eq!(queries, 2000 / canaryd::telemetry::MAX_ARMS_PER_QUERY + 2);
+    assert_eq!(looks["prod/flaskapp"].as_ref().unwrap(), &expected_flaskapp);
+    assert_eq!(looks["svc7"].as_ref().unwrap(), &LookCounts::default());
+}
+
+#[tokio::test]
+async fn envoy_preset_reads_cluster_statistics_by_host() {
+    let arms = [flaskapp_prod(), flaskapp_stage()];
+    let lab = Lab::start(&arms).await;
+    let spec = canary(
+        &arms[1],
+        &arms[0],
+        "[{name: errors, kind: errorRate}, {name: latency, kind: latency, thresholdsMs: [100]}]",
+    );
+    let targets = [QueryTarget {
+        key: 1,
+        spec: &spec,
+        namespace: "prod",
+    }];
+    let telemetry = lab.telemetry(MeshPreset::Envoy, SelectBy::Host);
+    let looks = telemetry.fetch(&targets, lab.window_end, WINDOW).await;
+    // Requests of both outbound ports are summed; the inbound cluster names no host.
+    assert_eq!(
+        looks[&1].as_ref().unwrap(),
+        &LookCounts {
+            stage: arms[1].expected(true, None),
+            prod: arms[0].expected(true, None),
+        }
+    );
+}
+
+#[tokio::test]
+async fn label_values_that_need_escaping_are_matched_exactly_and_cannot_inject() {
+    let weird_stage = Arm {
+        host: r#"we"ird\host|x.stage"#,
+        namespace: r#"st"age"#,
+        workload: r"app\1",
+        ..flaskapp_stage()
+    };
+    // Would also match `we"ird\host|x.stage` if the `|` and `.` were not escaped.
+    let weird_prod = Arm {
+        host: "we",
+        namespace: "prod",
+        workload: "app",
+        ..flaskapp_prod()
+    };
+    let arms = [weird_prod.clone(), weird_stage.clone()];
+    let lab = Lab::start(&arms).await;
+    let spec = canary(&weird_stage, &weird_prod, THREE_METRICS);
+    let targets = [QueryTarget {
+        key: "weird",
+        spec: &spec,
+        namespace: "prod",
+    }];
+    for select_by in [SelectBy::Host, SelectBy::Workload] {
+        let looks = lab
+            .telemetry(MeshPreset::Istio, select_by)
+            .fetch(&targets, lab.window_end, WINDOW)
+            .await;
+        assert_eq!(
+            looks["weird"].as_ref().unwrap(),
+            &LookCounts {
+                stage: weird_stage.expected(true, Some("orders")),
+                prod: weird_prod.expected(true, Some("orders")),
+            },
+            "{select_by:?}"
+        );
+    }
+
+    // A namespace crafted to close the string literal and add series reads no data, and is
+    // not a syntax error either: it stays a label value.
+    let crafted = Arm {
+        namespace: r#"stage"} or vector(1000) or {__name__="x"#,
+        ..weird_stage.clone()
+    };
+    let spec = canary(&crafted, &weird_prod, THREE_METRICS);
+    let targets = [QueryTarget {
+        key: "crafted",
+        spec: &spec,
+        namespace: "prod",
+    }];
+    let looks = lab
+        .telemetry(MeshPreset::Istio, SelectBy::Host)
+        .fetch(&targets, lab.window_end, WINDOW)
+        .await;
+    let look = looks["crafted"].as_ref().unwrap();
+    assert_eq!(look.stage.ratios["orders"], RatioCounts::default());
+    assert_eq!(look.prod.ratios["orders"].total, 500.0);
+}
+
+#[tokio::test]
+async fn no_data_bad_promql_and_prometheus_down_are_told_apart() {
+    let arms = [flaskapp_prod(), flaskapp_stage()];
+    let mut lab = Lab::start(&arms).await;
+    let telemetry = lab.telemetry(MeshPreset::Istio, SelectBy::Host);
+
+    // Hosts nobody serves and a metric that does not exist: zero counts, not an error.
+    let missing = canary(
+        &Arm {
+            host: "nothing.stage.svc.cluster.local",
+            ..flaskapp_stage()
+        },
+        &Arm {
+            host: "nothing.prod.svc.cluster.local",
+            ..flaskapp_prod()
+        },
+        r#"[{name: errors, kind: errorRate}, {name: gone, kind: ratio, bad: "sum(increase(does_not_exist_total[{{ window }}]))", total: "sum(increase(does_not_exist_total[{{ window }}]))"}]"#,
+    );
+    let targets = [QueryTarget {
+        key: "missing",
+        spec: &missing,
+        namespace: "prod",
+    }];
+    let looks = telemetry.fetch(&targets, lab.window_end, WINDOW).await;
+    let empty = ArmCounts {
+        ratios: [("gone".to_string(), RatioCounts::default())].into(),
+        ..ArmCounts::default()
+    };
+    assert_eq!(
+        looks["missing"].as_ref().unwrap(),
+        &LookCounts {
+            stage: empty.clone(),
+            prod: empty
+        }
+    );
+
+    // A custom query with a syntax error: Prometheus's own message, and only that Canary fails.
+    let broken = canary(
+        &arms[1],
+        &arms[0],
+        r#"[{name: broken, kind: ratio, bad: "sum(increase(app_orders_total[{{ window }}])", total: "sum(app_orders_total)"}]"#,
+    );
+    // 0/0 is NaN: an error of its own, neither zero nor a query error.
+    let nan = canary(
+        &arms[1],
+        &arms[0],
+        r#"[{name: nan, kind: ratio, bad: "vector(0) / vector(0)", total: "vector(1)"}]"#,
+    );
+    let good = canary(&arms[1], &arms[0], "[{name: errors, kind: errorRate}]");
+    let targets = [
+        QueryTarget {
+            key: "good",
+            spec: &good,
+            namespace: "prod",
+        },
+        QueryTarget {
+            key: "broken",
+            spec: &broken,
+            namespace: "prod",
+        },
+        QueryTarget {
+            key: "nan",
+            spec: &nan,
+            namespace: "prod",
+        },
+    ];
+    let looks = telemetry.fetch(&targets, lab.window_end, WINDOW).await;
+    let err = looks["broken"].as_ref().unwrap_err();
+    assert!(
+        matches!(err, TelemetryError::Query { error_type, .. } if error_type == "bad_data"),
+        "{err:?}"
+    );
+    let message = err.to_string();
+    assert!(message.contains("parse error"), "{message}");
+    assert!(!err.is_transient());
+    assert_eq!(looks["good"].as_ref().unwrap().stage.errors, 10.0);
+    let err = looks["nan"].as_ref().unwrap_err();
+    assert!(
+        matches!(err, TelemetryError::NotANumber { series, .. } if series == "stage bad"),
+        "{err:?}"
+    );
+
+    // Prometheus stopped: an error that says so, never zero counts.
+    lab.prometheus.stop();
+    let looks = telemetry.fetch(&targets[..1], lab.window_end, WINDOW).await;
+    let err = looks["good"].as_ref().unwrap_err();
+    assert!(
+        matches!(err, TelemetryError::Unavailable { attempts: 2, .. }),
+        "{err:?}"
+    );
+    assert!(err.is_transient());
+    assert!(err.to_string().contains(&lab.prometheus.url()), "{err}");
+
+    // Back up with the same data: the same counts as before.
+    lab.prometheus.restart().await.unwrap();
+    let looks = telemetry.fetch(&targets[..1], lab.window_end, WINDOW).await;
+    assert_eq!(
+        looks["good"].as_ref().unwrap(),
+        &LookCounts {
+            stage: arms[1].expected(false, None),
+            prod: arms[0].expected(false, None),
+        }
+    );
+}

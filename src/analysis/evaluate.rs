@@ -1,0 +1,564 @@
+//! Evaluating one look: the context and outcome types, each series' counts read from the
+//! look (an error when it lacks what a series needs), the fold into the carried state, and
+//! the per-series e-values, bounds, verdicts and reports.
+
+use std::time::Duration;
+
+use super::counts::{ArmCounts, Bucket, LookCounts};
+use super::eprocess::{self, Grid};
+use super::series::{rollback_threshold, series_of, SeriesSpec, Source};
+use super::validate::{validate_arm, AnalysisError};
+use super::{explain, histogram};
+use crate::api::{
+    AnalysisSpec, AnalysisState, LatencyEstimate, MetricReport, SeriesState, Verdict,
+};
+
+/// Where the rollout is when a look is evaluated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LookContext {
+    /// Index into `spec.steps`.
+    pub step: u32,
+    pub stage_weight: u8,
+    pub elapsed_in_step: Duration,
+    pub min_duration: Duration,
+}
+
+/// The state after one look, the verdict and the statistics behind it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LookOutcome {
+    pub state: AnalysisState,
+    pub verdict: Verdict,
+    /// Plain words, for the status message, Events and `canaryd analyze --explain`.
+    pub reason: String,
+    pub metrics: Vec<MetricReport>,
+    /// Whether stage had requests in this look (the lifecycle's noData policy).
+    pub stage_has_data: bool,
+}
+
+/// Integer counts of one series in one look.
+#[derive(Clone, Copy, Default)]
+struct SeriesCounts {
+    stage_requests: f64,
+    stage_bad: f64,
+    prod_requests: f64,
+    prod_bad: f64,
+    boundary_ms: Option<f64>,
+}
+
+/// Folds one look (counts of this window only) into the state and decides.
+pub fn evaluate_look(
+    spec: &AnalysisSpec,
+    state: &AnalysisState,
+    counts: &LookCounts,
+    ctx: &LookContext,
+) -> Result<LookOutcome, AnalysisError> {
+    let look = state.looks + 1;
+    validate_arm(look, "stage", &counts.stage)?;
+    validate_arm(look, "prod", &counts.prod)?;
+    let series = series_of(spec);
+    let mut per_series = Vec::with_capacity(series.len());
+    for s in &series {
+        per_series.push(series_counts(look, s, counts)?);
+    }
+
+    let threshold = rollback_threshold(spec.alpha, series.len());
+    let log_threshold = threshold.ln();
+    let live = ctx.stage_weight > 0;
+    let stage_has_data = counts.stage.requests.round() > 0.0;
+    let step_weight_ln = (0.5 / (ctx.step.max(1) as f64 * (ctx.step.max(1) as f64 + 1.0))).ln();
+
+    let mut next = AnalysisState {
+        looks: look,
+        window_end: state.window_end,
+        series: Vec::with_capacity(series.len()),
+    };
+    let mut reports = Vec::with_capacity(series.len());
+    let mut restarted = Vec::new();
+    for (s, c) in series.iter().zip(&per_series) {
+        let guardrail = s.source.is_guardrail();
+        let grid = (!guardrail).then(|| Grid::new(s.tolerance, s.margin));
+        let glen = grid.map_or(0, |g| g.len());
+        let mut st = match state.series.iter().find(|x| x.name == s.name) {
+            Some(old)
+                if old.tolerance == s.tolerance
+                    && old.margin == s.margin
+                    && old.log_likelihood.len() == glen =>
+            {
+                old.clone()
+            }
+            found => {
+                if found.is_some() {
+                    restarted.push(s.name.as_str());
+                }
+                SeriesState {
+                    name: s.name.clone(),
+                    tolerance: s.tolerance,
+                    margin: s.margin,
+                    log_likelihood: vec![0.0; glen],
+                    step: ctx.step,
+                    step_log_likelihood: vec![0.0; glen],
+                    ..SeriesState::default()
+                }
+            }
+        };
+        if st.step != ctx.step {
+            st.step = ctx.step;
+            st.step_log_likelihood.iter_mut().for_each(|x| *x = 0.0);
+        }
+        if live {
+            st.stage_requests += c.stage_requests as u64;
+            st.stage_bad += c.stage_bad as u64;
+            st.prod_requests += c.prod_requests as u64;
+            st.prod_bad += c.prod_bad as u64;
+            if let Some(g) = &grid {
+                let total = c.stage_requests + c.prod_requests;
+                if total > 0.0 {
+                    let pi = c.stage_requests / total;
+                    g.fold(&mut st.log_likelihood, c.stage_bad, c.prod_bad, pi);
+                    g.fold(&mut st.step_log_likelihood, c.stage_bad, c.prod_bad, pi);
+                }
+            }
+        }
+        let rate = |bad: u64, n: u64| (n > 0).then(|| bad as f64 / n as f64);
+        let (log_e, lower, upper) = match &grid {
+            Some(g) => {
+                let full = g.log_e_above(&st.log_likelihood, g.tolerance_idx);
+                let step = g.log_e_above(&st.step_log_likelihood, g.tolerance_idx);
+                let log_e = eprocess::log_add(0.5f64.ln() + full, step_weight_ln + step);
+                let (lo, hi) = g.bounds(&st.log_likelihood, log_threshold);
+                (log_e, lo, hi)
+            }
+            None => (
+                eprocess::slo_log_e(st.stage_bad as f64, st.stage_requests as f64, s.tolerance),
+                0.0,
+                None,
+            ),
+        };
+        let verdict = if live && log_e >= log_threshold {
+            Verdict::Rollback
+        } else if !guardrail && upper.is_some_and(|u| u <= s.margin) {
+            Verdict::Advance
+        } else {
+            Verdict::Continue
+        };
+        let (stage_lat, prod_lat, cles) = match s.source {
+            Source::Latency { .. } => (
+                estimate(&counts.stage.latency_buckets),
+                estimate(&counts.prod.latency_buckets),
+                histogram::cles(&counts.stage.latency_buckets, &counts.prod.latency_buckets),
+            ),
+            Source::SloLatency { .. } => (estimate(&counts.stage.latency_buckets), None, None),
+            _ => (None, None, None),
+        };
+        reports.push(MetricReport {
+            name: s.name.clone(),
+            verdict,
+            // Capped so the status stays finite JSON; anything this large decided long ago.
+            e_value: log_e.min(700.0).exp(),
+            rollback_threshold: threshold,
+            ratio_lower: lower,
+            ratio_upper: upper,
+            margin: s.margin,
+            stage_rate: rate(st.stage_bad, st.stage_requests),
+            prod_rate: if guardrail {
+                None
+            } else {
+                rate(st.prod_bad, st.prod_requests)
+            },
+            stage_requests: st.stage_requests,
+            prod_requests: st.prod_requests,
+            boundary_ms: c.boundary_ms,
+            stage_latency_ms: stage_lat,
+            prod_latency_ms: prod_lat,
+            cles,
+        });
+        next.series.push(st);
+    }
+
+    let (verdict, reason) =
+        explain::decide(&series, &reports, &restarted, ctx, live, stage_has_data);
+    Ok(LookOutcome {
+        state: next,
+        verdict,
+        reason,
+        metrics: reports,
+        stage_has_data,
+    })
+}
+
+fn estimate(buckets: &[Bucket]) -> Option<LatencyEstimate> {
+    Some(LatencyEstimate {
+        p50: histogram::quantile(buckets, 0.5)?,
+        p90: histogram::quantile(buckets, 0.9)?,
+        p99: histogram::quantile(buckets, 0.99)?,
+    })
+}
+
+fn series_counts(look: u32, s: &SeriesSpec, c: &LookCounts) -> Result<SeriesCounts, AnalysisError> {
+    let n_s = c.stage.requests.round();
+    let n_p = c.prod.requests.round();
+    let latency = |arm: &ArmCounts, side: &str, threshold_ms: f64, at_least: bool| {
+        let n = arm.requests.round();
+        if arm.latency_buckets.is_empty() {
+            if n > 0.0 {
+                return Err(AnalysisError::MissingBuckets {
+                    look,
+                    field: format!("{side}.latency_buckets"),
+                    metric: s.name.clone(),
+                });
+            }
+            return Ok((None, 0.0));
+        }
+        let found = if at_least {
+            histogram::slower_than_at_least(&arm.latency_buckets, threshold_ms)
+        } else {
+            histogram::slower_than(&arm.latency_buckets, threshold_ms)
+        };
+        match found {
+            Some((le, bad)) => Ok((Some(le), bad.round().clamp(0.0, n))),
+            // A limit above every finite boundary: no bucket can show requests slower than it.
+            None if at_least => Ok((None, 0.0)),
+            None => Err(AnalysisError::NoBoundary {
+                look,
+                field: format!("{side}.latency_buckets"),
+                metric: s.name.clone(),
+                threshold_ms,
+            }),
+        }
+    };
+    let out = match s.source {
+        Source::Errors => SeriesCounts {
+            stage_requests: n_s,
+            stage_bad: c.stage.errors.round().min(n_s),
+            prod_requests: n_p,
+            prod_bad: c.prod.errors.round().min(n_p),
+            boundary_ms: None,
+        },
+        Source::SloErrors => SeriesCounts {
+            stage_requests: n_s,
+            stage_bad: c.stage.errors.round().min(n_s),
+            ..SeriesCounts::default()
+        },
+        Source::Latency { threshold_ms } => {
+            let (le_s, bad_s) = latency(&c.stage, "stage", threshold_ms, false)?;
+            let (le_p, bad_p) = latency(&c.prod, "prod", threshold_ms, false)?;
+            SeriesCounts {
+                stage_requests: n_s,
+                stage_bad: bad_s,
+                prod_requests: n_p,
+                prod_bad: bad_p,
+                boundary_ms: le_s.or(le_p),
+            }
+        }
+        Source::SloLatency { limit_ms, .. } => {
+            let (le, bad) = latency(&c.stage, "stage", limit_ms, true)?;
+            SeriesCounts {
+                stage_requests: n_s,
+                stage_bad: bad,
+                boundary_ms: le,
+                ..SeriesCounts::default()
+            }
+        }
+        Source::Ratio { metric } => {
+            let get = |arm: &ArmCounts, side: &str| {
+                arm.ratios
+                    .get(metric)
+                    .copied()
+                    .ok_or_else(|| AnalysisError::MissingRatio {
+                        look,
+                        field: format!("{side}.ratios.{metric}"),
+                        metric: metric.to_string(),
+                    })
+            };
+            let (rs, rp) = (get(&c.stage, "stage")?, get(&c.prod, "prod")?);
+            SeriesCounts {
+                stage_requests: rs.total.round(),
+                stage_bad: rs.bad.round().min(rs.total.round()),
+                prod_requests: rp.total.round(),
+                prod_bad: rp.bad.round().min(rp.total.round()),
+                boundary_ms: None,
+            }
+        }
+    };
+    Ok(out)
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+    use crate::api::{LatencyQuantiles, SloSpec};
+
+    pub(in crate::analysis) fn arm(requests: f64, errors: f64, slow: f64) -> ArmCounts {
+        ArmCounts {
+            requests,
+            errors,
+            latency_buckets: vec![
+                Bucket {
+                    le_ms: 100.0,
+                    count: requests - slow - 1.0_f64.min(requests - slow),
+                },
+                Bucket {
+                    le_ms: 250.0,
+                    count: requests - slow,
+                },
+                Bucket {
+                    le_ms: f64::INFINITY,
+                    count: requests,
+                },
+            ],
+            ..ArmCounts::default()
+        }
+    }
+
+    pub(in crate::analysis) fn spec() -> AnalysisSpec {
+        let mut s = AnalysisSpec::default();
+        s.metrics[1].thresholds_ms = vec![300.0];
+        s
+    }
+
+    pub(in crate::analysis) fn ctx(step: u32, weight: u8, secs: u64) -> LookContext {
+        LookContext {
+            step,
+            stage_weight: weight,
+            elapsed_in_step: Duration::from_secs(secs),
+            min_duration: Duration::from_secs(120),
+        }
+    }
+
+    /// Runs `looks` identical looks and returns the outcome of each.
+    fn run(spec: &AnalysisSpec, counts: &LookCounts, looks: u32, weight: u8) -> Vec<LookOutcome> {
+        let mut state = AnalysisState::default();
+        (1..=looks)
+            .map(|i| {
+                let out =
+                    evaluate_look(spec, &state, counts, &ctx(1, weight, 30 * i as u64)).unwrap();
+                state = out.state.clone();
+                out
+            })
+            .collect()
+    }
+
+    #[test]
+    fn no_traffic_no_events_and_weight_zero_never_decide() {
+        let s = spec();
+        let empty = LookCounts::default();
+        let busy = LookCounts {
+            stage: arm(500.0, 50.0, 0.0),
+            prod: arm(500.0, 0.0, 0.0),
+        };
+        let quiet = LookCounts {
+            stage: arm(500.0, 0.0, 0.0),
+            prod: arm(500.0, 0.0, 0.0),
+        };
+        for (counts, weight) in [(&empty, 30), (&busy, 0), (&quiet, 30)] {
+            for out in run(&s, counts, 40, weight) {
+                assert_eq!(out.verdict, Verdict::Continue, "{}", out.reason);
+            }
+        }
+        let out = &run(&s, &empty, 1, 30)[0];
+        assert!(!out.stage_has_data);
+        assert!(out.reason.contains("no requests"), "{}", out.reason);
+    }
+
+    #[test]
+    fn a_clear_regression_rolls_back_within_a_few_looks_and_says_why() {
+        let counts = LookCounts {
+            stage: arm(450.0, 14.0, 0.0),
+            prod: arm(1050.0, 10.0, 0.0),
+        };
+        let outs = run(&spec(), &counts, 20, 30);
+        let first = outs
+            .iter()
+            .position(|o| o.verdict == Verdict::Rollback)
+            .expect("a 3x error rate is caught");
+        assert!(first < 6, "caught only at look {}", first + 1);
+        let o = &outs[first];
+        assert!(
+            o.reason.contains("worse than prod on errors"),
+            "{}",
+            o.reason
+        );
+        let errors = &o.metrics[0];
+        assert!(errors.e_value >= errors.rollback_threshold);
+        assert!(errors.ratio_lower >= 1.0, "{errors:?}");
+        assert_eq!(o.metrics[1].verdict, Verdict::Continue);
+    }
+
+    #[test]
+    fn a_healthy_stage_advances_only_after_the_minimum_duration() {
+        let counts = LookCounts {
+            stage: arm(3000.0, 30.0, 30.0),
+            prod: arm(7000.0, 70.0, 70.0),
+        };
+        let outs = run(&spec(), &counts, 40, 30);
+        let first = outs
+            .iter()
+            .position(|o| o.verdict == Verdict::Advance)
+            .expect("equal rates with ~1000 events per look are proven within 1.5x");
+        assert!(
+            first >= 3,
+            "advanced at {} s, before the 120 s minimum",
+            30 * (first + 1)
+        );
+        assert!(outs[..first].iter().all(|o| o.verdict == Verdict::Continue));
+        for m in &outs[first].metrics {
+            assert!(m.ratio_upper.unwrap() <= m.margin && m.ratio_lower < 1.0);
+        }
+        assert_eq!(outs[first].metrics[1].boundary_ms, Some(250.0));
+        assert!(
+            outs[first].reason.contains(
+                "300 ms is not a histogram bucket boundary; latency@300 counts requests slower than 250 ms"
+            ),
+            "{}",
+            outs[first].reason
+        );
+        assert!(outs.iter().all(|o| o.verdict != Verdict::Rollback));
+    }
+
+    #[test]
+    fn at_full_weight_only_a_guardrail_decides() {
+        let mut s = spec();
+        let healthy = LookCounts {
+            stage: arm(3000.0, 30.0, 30.0),
+            prod: arm(7000.0, 70.0, 70.0),
+        };
+        let mut state = run(&s, &healthy, 10, 30).pop().unwrap().state;
+        let all_stage = LookCounts {
+            stage: arm(10000.0, 100.0, 100.0),
+            prod: ArmCounts::default(),
+        };
+        for i in 1..=20 {
+            let out = evaluate_look(&s, &state, &all_stage, &ctx(3, 100, 30 * i)).unwrap();
+            assert_eq!(out.verdict, Verdict::Continue, "{}", out.reason);
+            state = out.state;
+        }
+        s.slo = Some(SloSpec {
+            max_error_rate: Some(0.005),
+            max_latency_ms: None,
+        });
+        let out = evaluate_look(&s, &state, &all_stage, &ctx(3, 100, 630)).unwrap();
+        assert_eq!(out.verdict, Verdict::Rollback);
+        assert!(
+            out.reason.contains("guardrail slo:maxErrorRate"),
+            "{}",
+            out.reason
+        );
+    }
+
+    #[test]
+    fn a_latency_guardrail_uses_the_boundary_above_its_limit() {
+        let mut s = spec();
+        s.slo = Some(SloSpec {
+            max_error_rate: None,
+            max_latency_ms: Some(LatencyQuantiles {
+                p99: Some(200.0),
+                ..LatencyQuantiles::default()
+            }),
+        });
+        // 5 % slower than 250 ms in both arms: not a regression, but p99 > 200 ms.
+        let counts = LookCounts {
+            stage: arm(1000.0, 0.0, 50.0),
+            prod: arm(1000.0, 0.0, 50.0),
+        };
+        let outs = run(&s, &counts, 3, 50);
+        let last = outs.last().unwrap();
+        assert_eq!(last.verdict, Verdict::Rollback, "{}", last.reason);
+        let slo = last.metrics.iter().find(|m| m.name == "slo:p99").unwrap();
+        assert_eq!(slo.boundary_ms, Some(250.0));
+        assert_eq!(
+            slo.stage_latency_ms.unwrap().p99,
+            250.0,
+            "in the +Inf bucket"
+        );
+    }
+
+    #[test]
+    fn the_step_part_restarts_when_the_step_changes() {
+        let s = spec();
+        let counts = LookCounts {
+            stage: arm(300.0, 3.0, 3.0),
+            prod: arm(700.0, 7.0, 7.0),
+        };
+        let state = run(&s, &counts, 5, 30).pop().unwrap().state;
+        let next = evaluate_look(&s, &state, &LookCounts::default(), &ctx(2, 60, 30)).unwrap();
+        for (before, after) in state.series.iter().zip(&next.state.series) {
+            assert_eq!(after.step, 2);
+            assert!(after.step_log_likelihood.iter().all(|&x| x == 0.0));
+            assert_eq!(before.log_likelihood, after.log_likelihood);
+        }
+    }
+
+    #[test]
+    fn the_state_survives_a_round_trip_through_the_status() {
+        let s = spec();
+        let counts = LookCounts {
+            stage: arm(300.0, 5.0, 3.0),
+            prod: arm(700.0, 7.0, 7.0),
+        };
+        let state = run(&s, &counts, 3, 30).pop().unwrap().state;
+        let json = serde_json::to_string(&state).unwrap();
+        let back: AnalysisState = serde_json::from_str(&json).unwrap();
+        let a = evaluate_look(&s, &state, &counts, &ctx(1, 30, 120)).unwrap();
+        let b = evaluate_look(&s, &back, &counts, &ctx(1, 30, 120)).unwrap();
+        assert_eq!((a.verdict, &a.reason), (b.verdict, &b.reason));
+        for (x, y) in a.metrics.iter().zip(&b.metrics) {
+            assert!((x.e_value / y.e_value - 1.0).abs() < 1e-9);
+            assert_eq!(
+                (x.ratio_lower, x.ratio_upper),
+                (y.ratio_lower, y.ratio_upper)
+            );
+        }
+    }
+
+    fn any_count() -> impl proptest::strategy::Strategy<Value = f64> {
+        use proptest::prelude::*;
+        prop_oneof![
+            0.0..5000.0f64,
+            Just(f64::NAN),
+            Just(f64::INFINITY),
+            -10.0..0.0f64,
+        ]
+    }
+
+    fn any_arm() -> impl proptest::strategy::Strategy<Value = ArmCounts> {
+        use proptest::prelude::*;
+        (
+            any_count(),
+            any_count(),
+            proptest::collection::vec(
+                (
+                    prop_oneof![0.0..600.0f64, Just(f64::INFINITY), Just(f64::NAN)],
+                    any_count(),
+                ),
+                0..5,
+            ),
+        )
+            .prop_map(|(requests, errors, buckets)| ArmCounts {
+                requests,
+                errors,
+                latency_buckets: buckets
+                    .into_iter()
+                    .map(|(le_ms, count)| Bucket { le_ms, count })
+                    .collect(),
+                ..ArmCounts::default()
+            })
+    }
+
+    proptest::proptest! {
+        /// Whatever arrives from telemetry, a look returns a verdict or an error; it never
+        /// panics, and a verdict's numbers are valid status JSON.
+        #[test]
+        fn any_input_gives_a_verdict_or_an_error(stage in any_arm(), prod in any_arm(), weight in 0u8..=100, step in 0u32..4) {
+            let mut s = spec();
+            s.slo = Some(SloSpec { max_error_rate: Some(0.01), max_latency_ms: Some(LatencyQuantiles { p99: Some(300.0), ..LatencyQuantiles::default() }) });
+            let counts = LookCounts { stage, prod };
+            if let Ok(out) = evaluate_look(&s, &AnalysisState::default(), &counts, &ctx(step, weight, 300)) {
+                proptest::prop_assert!(out.metrics.iter().all(|m| m.e_value.is_finite() && m.ratio_lower.is_finite()));
+                proptest::prop_assert!(serde_json::to_string(&out.state).is_ok());
+                if weight == 0 {
+                    proptest::prop_assert_eq!(out.verdict, Verdict::Continue);
+                }
+            }
+        }
+    }
+}

@@ -10,7 +10,8 @@
 use serde_json::{json, Value};
 
 use super::error::FieldCause;
-use super::registry::{Builtin, Origin, ResourceType};
+use super::kinds::Builtin;
+use super::registry::{Origin, ResourceType};
 
 /// `events.k8s.io/v1` field -> core `v1` Event field (k8s pkg/apis/events/v1 conversion).
 const EVENT_FIELDS: [(&str, &str); 6] = [

@@ -5,13 +5,14 @@
 //! Istio's VirtualServices and Gateways). canaryd reaches it with its ordinary kube-rs client
 //! and the real `kubectl` works against it, through the kubeconfig it writes.
 //!
-//! Modules: `store` (objects, resourceVersions, history), `watch` (per-client event streams),
-//! `handlers` (HTTP), `discovery` (discovery and OpenAPI documents), `registry` (served
-//! resources), `validation` (CRD schemas, metadata rules), `builtins` (built-in kinds'
-//! defaults and checks), `patch` (merge, JSON and strategic merge patches), `fields`
-//! (managedFields and server-side apply), `scale`, `selector`, `table` (kubectl's server-side
-//! printing), `protobuf` (kubectl's `create namespace|secret` bodies), `kubeconfig`, `error`
-//! (`metav1.Status`).
+//! Modules: `store` (objects, resourceVersions, history, and the writes: admission, CRDs,
+//! deletion), `watch` (per-client event streams), `handlers` (HTTP), `discovery` (discovery
+//! and OpenAPI documents), `registry` (served resources), `kinds` (the built-in kinds, shared
+//! by `registry`, `builtins` and `table`), `validation` (CRD schemas, metadata rules),
+//! `builtins` (built-in kinds' defaults and checks), `patch` (merge, JSON and strategic merge
+//! patches), `fields` (managedFields and server-side apply), `scale`, `selector`, `table`
+//! (kubectl's server-side printing), `protobuf` (kubectl's `create namespace|secret` bodies),
+//! `kubeconfig`, `error` (`metav1.Status`).
 //!
 //! Simplified, on purpose:
 //! - Server-side apply tracks ownership in real `managedFields`; list semantics come from the
@@ -39,6 +40,7 @@ mod discovery;
 mod error;
 mod fields;
 mod handlers;
+mod kinds;
 mod kubeconfig;
 mod patch;
 mod protobuf;

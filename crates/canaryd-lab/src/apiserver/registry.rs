@@ -8,21 +8,9 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::error::FieldCause;
+use super::kinds::Builtin;
 use super::table::{self, Column};
 use super::validation::Schema;
-
-/// Built-in kinds whose server behaviour (defaults, checks, columns) is written in code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Builtin {
-    Namespace,
-    Service,
-    Secret,
-    CoreEvent,
-    Event,
-    Deployment,
-    Lease,
-    CustomResourceDefinition,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {

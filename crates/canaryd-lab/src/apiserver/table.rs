@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 
-use super::registry::Builtin;
+use super::kinds::Builtin;
 
 /// How a cell's value is found in an object.
 #[derive(Debug, Clone)]

@@ -65,9 +65,9 @@ pub fn run_daemon(path: &Path) -> ExitCode {
         }
         let metrics: Arc<dyn crate::cluster::MetricsSource> =
             match crate::telemetry::Telemetry::new(&config.prometheus, config.mesh) {
-                Ok(t) => Arc::new(crate::server::TimedSource {
+                Ok(t) => Arc::new(crate::telemetry::Timed {
                     inner: Arc::new(t),
-                    metrics: admin.metrics.clone(),
+                    metrics: admin.queries.clone(),
                 }),
                 Err(e) => return fail(format!("prometheus: {e}")),
             };

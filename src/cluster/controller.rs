@@ -110,7 +110,7 @@ pub async fn run_with(
         virtual_services.clone(),
         config.evaluation_interval.0,
     );
-    ctx.notifier = crate::notify::Notifier::from_config(config, admin.metrics.clone())?;
+    ctx.notifier = crate::notify::Notifier::from_config(config, admin.deliveries.clone())?;
     ctx.exported = admin.metrics.clone();
     let ctx = Arc::new(ctx);
 

@@ -13,35 +13,21 @@ pub mod workload;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::Store;
 use kube::Client;
 
-use crate::analysis::LookCounts;
 use crate::api::virtual_service::VirtualService;
-use crate::api::Canary;
 
+pub use crate::telemetry::MetricsSource;
 pub use leader::Leadership;
 
 /// The one field manager for everything canaryd writes.
 pub const FIELD_MANAGER: &str = "canaryd";
 /// Finalizer that lets canaryd restore prod's traffic before a Canary goes away.
 pub const FINALIZER: &str = "canaryd.dev/restore-traffic";
-
-/// Where the counts of a look come from (Prometheus in production, fixed counts in tests).
-pub trait MetricsSource: Send + Sync {
-    /// Counts of stage and prod over `(window_end - window, window_end]`. An `Err` is a
-    /// failed query (the Canary holds), never "no traffic" (that is zero counts).
-    fn counts<'a>(
-        &'a self,
-        canary: &'a Canary,
-        window_end: Timestamp,
-        window: Duration,
-    ) -> BoxFuture<'a, Result<LookCounts, String>>;
-}
 
 /// Every I/O handle the reconciler uses, built once.
 #[derive(Clone)]
@@ -97,6 +83,30 @@ impl Context {
     }
 }
 
+/// How long one API write may take; past it the round fails and holds, and the next round
+/// decides again (a hung connection must not stall a Canary forever).
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Context {
+    /// Runs one API write while this replica leads, for at most [`WRITE_TIMEOUT`].
+    pub(crate) async fn write<T, E>(
+        &self,
+        what: &'static str,
+        write: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, Error>
+    where
+        Error: From<E>,
+    {
+        if !self.leader.is_leader() {
+            return Err(Error::NotLeader);
+        }
+        match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+            Ok(result) => result.map_err(Error::from),
+            Err(_) => Err(Error::Timeout { what }),
+        }
+    }
+}
+
 /// Why a reconcile did not finish. Every kind holds the Canary where it is and retries.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -108,6 +118,8 @@ pub enum Error {
     Promotion(String),
     #[error("not the leader; not writing")]
     NotLeader,
+    #[error("writing {what} took longer than {WRITE_TIMEOUT:?}")]
+    Timeout { what: &'static str },
     #[error("finalizer: {0}")]
     Finalizer(String),
 }
@@ -120,31 +132,9 @@ impl Error {
             Error::Traffic(_) => "traffic",
             Error::Promotion(_) => "promotion",
             Error::NotLeader => "not_leader",
+            Error::Timeout { .. } => "timeout",
             Error::Finalizer(_) => "finalizer",
         }
-    }
-}
-
-impl MetricsSource for crate::telemetry::Telemetry {
-    fn counts<'a>(
-        &'a self,
-        canary: &'a Canary,
-        window_end: Timestamp,
-        window: Duration,
-    ) -> BoxFuture<'a, Result<LookCounts, String>> {
-        Box::pin(async move {
-            let namespace = kube::ResourceExt::namespace(canary).unwrap_or_default();
-            let target = crate::telemetry::QueryTarget {
-                key: (),
-                spec: &canary.spec,
-                namespace: &namespace,
-            };
-            let mut results = self.fetch(&[target], window_end, window).await;
-            match results.remove(&()) {
-                Some(result) => result.map_err(|e| e.to_string()),
-                None => Err("telemetry returned no result".into()),
-            }
-        })
     }
 }
 

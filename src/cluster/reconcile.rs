@@ -1,8 +1,9 @@
-//! One reconcile of one Canary, as a pipeline: observe (Deployments and VirtualService from
-//! the shared caches, one analysis look from Prometheus, gate results, operator commands)
-//! -> decide ([`crate::rollout::decide`], pure) -> act (weights, prod's template, gates,
-//! webhooks, Events) -> write the status. Actions are carried out before the status is
-//! written, so a failed action leaves the old status and the next round decides again.
+//! One reconcile of one Canary, as a pipeline ([`apply`]):
+//! 1. `observe`: the spec's validity, Deployments and VirtualService from the shared caches,
+//!    a due look's counts from Prometheus, gate results, operator commands;
+//! 2. `rollout::decide` (pure): the new status and the actions, conditions included;
+//! 3. `act`: weights, prod's template, gates, webhooks, Events, each write with a timeout;
+//! 4. `write_status`: only after every action succeeded, so a failed one is decided again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,10 +21,9 @@ use serde_json::json;
 
 use super::gates::{ContainerImage, GateJob, WebhookCall, WebhookPayload};
 use super::{commands, traffic, workload, Context, Error, FIELD_MANAGER, FINALIZER};
-use crate::analysis::{evaluate_look, LookContext};
 use crate::api::validation::{describe, validate};
-use crate::api::{Canary, CanarySpec, CanaryStatus, Condition, GateKind, Phase, WebhookKind};
-use crate::rollout::{self, Action, Look, LookResult, Observations, UpdateMethod};
+use crate::api::{Canary, CanarySpec, CanaryStatus, GateKind, Phase, WebhookKind};
+use crate::rollout::{self, Action, Decision, Look, LookResult, Observations, UpdateMethod};
 
 /// Entry point for the kube-rs Controller.
 pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue, Error> {
@@ -63,116 +63,11 @@ async fn apply(canary: &Canary, ctx: &Context, deleting: bool) -> Result<Requeue
         return Ok(Requeue::requeue(Duration::from_millis(200)));
     }
     let now = Timestamp::from_second((ctx.now)().as_second()).unwrap_or_else(|_| (ctx.now)());
-    let ns = canary.namespace().unwrap_or_default();
-    let name = canary.name_any();
-    let spec = &canary.spec;
-    let mut status = canary.status.clone().unwrap_or_default();
-
-    if let Err(errors) = validate(spec, &ns) {
-        if deleting {
-            return Ok(Requeue::await_change());
-        }
-        let text = describe(&errors);
-        set_condition(&mut status, "SpecValid", false, "InvalidSpec", &text, now);
-        status.message = format!("invalid spec, nothing done: {text}");
-        status.observed_generation = canary.metadata.generation;
-        write_status(ctx, canary, &status).await?;
-        return Ok(Requeue::await_change());
-    }
-    set_condition(
-        &mut status,
-        "SpecValid",
-        true,
-        "Valid",
-        "the spec passed every check",
-        now,
-    );
-
-    let env_ns = |d: &Option<String>| d.clone().unwrap_or_else(|| ns.clone());
-    let stage_ref = ObjectRef::<Deployment>::new(&spec.stage.deployment.name)
-        .within(&env_ns(&spec.stage.deployment.namespace));
-    let prod_ref = ObjectRef::<Deployment>::new(&spec.prod.deployment.name)
-        .within(&env_ns(&spec.prod.deployment.namespace));
-    let vs_ns = env_ns(&spec.virtual_service.namespace);
-    let vs_ref = ObjectRef::new(&spec.virtual_service.name).within(&vs_ns);
-
-    let traffic = match ctx.virtual_services.get(&vs_ref) {
-        None => Err(format!(
-            "VirtualService {vs_ns}/{} not found",
-            spec.virtual_service.name
-        )),
-        Some(vs) => traffic::observe(&vs, spec).map_err(|e| e.to_string()),
-    };
-    let traffic = match traffic {
-        Ok(t) => {
-            set_condition(
-                &mut status,
-                "TrafficReady",
-                true,
-                "RouteFound",
-                "the route carries prod and stage",
-                now,
-            );
-            t
-        }
-        Err(problem) if deleting => {
-            tracing::info!(canary = %name, %problem, "deleting; nothing to restore");
-            return Ok(Requeue::await_change());
-        }
-        Err(problem) => {
-            set_condition(
-                &mut status,
-                "TrafficReady",
-                false,
-                "RouteProblem",
-                &problem,
-                now,
-            );
-            status.message = format!("holding: {problem}");
-            status.observed_generation = canary.metadata.generation;
-            write_status(ctx, canary, &status).await?;
-            return Ok(Requeue::requeue(ctx.interval));
-        }
-    };
-
-    let look = if status.phase == Phase::Progressing && !deleting {
-        take_look(canary, &status, ctx, now).await
-    } else {
-        None
-    };
-    let gate = match &status.pending_gate {
-        Some(p) if !deleting => match ctx.gates.take(&p.id) {
-            Some(result) => Some(result),
-            None => {
-                if !ctx.gates.is_running(&p.id) {
-                    start_gate(canary, &status, ctx, p.id.clone(), p.kind).await?;
-                }
-                None
-            }
-        },
-        _ => None,
-    };
-    let obs = Observations {
-        stage: ctx
-            .deployments
-            .get(&stage_ref)
-            .map(|d| workload::observe(&d)),
-        prod: ctx
-            .deployments
-            .get(&prod_ref)
-            .map(|d| workload::observe(&d)),
-        traffic: Some(traffic),
-        look,
-        gate,
-        command: commands::pending(canary),
-        deleted: deleting,
-    };
-
-    let decision = rollout::decide(spec, &status, &obs, now);
+    let status = canary.status.clone().unwrap_or_default();
+    let obs = observe(canary, &status, ctx, now, deleting).await;
+    let decision = rollout::decide(&canary.spec, &status, &obs, now);
+    act(canary, &decision, ctx).await?;
     let mut new = decision.status;
-    for action in &decision.actions {
-        act(canary, &new, ctx, action).await?;
-    }
     ctx.notifier.sync(canary, &mut new, &decision.actions, now);
     if deleting {
         return Ok(Requeue::await_change());
@@ -180,21 +75,71 @@ async fn apply(canary: &Canary, ctx: &Context, deleting: bool) -> Result<Requeue
     new.observed_generation = canary.metadata.generation;
     write_status(ctx, canary, &new).await?;
     // Only once written: a failed write is decided again, and must not count twice.
-    ctx.exported
-        .record(canary, &status, &new, &decision.actions, now);
-    Ok(next_round(spec, &new, ctx, now))
+    ctx.exported.record(canary, &new, &decision.actions, now);
+    Ok(next_round(&canary.spec, &obs, &new, ctx, now))
 }
 
-/// One analysis look when one is due: the window runs from the end of the last window (or
-/// the start of the step) to now, evaluated at a whole second so both arms share it.
+/// Everything the lifecycle needs to decide, read from the caches, the gate runner and,
+/// when a look is due, Prometheus. Observing changes nothing.
+async fn observe(
+    canary: &Canary,
+    status: &CanaryStatus,
+    ctx: &Context,
+    now: Timestamp,
+    deleting: bool,
+) -> Observations {
+    let ns = canary.namespace().unwrap_or_default();
+    let spec = &canary.spec;
+    if let Err(errors) = validate(spec, &ns) {
+        return Observations {
+            spec_problem: Some(describe(&errors)),
+            deleted: deleting,
+            ..Observations::default()
+        };
+    }
+    let env_ns = |d: &Option<String>| d.clone().unwrap_or_else(|| ns.clone());
+    let deployment = |env: &crate::api::Environment| {
+        let at = ObjectRef::<Deployment>::new(&env.deployment.name)
+            .within(&env_ns(&env.deployment.namespace));
+        ctx.deployments.get(&at).map(|d| workload::observe(&d))
+    };
+    let vs_ns = env_ns(&spec.virtual_service.namespace);
+    let vs_ref = ObjectRef::new(&spec.virtual_service.name).within(&vs_ns);
+    let traffic = match ctx.virtual_services.get(&vs_ref) {
+        None => Err(format!(
+            "VirtualService {vs_ns}/{} not found",
+            spec.virtual_service.name
+        )),
+        Some(vs) => traffic::observe(&vs, spec).map_err(|e| e.to_string()),
+    };
+    let look = if status.phase == Phase::Progressing && !deleting && traffic.is_ok() {
+        take_look(canary, status, ctx, now).await
+    } else {
+        None
+    };
+    let pending = status.pending_gate.as_ref().map(|p| p.id.as_str());
+    Observations {
+        spec_problem: None,
+        stage: deployment(&spec.stage),
+        prod: deployment(&spec.prod),
+        traffic,
+        look,
+        gate: pending.and_then(|id| ctx.gates.take(id)),
+        gate_running: pending.is_some_and(|id| ctx.gates.is_running(id)),
+        command: commands::pending(canary),
+        deleted: deleting,
+    }
+}
+
+/// The counts of one look when one is due: the window runs from the end of the last window
+/// (or the start of the step) to now, evaluated at a whole second so both arms share it.
 async fn take_look(
     canary: &Canary,
     status: &CanaryStatus,
     ctx: &Context,
     now: Timestamp,
 ) -> Option<Look> {
-    let spec = &canary.spec;
-    let interval = look_interval(spec, ctx);
+    let interval = look_interval(&canary.spec, ctx);
     let step_start = status.step_started_at?;
     let start = status
         .analysis
@@ -205,22 +150,12 @@ async fn take_look(
     if window < jiff::SignedDuration::try_from(interval).ok()? {
         return None;
     }
-    let window = window.unsigned_abs();
-    let result = match ctx.metrics.counts(canary, now, window).await {
-        Err(reason) => LookResult::Unavailable { reason },
-        Ok(counts) => {
-            let lctx = LookContext {
-                step: status.step,
-                stage_weight: status.stage_weight,
-                elapsed_in_step: now.duration_since(step_start).unsigned_abs(),
-                min_duration: spec.step_duration.min.0,
-            };
-            let state = status.analysis.clone().unwrap_or_default();
-            match evaluate_look(&spec.analysis, &state, &counts, &lctx) {
-                Ok(outcome) => LookResult::Judged(outcome),
-                Err(e) => LookResult::Unavailable {
-                    reason: format!("the counts are unusable: {e}"),
-                },
+    let result = match ctx.metrics.counts(canary, now, window.unsigned_abs()).await {
+        Ok(counts) => LookResult::Counts(counts),
+        Err(e) => {
+            tracing::warn!(canary = %canary.name_any(), transient = e.is_transient(), error = %e, "no counts for this look; holding");
+            LookResult::Unavailable {
+                reason: e.to_string(),
             }
         }
     };
@@ -236,7 +171,17 @@ fn look_interval(spec: &CanarySpec, ctx: &Context) -> Duration {
 }
 
 /// When to look at this Canary again (watches wake it sooner on any change).
-fn next_round(spec: &CanarySpec, status: &CanaryStatus, ctx: &Context, now: Timestamp) -> Requeue {
+fn next_round(
+    spec: &CanarySpec,
+    obs: &Observations,
+    status: &CanaryStatus,
+    ctx: &Context,
+    now: Timestamp,
+) -> Requeue {
+    if obs.spec_problem.is_some() {
+        // Nothing to do until someone edits the spec.
+        return Requeue::await_change();
+    }
     let interval = look_interval(spec, ctx);
     let soon = Duration::from_secs(1)
         .max(interval / 10)
@@ -264,7 +209,16 @@ fn next_round(spec: &CanarySpec, status: &CanaryStatus, ctx: &Context, now: Time
     }
 }
 
-async fn act(
+/// Carries out the decision's actions in order; the first failure stops the round before
+/// the status is written, so the next round decides again.
+async fn act(canary: &Canary, decision: &Decision, ctx: &Context) -> Result<(), Error> {
+    for action in &decision.actions {
+        act_once(canary, &decision.status, ctx, action).await?;
+    }
+    Ok(())
+}
+
+async fn act_once(
     canary: &Canary,
     status: &CanaryStatus,
     ctx: &Context,
@@ -274,14 +228,14 @@ async fn act(
     let ns = canary.namespace().unwrap_or_default();
     match action {
         Action::SetWeights { stage } => {
-            ensure_leader(ctx)?;
             let vs_ns = spec
                 .virtual_service
                 .namespace
                 .clone()
                 .unwrap_or_else(|| ns.clone());
             let api = Api::namespaced(ctx.client.clone(), &vs_ns);
-            traffic::set_weights(&api, &spec.virtual_service.name, spec, *stage).await?;
+            let set = traffic::set_weights(&api, &spec.virtual_service.name, spec, *stage);
+            ctx.write("the route's weights", set).await?;
             tracing::info!(canary = %canary.name_any(), namespace = %ns, stage = stage, prod = 100 - stage, "weights written");
         }
         Action::StartGate { id, kind } => {
@@ -317,7 +271,9 @@ async fn act(
                 action: "Rollout".into(),
                 secondary: None,
             };
-            if let Err(e) = ctx.recorder.publish(&event, &canary.object_ref(&())).await {
+            let on = canary.object_ref(&());
+            let publish = ctx.recorder.publish(&event, &on);
+            if let Err(e) = ctx.write("an Event", publish).await {
                 tracing::warn!(canary = %canary.name_any(), error = %e, "cannot record an Event");
             }
         }
@@ -461,25 +417,20 @@ async fn update_prod(
                 let patch: json_patch::Patch =
                     serde_json::from_value(patch).expect("a valid JSON patch");
                 let params = PatchParams::apply(FIELD_MANAGER);
-                match prod_api
-                    .patch(
-                        &spec.prod.deployment.name,
-                        &params,
-                        &Patch::Json::<()>(patch),
-                    )
-                    .await
-                {
+                let patch = Patch::Json::<()>(patch);
+                let write = prod_api.patch(&spec.prod.deployment.name, &params, &patch);
+                match ctx.write("prod's pod template", write).await {
                     Ok(_) => {
                         tracing::info!(canary = %canary.name_any(), revision = %workload::revision(&stage), "prod given stage's pod template");
                         return Ok(());
                     }
-                    Err(kube::Error::Api(s)) if s.code == 409 || s.code == 422 => {
-                        last = Some(kube::Error::Api(s))
+                    Err(Error::Api(kube::Error::Api(s))) if s.code == 409 || s.code == 422 => {
+                        last = Some(Error::Api(kube::Error::Api(s)))
                     }
-                    Err(e) => return Err(e.into()),
+                    Err(e) => return Err(e),
                 }
             }
-            Err(last.expect("the loop ran").into())
+            Err(last.expect("the loop ran"))
         }
         UpdateMethod::Webhook => {
             let target = spec
@@ -511,35 +462,6 @@ async fn update_prod(
     }
 }
 
-fn set_condition(
-    status: &mut CanaryStatus,
-    type_: &str,
-    ok: bool,
-    reason: &str,
-    message: &str,
-    now: Timestamp,
-) {
-    let value = if ok { "True" } else { "False" };
-    match status.conditions.iter_mut().find(|c| c.type_ == type_) {
-        Some(c) if c.status == value && c.reason == reason && c.message == message => {}
-        Some(c) => {
-            if c.status != value {
-                c.last_transition_time = Some(now);
-            }
-            c.status = value.into();
-            c.reason = reason.into();
-            c.message = message.into();
-        }
-        None => status.conditions.push(Condition {
-            type_: type_.into(),
-            status: value.into(),
-            reason: reason.into(),
-            message: message.into(),
-            last_transition_time: Some(now),
-        }),
-    }
-}
-
 /// True while the cache still holds the version our last status write was based on.
 fn is_stale(canary: &Canary, ctx: &Context) -> bool {
     let (Some(uid), Some(version)) = (&canary.metadata.uid, &canary.metadata.resource_version)
@@ -563,7 +485,6 @@ async fn write_status(ctx: &Context, canary: &Canary, new: &CanaryStatus) -> Res
     if canary.status.clone().unwrap_or_default() == *new {
         return Ok(());
     }
-    ensure_leader(ctx)?;
     let api: Api<Canary> =
         Api::namespaced(ctx.client.clone(), &canary.namespace().unwrap_or_default());
     let patch: json_patch::Patch = serde_json::from_value(json!([
@@ -571,7 +492,9 @@ async fn write_status(ctx: &Context, canary: &Canary, new: &CanaryStatus) -> Res
     ]))
     .expect("a valid JSON patch");
     let params = PatchParams::apply(FIELD_MANAGER);
-    api.patch_status(&canary.name_any(), &params, &Patch::Json::<()>(patch))
+    let name = canary.name_any();
+    let patch = Patch::Json::<()>(patch);
+    ctx.write("the status", api.patch_status(&name, &params, &patch))
         .await?;
     if let (Some(uid), Some(version)) = (&canary.metadata.uid, &canary.metadata.resource_version) {
         ctx.written

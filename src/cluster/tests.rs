@@ -44,7 +44,7 @@ impl MetricsSource for FixedCounts {
         _: &'a Canary,
         _: Timestamp,
         _: Duration,
-    ) -> BoxFuture<'a, Result<LookCounts, String>> {
+    ) -> BoxFuture<'a, Result<LookCounts, crate::telemetry::TelemetryError>> {
         let arm = |requests: f64, rate: f64| ArmCounts {
             requests,
             errors: requests * rate,

@@ -15,6 +15,8 @@
 //! Alertmanager. Secrets (Slack URLs, HMAC keys) are read from files and never logged.
 
 pub mod messages;
+mod metrics;
+pub mod signing;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -30,10 +32,12 @@ use crate::api::{
     default_notification_events, AlertState, Canary, CanaryStatus, NotificationEvent,
     PendingNotification, Phase,
 };
-use crate::cluster::gates::{signature, SIGNATURE_HEADER};
+use signing::{signature, SIGNATURE_HEADER};
+
 use crate::config::{NotifierConfig, NotifySettings};
 use crate::rollout::{Action, NotifyEvent};
 use messages::About;
+pub use metrics::DeliveryMetrics;
 
 /// Header with the notification's idempotency key on generic webhooks.
 pub const KEY_HEADER: &str = "X-Canaryd-Idempotency-Key";
@@ -144,7 +148,7 @@ struct Inner {
     deliveries: Mutex<HashMap<String, Delivery>>,
     queue: Option<mpsc::Sender<Job>>,
     /// Counts every attempt, delivered or failed, in canaryd's own metrics.
-    metrics: Arc<crate::server::Metrics>,
+    metrics: DeliveryMetrics,
 }
 
 /// The notification service: cheap to clone, shared by every reconcile.
@@ -164,7 +168,7 @@ impl Notifier {
                 http: crate::tls::http_client().build().expect("an HTTP client"),
                 deliveries: Mutex::default(),
                 queue: None,
-                metrics: Arc::new(crate::server::Metrics::unregistered()),
+                metrics: DeliveryMetrics::default(),
             }),
         }
     }
@@ -175,12 +179,7 @@ impl Notifier {
         settings: NotifySettings,
         retry: RetryPolicy,
     ) -> Result<Self, NotifyError> {
-        Self::with_metrics(
-            configs,
-            settings,
-            retry,
-            Arc::new(crate::server::Metrics::unregistered()),
-        )
+        Self::with_metrics(configs, settings, retry, DeliveryMetrics::default())
     }
 
     /// [`Self::new`], counting deliveries in `metrics`.
@@ -188,7 +187,7 @@ impl Notifier {
         configs: &[NotifierConfig],
         settings: NotifySettings,
         retry: RetryPolicy,
-        metrics: Arc<crate::server::Metrics>,
+        metrics: DeliveryMetrics,
     ) -> Result<Self, NotifyError> {
         let mut receivers = HashMap::new();
         for c in configs {
@@ -236,7 +235,7 @@ impl Notifier {
     /// From the daemon's config, counting deliveries in `metrics`.
     pub fn from_config(
         config: &crate::config::Config,
-        metrics: Arc<crate::server::Metrics>,
+        metrics: DeliveryMetrics,
     ) -> Result<Self, NotifyError> {
         let retry = RetryPolicy {
             give_up_after: config.notify.give_up_after.0,
@@ -256,7 +255,7 @@ impl Notifier {
         now: Timestamp,
     ) {
         for action in actions {
-            if let Action::Notify { event, message } = action {
+            if let Action::Notify { event, message, .. } = action {
                 tracing::info!(canary = %canary.name_any(), namespace = canary.namespace().unwrap_or_default(), event = event.as_str(), %message, "rollout event");
                 self.record(canary, status, event_of(*event), message, now);
             }
@@ -546,7 +545,7 @@ async fn dispatch(inner: std::sync::Weak<Inner>, mut rx: mpsc::Receiver<Job>) {
                     let _permit = permits.acquire().await.expect("semaphore open");
                     send(&this, &job).await
                 };
-                this.metrics.notification(&job.receiver, result.is_ok());
+                this.metrics.delivered(&job.receiver, result.is_ok());
                 let outcome = match result {
                     Ok(()) => Delivery::Delivered(Instant::now()),
                     Err(e) if started.elapsed() >= this.retry.give_up_after => {

@@ -29,6 +29,7 @@ fn rolled_back(status: &mut CanaryStatus) -> Vec<Action> {
     status.phase = Phase::RolledBack;
     status.stage_revision = Some("rev2".into());
     vec![Action::Notify {
+        cause: crate::rollout::Cause::Lifecycle,
         event: NotifyEvent::RolledBack,
         message: "rolled back".into(),
     }]
@@ -75,6 +76,7 @@ async fn routes_choose_events_and_chatter_never_reaches_alertmanager() {
         &c,
         &mut status,
         &[Action::Notify {
+            cause: crate::rollout::Cause::Lifecycle,
             event: NotifyEvent::RolloutStarted,
             message: "go".into(),
         }],
@@ -200,6 +202,7 @@ async fn a_second_pause_after_a_resume_is_a_new_notification() {
         ..Default::default()
     };
     let paused = [Action::Notify {
+        cause: crate::rollout::Cause::Lifecycle,
         event: NotifyEvent::Paused,
         message: "paused".into(),
     }];

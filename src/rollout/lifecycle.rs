@@ -13,29 +13,52 @@
 use jiff::Timestamp;
 
 use super::*;
+use crate::analysis::{evaluate_look, AnalysisError, LookContext};
 use crate::api::{
-    CanarySpec, CanaryStatus, DecisionRecord, HistoryEntry, NoDataAction, PendingGate, Phase,
-    PromotionMode, TrafficDriftPolicy, Verdict,
+    AnalysisSpec, AnalysisState, CanarySpec, CanaryStatus, Condition, DecisionRecord, HistoryEntry,
+    NoDataAction, PendingGate, Phase, PromotionMode, TrafficDriftPolicy, Verdict,
 };
 
-/// Decides what to do next. `spec` must have passed [`crate::api::validate`].
+/// How a look's counts are judged: [`evaluate_look`] in [`decide`]; tests pin the verdict.
+pub(crate) type Judge<'a> = &'a dyn Fn(
+    &AnalysisSpec,
+    &AnalysisState,
+    &LookCounts,
+    &LookContext,
+) -> Result<LookOutcome, AnalysisError>;
+
+/// Decides what to do next, judging a fresh look with the analysis.
 pub fn decide(
     spec: &CanarySpec,
     status: &CanaryStatus,
     obs: &Observations,
     now: Timestamp,
 ) -> Decision {
+    decide_with(spec, status, obs, now, &evaluate_look)
+}
+
+pub(crate) fn decide_with(
+    spec: &CanarySpec,
+    status: &CanaryStatus,
+    obs: &Observations,
+    now: Timestamp,
+    judge: Judge,
+) -> Decision {
     let mut r = Round {
         spec,
         obs,
         now,
+        judge,
         status: status.clone(),
         actions: Vec::new(),
+        cause: Cause::Lifecycle,
     };
-    if obs.deleted {
-        r.on_deleted();
-    } else {
-        r.step();
+    if r.preconditions_hold() {
+        if obs.deleted {
+            r.on_deleted();
+        } else {
+            r.step();
+        }
     }
     r.finish(status)
 }
@@ -44,8 +67,11 @@ struct Round<'a> {
     spec: &'a CanarySpec,
     obs: &'a Observations,
     now: Timestamp,
+    judge: Judge<'a>,
     status: CanaryStatus,
     actions: Vec<Action>,
+    /// What brought this round's events about (the strongest cause seen).
+    cause: Cause,
 }
 
 fn short(rev: &str) -> &str {
@@ -53,10 +79,61 @@ fn short(rev: &str) -> &str {
 }
 
 impl Round<'_> {
+    /// A valid spec and a readable route, recorded as the `SpecValid` and `TrafficReady`
+    /// conditions. Without them nothing else is decided: the Canary holds where it is.
+    fn preconditions_hold(&mut self) -> bool {
+        if let Some(problem) = &self.obs.spec_problem {
+            if !self.obs.deleted {
+                self.condition("SpecValid", false, "InvalidSpec", problem);
+                self.say(format!("invalid spec, nothing done: {problem}"));
+            }
+            return false;
+        }
+        self.condition("SpecValid", true, "Valid", "the spec passed every check");
+        match &self.obs.traffic {
+            // Being deleted without a route: there is no traffic to restore.
+            Err(_) if self.obs.deleted => false,
+            Err(problem) => {
+                self.condition("TrafficReady", false, "RouteProblem", problem);
+                self.say(format!("holding: {problem}"));
+                false
+            }
+            Ok(_) => {
+                let ready = "the route carries prod and stage";
+                self.condition("TrafficReady", true, "RouteFound", ready);
+                true
+            }
+        }
+    }
+
+    fn condition(&mut self, type_: &str, ok: bool, reason: &str, message: &str) {
+        let value = if ok { "True" } else { "False" };
+        let conditions = &mut self.status.conditions;
+        match conditions.iter_mut().find(|c| c.type_ == type_) {
+            Some(c) if c.status == value && c.reason == reason && c.message == message => {}
+            Some(c) => {
+                if c.status != value {
+                    c.last_transition_time = Some(self.now);
+                }
+                c.status = value.into();
+                c.reason = reason.into();
+                c.message = message.into();
+            }
+            None => conditions.push(Condition {
+                type_: type_.into(),
+                status: value.into(),
+                reason: reason.into(),
+                message: message.into(),
+                last_transition_time: Some(self.now),
+            }),
+        }
+    }
+
     fn step(&mut self) {
         if let Some(cmd) = &self.obs.command {
             if self.status.last_command.as_deref() != Some(cmd.id.as_str()) {
                 self.status.last_command = Some(cmd.id.clone());
+                self.because(Cause::Operator);
                 self.on_command(cmd.verb);
             }
         }
@@ -82,6 +159,41 @@ impl Round<'_> {
         }
         if self.status.phase.is_active() {
             self.check_drift();
+        }
+        self.restart_lost_gate();
+    }
+
+    /// A pending gate that neither reported nor runs was lost with a previous process:
+    /// start it again under the same id.
+    fn restart_lost_gate(&mut self) {
+        let Some(pending) = &self.status.pending_gate else {
+            return;
+        };
+        let reported = self.obs.gate.as_ref().is_some_and(|g| g.id == pending.id);
+        let started = self
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::StartGate { id, .. } if *id == pending.id));
+        if !reported && !started && !self.obs.gate_running {
+            self.actions.push(Action::StartGate {
+                id: pending.id.clone(),
+                kind: pending.kind,
+            });
+        }
+    }
+
+    /// Records what brought this round's events about; the strongest cause wins.
+    fn because(&mut self, cause: Cause) {
+        let strength = |c: Cause| match c {
+            Cause::Operator => 5,
+            Cause::Analysis => 4,
+            Cause::Gate => 3,
+            Cause::NoData => 2,
+            Cause::NewRevision => 1,
+            Cause::Lifecycle => 0,
+        };
+        if strength(cause) > strength(self.cause) {
+            self.cause = cause;
         }
     }
 
@@ -132,6 +244,7 @@ impl Round<'_> {
             return;
         }
         let revision = stage.revision.clone();
+        self.because(Cause::NewRevision);
         self.start_rollout(revision);
     }
 
@@ -164,6 +277,7 @@ impl Round<'_> {
     /// Stage vanished or got another revision mid-rollout. Returns true when handled.
     fn on_stage_changed(&mut self) -> bool {
         let Some(stage) = &self.obs.stage else {
+            self.because(Cause::NewRevision);
             self.rollback("the stage Deployment disappeared".into());
             return true;
         };
@@ -172,6 +286,7 @@ impl Round<'_> {
             return false;
         }
         let new = stage.revision.clone();
+        self.because(Cause::NewRevision);
         self.event(
             false,
             "NewRevision",
@@ -190,7 +305,7 @@ impl Round<'_> {
     }
 
     fn check_drift(&mut self) {
-        let Some(seen) = &self.obs.traffic else {
+        let Ok(seen) = &self.obs.traffic else {
             return;
         };
         if self.status.traffic_version.as_deref() == Some(seen.version.as_str()) {
@@ -352,6 +467,7 @@ impl Round<'_> {
         let judged = self.fold_look();
         if let Some(j) = &judged {
             if j.verdict == Verdict::Rollback {
+                self.because(Cause::Analysis);
                 return self.rollback(j.reason.clone());
             }
         }
@@ -368,6 +484,7 @@ impl Round<'_> {
                 j.verdict == Verdict::Advance
             };
             if proven && min_passed && gates_clear && data_ok {
+                self.because(Cause::Analysis);
                 let why = if weight >= 100 {
                     format!(
                         "stage held 100 % for {}: {}",
@@ -458,12 +575,7 @@ impl Round<'_> {
     }
 
     fn switching_back(&mut self) {
-        if self
-            .obs
-            .traffic
-            .as_ref()
-            .is_some_and(|t| t.stage_weight == 0)
-        {
+        if self.obs.traffic.as_ref().is_ok_and(|t| t.stage_weight == 0) {
             let rev = self.status.stage_revision.clone().unwrap_or_default();
             let took = self
                 .status
@@ -579,13 +691,7 @@ impl Round<'_> {
         self.status.pending_gate = None;
         self.status.paused_from = None;
         self.record_decision(Verdict::Rollback, why.clone());
-        if weight != 0
-            || self
-                .obs
-                .traffic
-                .as_ref()
-                .is_some_and(|t| t.stage_weight != 0)
-        {
+        if weight != 0 || self.obs.traffic.as_ref().is_ok_and(|t| t.stage_weight != 0) {
             self.actions.push(Action::SetWeights { stage: 0 });
         }
         self.status.stage_weight = 0;
@@ -663,10 +769,12 @@ impl Round<'_> {
             .filter(|g| g.id == pending.id)?
             .clone();
         self.status.pending_gate = None;
+        self.because(Cause::Gate);
         Some(result)
     }
 
-    /// Folds a fresh look of the current step into the status; returns its judgement.
+    /// Judges a fresh look of the current step and folds it into the status; returns the
+    /// judgement. A stale look is not judged at all.
     fn fold_look(&mut self) -> Option<LookOutcome> {
         let look = self.obs.look.as_ref()?;
         let last_end = self.status.analysis.as_ref().and_then(|a| a.window_end);
@@ -679,8 +787,22 @@ impl Round<'_> {
         if stale {
             return None;
         }
-        match &look.result {
-            LookResult::Unavailable { reason } => {
+        let judged = match &look.result {
+            LookResult::Unavailable { reason } => Err(reason.clone()),
+            LookResult::Counts(counts) => {
+                let ctx = LookContext {
+                    step: self.status.step,
+                    stage_weight: self.status.stage_weight,
+                    elapsed_in_step: self.elapsed_in_step().unsigned_abs(),
+                    min_duration: self.spec.step_duration.min.0,
+                };
+                let state = self.status.analysis.clone().unwrap_or_default();
+                (self.judge)(&self.spec.analysis, &state, counts, &ctx)
+                    .map_err(|e| format!("the counts are unusable: {e}"))
+            }
+        };
+        match judged {
+            Err(reason) => {
                 self.status.no_data_since.get_or_insert(self.now);
                 self.say(format!(
                     "holding at {} % to stage: telemetry unavailable ({reason})",
@@ -688,7 +810,7 @@ impl Round<'_> {
                 ));
                 None
             }
-            LookResult::Judged(j) => {
+            Ok(j) => {
                 let mut state = j.state.clone();
                 state.window_end = Some(look.window_end);
                 self.status.analysis = Some(state);
@@ -705,7 +827,7 @@ impl Round<'_> {
                     reason: j.reason.clone(),
                     metrics: j.metrics.clone(),
                 });
-                Some(j.clone())
+                Some(j)
             }
         }
     }
@@ -739,7 +861,12 @@ impl Round<'_> {
     }
 
     fn notify(&mut self, event: NotifyEvent, message: String) {
-        self.actions.push(Action::Notify { event, message });
+        // The cause is filled in by `finish`, once the round knows it.
+        self.actions.push(Action::Notify {
+            event,
+            cause: Cause::Lifecycle,
+            message,
+        });
     }
 
     fn say(&mut self, message: String) {
@@ -747,6 +874,14 @@ impl Round<'_> {
     }
 
     fn finish(mut self, before: &CanaryStatus) -> Decision {
+        if self.status.no_data_since.is_some() {
+            self.because(Cause::NoData);
+        }
+        for action in &mut self.actions {
+            if let Action::Notify { cause, .. } = action {
+                *cause = self.cause;
+            }
+        }
         let s = &mut self.status;
         if s.phase != before.phase || s.step != before.step || s.stage_weight != before.stage_weight
         {

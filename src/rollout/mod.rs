@@ -1,9 +1,11 @@
 //! The rollout lifecycle as a pure function:
 //! `(spec, status, observations, now) -> (new status, actions)`.
 //!
-//! It owns every decision about phases, steps and weights; it never calls a client. The
-//! reconciler observes (Deployments, VirtualService, one analysis look, gate results,
-//! operator commands), calls [`decide`], carries out the actions and writes the status.
+//! It owns every decision about phases, steps, weights and conditions, and runs the analysis
+//! of a look itself (a look brings raw counts); it never calls a client. The reconciler
+//! observes (the spec's validity, Deployments, VirtualService, one look's counts, gate
+//! results, operator commands), calls [`decide`], carries out the actions and writes the
+//! status.
 //! Actions are idempotent, and the status remembers what was started (pending gates, the
 //! last command, the last analysis window), so feeding the same observations twice yields
 //! no new actions and a restarted daemon continues where it stopped.
@@ -15,6 +17,7 @@ mod tests;
 
 use jiff::Timestamp;
 
+use crate::analysis::LookCounts;
 pub use crate::analysis::LookOutcome;
 use crate::api::{GateKind, WebhookKind};
 
@@ -33,17 +36,23 @@ pub struct Workload {
 }
 
 /// Everything observed in one reconcile round.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Observations {
+    /// What is wrong with the spec, in words that name each field and its fix (`None`: the
+    /// spec passed every check). An invalid spec is reported and nothing else is done.
+    pub spec_problem: Option<String>,
     /// `None` when the Deployment does not exist.
     pub stage: Option<Workload>,
     pub prod: Option<Workload>,
-    /// The split the VirtualService has now (`None` when it could not be read).
-    pub traffic: Option<Traffic>,
+    /// The split the VirtualService has now, or why it cannot be read (the Canary holds).
+    pub traffic: Result<Traffic, String>,
     /// The analysis look taken this round, if one was due.
     pub look: Option<Look>,
     /// The result of a gate (checks, webhooks) the status says is pending.
     pub gate: Option<GateResult>,
+    /// The pending gate is still running in this process. A pending gate with no result
+    /// that is not running was lost (the daemon restarted) and is started again.
+    pub gate_running: bool,
     /// An operator command found on the Canary.
     pub command: Option<Command>,
     /// The Canary is being deleted.
@@ -58,7 +67,24 @@ pub struct Traffic {
     pub version: String,
 }
 
-/// One look of the analysis: the counts of one window, judged.
+impl Default for Observations {
+    /// Nothing observed yet: no Deployments, no route.
+    fn default() -> Self {
+        Self {
+            spec_problem: None,
+            stage: None,
+            prod: None,
+            traffic: Err("the VirtualService was not read".into()),
+            look: None,
+            gate: None,
+            gate_running: false,
+            command: None,
+            deleted: false,
+        }
+    }
+}
+
+/// One look: the counts of one window, as read from telemetry. The lifecycle judges it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Look {
     /// The step the look was taken at; a look from another step is ignored.
@@ -70,8 +96,8 @@ pub struct Look {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum LookResult {
-    /// The analysis ran on fresh counts.
-    Judged(LookOutcome),
+    /// Both arms' counts over the window.
+    Counts(LookCounts),
     /// Telemetry could not be read (Prometheus down, query error): hold, never advance.
     Unavailable { reason: String },
 }
@@ -113,7 +139,12 @@ pub enum Action {
     /// Call the webhooks of this kind (not gates: their answers do not matter).
     CallWebhooks { kind: WebhookKind },
     /// Tell people (Alertmanager, Slack, webhooks) about a rollout event.
-    Notify { event: NotifyEvent, message: String },
+    Notify {
+        event: NotifyEvent,
+        /// What brought the event about (a metric label: a small fixed set).
+        cause: Cause,
+        message: String,
+    },
     /// Record a Kubernetes Event on the Canary.
     RecordEvent {
         warning: bool,
@@ -149,6 +180,37 @@ impl NotifyEvent {
             NotifyEvent::RolledBack => "RolledBack",
             NotifyEvent::Promoted => "Promoted",
             NotifyEvent::Succeeded => "Succeeded",
+        }
+    }
+}
+
+/// What brought a rollout event about.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Cause {
+    /// An operator command (abort, resume, promote).
+    Operator,
+    /// An advance or rollback verdict of the analysis.
+    Analysis,
+    /// A gate's result: checks or webhooks.
+    Gate,
+    /// No telemetry from stage for `noData.after`.
+    NoData,
+    /// Stage got a new revision, or its Deployment went away.
+    NewRevision,
+    /// The lifecycle itself: a timeout, drift, a finished switch.
+    #[default]
+    Lifecycle,
+}
+
+impl Cause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Operator => "operator",
+            Cause::Analysis => "analysis",
+            Cause::Gate => "gate",
+            Cause::NoData => "no_data",
+            Cause::NewRevision => "new_revision",
+            Cause::Lifecycle => "lifecycle",
         }
     }
 }

@@ -4,10 +4,12 @@
 use jiff::{SignedDuration, Timestamp};
 use proptest::prelude::*;
 
+use super::lifecycle::decide_with;
 use super::*;
+use crate::analysis::{AnalysisError, LookContext};
 use crate::api::{
-    AnalysisState, CanarySpec, CanaryStatus, CheckSpec, HumanDuration, NoDataAction, Phase,
-    PromotionMode, TrafficDriftPolicy, Verdict, WebhookKind, WebhookSpec, WebhookTarget,
+    AnalysisSpec, AnalysisState, CanarySpec, CanaryStatus, CheckSpec, HumanDuration, NoDataAction,
+    Phase, PromotionMode, TrafficDriftPolicy, Verdict, WebhookKind, WebhookSpec, WebhookTarget,
 };
 
 fn seed_spec() -> CanarySpec {
@@ -37,6 +39,28 @@ stepDuration: {min: 2m, max: 30m}
 
 fn t0() -> Timestamp {
     "2026-11-29T12:00:00Z".parse().unwrap()
+}
+
+fn outcome(verdict: Verdict, reason: String, stage_has_data: bool) -> LookOutcome {
+    LookOutcome {
+        state: AnalysisState::default(),
+        verdict,
+        reason,
+        metrics: vec![],
+        stage_has_data,
+    }
+}
+
+/// A judge that gives `outcome` to any look (tests pin the verdict, not the counts).
+fn judging_as(
+    outcome: Option<LookOutcome>,
+) -> impl Fn(
+    &AnalysisSpec,
+    &AnalysisState,
+    &LookCounts,
+    &LookContext,
+) -> Result<LookOutcome, AnalysisError> {
+    move |_, _, _, _| Ok(outcome.clone().expect("a look with counts needs a verdict"))
 }
 
 fn ready(rev: &str) -> Option<Workload> {
@@ -84,17 +108,30 @@ impl Sim {
         Observations {
             stage: self.stage.clone(),
             prod: self.prod.clone(),
-            traffic: Some(Traffic {
+            traffic: Ok(Traffic {
                 stage_weight: self.vs_weight,
                 version: self.vs_version.to_string(),
             }),
+            // The reconciler runs every gate it is asked to start.
+            gate_running: self.status.pending_gate.is_some(),
             ..Default::default()
         }
     }
 
     /// One round; applies weight and prod-update actions like the reconciler.
     fn round(&mut self, obs: Observations) -> Vec<Action> {
-        let d = decide(&self.spec, &self.status, &obs, self.now);
+        self.judged_round(obs, None)
+    }
+
+    /// One round whose look (if any) the analysis judges as `outcome`.
+    fn judged_round(&mut self, obs: Observations, outcome: Option<LookOutcome>) -> Vec<Action> {
+        let d = decide_with(
+            &self.spec,
+            &self.status,
+            &obs,
+            self.now,
+            &judging_as(outcome),
+        );
         for a in &d.actions {
             match a {
                 Action::SetWeights { stage } => self.set_vs(*stage),
@@ -137,15 +174,14 @@ impl Sim {
         obs.look = Some(Look {
             step: self.status.step,
             window_end: self.now,
-            result: LookResult::Judged(LookOutcome {
-                state: AnalysisState::default(),
-                verdict,
-                reason: format!("analysis says {}", verdict.as_str()),
-                metrics: vec![],
-                stage_has_data: has_data,
-            }),
+            result: LookResult::Counts(Default::default()),
         });
-        self.round(obs)
+        let outcome = outcome(
+            verdict,
+            format!("analysis says {}", verdict.as_str()),
+            has_data,
+        );
+        self.judged_round(obs, Some(outcome))
     }
 
     fn unavailable_look(&mut self) -> Vec<Action> {
@@ -636,16 +672,169 @@ fn looks_from_another_step_or_an_old_window_are_ignored() {
     obs.look = Some(Look {
         step: 2,
         window_end: sim.now,
-        result: LookResult::Judged(LookOutcome {
-            state: AnalysisState::default(),
-            verdict: Verdict::Rollback,
-            reason: "stale".into(),
-            metrics: vec![],
-            stage_has_data: true,
-        }),
+        result: LookResult::Counts(Default::default()),
     });
-    assert!(sim.round(obs).is_empty());
+    let rollback = outcome(Verdict::Rollback, "stale".into(), true);
+    assert!(sim.judged_round(obs, Some(rollback)).is_empty());
     assert_eq!(sim.status.phase, Phase::Progressing);
+}
+
+#[test]
+fn a_stale_look_is_not_judged() {
+    let mut sim = Sim::new(seed_spec());
+    sim.start_and_pass_pre_traffic("v2");
+    sim.wait(300);
+    let mut obs = sim.obs();
+    obs.look = Some(Look {
+        step: sim.status.step + 1,
+        window_end: sim.now,
+        result: LookResult::Counts(Default::default()),
+    });
+    let never = |_: &AnalysisSpec,
+                 _: &AnalysisState,
+                 _: &LookCounts,
+                 _: &LookContext|
+     -> Result<LookOutcome, AnalysisError> {
+        panic!("a look from another step was judged")
+    };
+    let d = decide_with(&sim.spec, &sim.status, &obs, sim.now, &never);
+    assert!(d.actions.is_empty());
+}
+
+#[test]
+fn unusable_counts_hold_like_missing_telemetry() {
+    let mut sim = Sim::new(seed_spec());
+    sim.start_and_pass_pre_traffic("v2");
+    sim.wait(300);
+    let mut obs = sim.obs();
+    let mut counts = LookCounts::default();
+    counts.stage.requests = 10.0;
+    counts.stage.errors = 11.0;
+    obs.look = Some(Look {
+        step: sim.status.step,
+        window_end: sim.now,
+        result: LookResult::Counts(counts),
+    });
+    // The real analysis: more errors than requests cannot be judged.
+    let d = decide(&sim.spec, &sim.status, &obs, sim.now);
+    assert_eq!(d.status.phase, Phase::Progressing);
+    assert!(set_weights(&d.actions).is_empty());
+    assert!(d.status.no_data_since.is_some());
+    assert!(
+        d.status.message.contains("the counts are unusable"),
+        "{}",
+        d.status.message
+    );
+}
+
+#[test]
+fn a_gate_lost_with_a_previous_process_is_started_again_under_its_id() {
+    let mut sim = Sim::new(seed_spec());
+    sim.stage = ready("v2");
+    sim.idle_round();
+    let pending = sim
+        .status
+        .pending_gate
+        .clone()
+        .expect("the pre-traffic gate");
+    let mut obs = sim.obs();
+    obs.gate_running = false;
+    let a = sim.round(obs);
+    assert_eq!(
+        a,
+        vec![Action::StartGate {
+            id: pending.id.clone(),
+            kind: pending.kind
+        }]
+    );
+    assert_eq!(
+        sim.status.pending_gate,
+        Some(pending),
+        "the same gate, not a new one"
+    );
+    assert!(
+        sim.idle_round().is_empty(),
+        "running again: nothing to start"
+    );
+}
+
+#[test]
+fn an_invalid_spec_or_a_missing_route_is_a_condition_and_nothing_else() {
+    let mut sim = Sim::new(seed_spec());
+    sim.stage = ready("v2");
+    let condition = |status: &CanaryStatus, type_: &str| {
+        let c = status.conditions.iter().find(|c| c.type_ == type_).cloned();
+        c.map(|c| (c.status, c.reason))
+    };
+
+    let mut obs = sim.obs();
+    obs.spec_problem = Some("spec.steps[2]: 30 does not exceed the step before it".into());
+    assert!(sim.round(obs).is_empty());
+    assert_eq!(sim.status.phase, Phase::Idle);
+    assert_eq!(
+        condition(&sim.status, "SpecValid"),
+        Some(("False".into(), "InvalidSpec".into()))
+    );
+    assert!(sim
+        .status
+        .message
+        .starts_with("invalid spec, nothing done: spec.steps[2]"));
+
+    let mut obs = sim.obs();
+    obs.traffic = Err("VirtualService prod/demoapp not found".into());
+    assert!(sim.round(obs).is_empty());
+    assert_eq!(sim.status.phase, Phase::Idle, "no rollout without a route");
+    assert_eq!(
+        condition(&sim.status, "SpecValid"),
+        Some(("True".into(), "Valid".into()))
+    );
+    assert_eq!(
+        condition(&sim.status, "TrafficReady"),
+        Some(("False".into(), "RouteProblem".into()))
+    );
+    assert_eq!(
+        sim.status.message,
+        "holding: VirtualService prod/demoapp not found"
+    );
+
+    sim.idle_round();
+    assert_eq!(sim.status.phase, Phase::Testing, "the route is back");
+    assert_eq!(
+        condition(&sim.status, "TrafficReady"),
+        Some(("True".into(), "RouteFound".into()))
+    );
+}
+
+#[test]
+fn every_event_names_what_caused_it() {
+    let cause_of = |actions: &[Action], event: NotifyEvent| {
+        actions.iter().find_map(|a| match a {
+            Action::Notify {
+                event: e, cause, ..
+            } if *e == event => Some(*cause),
+            _ => None,
+        })
+    };
+    let mut sim = Sim::new(seed_spec());
+    sim.stage = ready("v2");
+    let a = sim.idle_round();
+    assert_eq!(
+        cause_of(&a, NotifyEvent::RolloutStarted),
+        Some(Cause::NewRevision)
+    );
+    let a = sim.gate_result(false);
+    assert_eq!(cause_of(&a, NotifyEvent::RolledBack), Some(Cause::Gate));
+
+    let mut sim = Sim::new(seed_spec());
+    sim.start_and_pass_pre_traffic("v2");
+    sim.wait(30);
+    let a = sim.look(Verdict::Rollback, true);
+    assert_eq!(cause_of(&a, NotifyEvent::RolledBack), Some(Cause::Analysis));
+
+    let mut sim = Sim::new(seed_spec());
+    sim.start_and_pass_pre_traffic("v2");
+    let a = sim.command("1", Verb::Abort);
+    assert_eq!(cause_of(&a, NotifyEvent::RolledBack), Some(Cause::Operator));
 }
 
 // -- properties over random observation sequences ---------------------------------------
@@ -746,9 +935,16 @@ fn spec_variant() -> impl Strategy<Value = CanarySpec> {
         )
 }
 
+const VERDICTS: [Verdict; 3] = [Verdict::Continue, Verdict::Advance, Verdict::Rollback];
+
+/// How the analysis judges the round's look, if it has one.
+fn judgement(c: &Choice) -> Option<LookOutcome> {
+    c.look
+        .map(|(v, _, data)| outcome(VERDICTS[v as usize], "random".into(), data))
+}
+
 fn observe(c: &Choice, status: &CanaryStatus, vs_weight: (u8, u64)) -> Observations {
     let rev = |i: u8| format!("v{i}");
-    let verdicts = [Verdict::Continue, Verdict::Advance, Verdict::Rollback];
     Observations {
         stage: match c.stage_rev {
             Some(3) => None,
@@ -769,7 +965,7 @@ fn observe(c: &Choice, status: &CanaryStatus, vs_weight: (u8, u64)) -> Observati
             },
             ready: c.prod_ready,
         }),
-        traffic: Some(match c.weight {
+        traffic: Ok(match c.weight {
             Some(w) => Traffic {
                 stage_weight: w,
                 version: format!("foreign-{}", status.history.len()),
@@ -779,20 +975,14 @@ fn observe(c: &Choice, status: &CanaryStatus, vs_weight: (u8, u64)) -> Observati
                 version: vs_weight.1.to_string(),
             },
         }),
-        look: c.look.map(|(v, this_step, data)| Look {
+        look: c.look.map(|(_, this_step, _)| Look {
             step: if this_step {
                 status.step
             } else {
                 status.step + 1
             },
             window_end: Timestamp::MAX,
-            result: LookResult::Judged(LookOutcome {
-                state: AnalysisState::default(),
-                verdict: verdicts[v as usize],
-                reason: "random".into(),
-                metrics: vec![],
-                stage_has_data: data,
-            }),
+            result: LookResult::Counts(Default::default()),
         }),
         gate: c.gate.map(|(matching, passed)| {
             let id = match &status.pending_gate {
@@ -810,6 +1000,9 @@ fn observe(c: &Choice, status: &CanaryStatus, vs_weight: (u8, u64)) -> Observati
             verb: [Verb::Abort, Verb::Resume, Verb::Promote][v as usize],
         }),
         deleted: c.deleted,
+        // The reconciler runs every gate it is asked to start.
+        gate_running: status.pending_gate.is_some(),
+        spec_problem: None,
     }
 }
 
@@ -830,7 +1023,8 @@ proptest! {
             if let Some(look) = &mut obs.look {
                 look.window_end = now;
             }
-            let d = decide(&spec, &status, &obs, now);
+            let judge = judging_as(judgement(c));
+            let d = decide_with(&spec, &status, &obs, now, &judge);
             let new = &d.status;
             let written = set_weights(&d.actions);
 
@@ -846,8 +1040,8 @@ proptest! {
             if new.stage_weight > status.stage_weight {
                 let gate_passed = obs.gate.as_ref().is_some_and(|g| g.passed
                     && status.pending_gate.as_ref().is_some_and(|p| p.id == g.id));
-                let judged = matches!(&obs.look, Some(Look { step, result: LookResult::Judged(j), .. })
-                    if *step == status.step && j.verdict == Verdict::Advance);
+                let judged = matches!(&obs.look, Some(Look { step, .. }) if *step == status.step)
+                    && judgement(c).is_some_and(|j| j.verdict == Verdict::Advance);
                 let promote = obs.command.as_ref().is_some_and(|c| c.verb == Verb::Promote);
                 let resume = obs.command.as_ref().is_some_and(|c| c.verb == Verb::Resume);
                 prop_assert!(gate_passed || judged || promote || resume,
@@ -861,11 +1055,13 @@ proptest! {
             // Every rollback ends with prod at 100 %.
             if new.phase == Phase::RolledBack && status.phase != Phase::RolledBack {
                 prop_assert_eq!(new.stage_weight, 0);
-                prop_assert!(written.contains(&0) || (status.stage_weight == 0 && obs.traffic.as_ref().is_some_and(|t| t.stage_weight == 0)));
+                prop_assert!(written.contains(&0) || (status.stage_weight == 0 && obs.traffic.as_ref().is_ok_and(|t| t.stage_weight == 0)));
             }
 
             // Feeding the same observations again changes nothing.
-            let again = decide(&spec, new, &obs, now);
+            // The reconciler started every gate it was asked to: now it runs.
+            obs.gate_running = new.pending_gate.is_some();
+            let again = decide_with(&spec, new, &obs, now, &judge);
             prop_assert!(again.actions.is_empty(), "repeat produced {:?}", again.actions);
             prop_assert_eq!(&again.status, new);
 

@@ -18,7 +18,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::api::{Canary, CanaryStatus, Phase, Verdict};
+use crate::api::{Canary, CanaryStatus, Phase};
 use crate::rollout::{Action, NotifyEvent};
 
 const PHASES: [Phase; 8] = [
@@ -93,12 +93,6 @@ struct CategoryLabels {
     category: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct NotificationLabels {
-    notifier: String,
-    result: &'static str,
-}
-
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// The series one Canary has created whose labels are not fixed by its name alone, so that
@@ -127,9 +121,6 @@ pub struct Metrics {
     decisions: Family<DecisionLabels, Counter>,
     rollout_duration: Histogram,
     time_to_rollback: Histogram,
-    query_duration: Histogram,
-    query_errors: Counter,
-    notifications: Family<NotificationLabels, Counter>,
     leader: Gauge,
     emitted: Mutex<HashMap<(String, String), Emitted>>,
 }
@@ -155,9 +146,6 @@ impl Metrics {
             rollout_duration: Histogram::new(exponential_buckets(60.0, 2.0, 11)),
             // 10 seconds .. about 3 hours.
             time_to_rollback: Histogram::new(exponential_buckets(10.0, 2.0, 11)),
-            query_duration: Histogram::new(exponential_buckets(0.005, 2.0, 12)),
-            query_errors: Counter::default(),
-            notifications: Family::default(),
             leader: Gauge::default(),
             emitted: Mutex::default(),
         };
@@ -239,22 +227,6 @@ impl Metrics {
             prometheus_client::registry::Unit::Seconds,
             m.time_to_rollback.clone(),
         );
-        canaryd.register_with_unit(
-            "prometheus_query_duration",
-            "Time to fetch the counts of one analysis look from Prometheus",
-            prometheus_client::registry::Unit::Seconds,
-            m.query_duration.clone(),
-        );
-        canaryd.register(
-            "prometheus_query_errors",
-            "Analysis looks whose Prometheus queries failed",
-            m.query_errors.clone(),
-        );
-        canaryd.register(
-            "notifications",
-            "Notification deliveries, by notifier and result",
-            m.notifications.clone(),
-        );
         canaryd.register(
             "leader",
             "1 while this replica holds the leader Lease",
@@ -290,39 +262,13 @@ impl Metrics {
         }
     }
 
-    /// One analysis look's fetch from Prometheus.
-    pub fn prometheus_query(&self, took: Duration, ok: bool) {
-        self.query_duration.observe(took.as_secs_f64());
-        if !ok {
-            self.query_errors.inc();
-        }
-    }
-
-    /// One notification delivery (after its retries).
-    pub fn notification(&self, notifier: &str, delivered: bool) {
-        let result = if delivered { "delivered" } else { "failed" };
-        self.notifications
-            .get_or_create(&NotificationLabels {
-                notifier: notifier.into(),
-                result,
-            })
-            .inc();
-    }
-
     pub fn set_leader(&self, leader: bool) {
         self.leader.set(i64::from(leader));
     }
 
     /// What one reconcile decided: the Canary's state afterwards, the decisions among its
     /// actions, and the duration of a rollout that ended.
-    pub fn record(
-        &self,
-        canary: &Canary,
-        old: &CanaryStatus,
-        new: &CanaryStatus,
-        actions: &[Action],
-        now: Timestamp,
-    ) {
+    pub fn record(&self, canary: &Canary, new: &CanaryStatus, actions: &[Action], now: Timestamp) {
         let spec = &canary.spec;
         let namespace = canary.metadata.namespace.as_deref().unwrap_or_default();
         let canary = canary.metadata.name.as_deref().unwrap_or_default();
@@ -390,11 +336,11 @@ impl Metrics {
         }
 
         for action in actions {
-            let Action::Notify { event, .. } = action else {
+            let Action::Notify { event, cause, .. } = action else {
                 continue;
             };
             let decision = decision_name(*event);
-            let reason = decision_reason(old, new);
+            let reason = cause.as_str();
             emitted.decisions.insert((decision, reason));
             self.decisions
                 .get_or_create(&DecisionLabels {
@@ -404,9 +350,8 @@ impl Metrics {
                     reason,
                 })
                 .inc();
-            let since_start = old
+            let since_start = new
                 .rollout_started_at
-                .or(new.rollout_started_at)
                 .map(|start| now.duration_since(start).as_secs_f64().max(0.0));
             match (event, since_start) {
                 (NotifyEvent::Succeeded, Some(s)) => self.rollout_duration.observe(s),
@@ -504,29 +449,5 @@ pub fn decision_name(event: NotifyEvent) -> &'static str {
         NotifyEvent::RolledBack => "rolled_back",
         NotifyEvent::Promoted => "promoted",
         NotifyEvent::Succeeded => "succeeded",
-    }
-}
-
-/// The `reason` label, from a fixed set, read off what changed in the status (the status's
-/// own reason is free text and would make the label unbounded):
-/// `operator` (a command was carried out), `analysis` (a look's advance or rollback),
-/// `gate` (checks or webhooks finished), `no_data` (telemetry missing), `new_revision`
-/// (stage changed), `lifecycle` (anything else: timeouts, promotion progress).
-pub fn decision_reason(old: &CanaryStatus, new: &CanaryStatus) -> &'static str {
-    let verdict = new.last_decision.as_ref().map(|d| d.verdict);
-    if new.last_command != old.last_command {
-        "operator"
-    } else if new.last_decision != old.last_decision
-        && matches!(verdict, Some(Verdict::Advance | Verdict::Rollback))
-    {
-        "analysis"
-    } else if old.pending_gate.is_some() && new.pending_gate != old.pending_gate {
-        "gate"
-    } else if new.no_data_since.is_some() {
-        "no_data"
-    } else if new.stage_revision != old.stage_revision {
-        "new_revision"
-    } else {
-        "lifecycle"
     }
 }

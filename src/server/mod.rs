@@ -1,27 +1,25 @@
-//! The admin HTTP server on one port: `/metrics` (canaryd's own metrics, see [`metrics`]),
-//! `/healthz` (the process serves) and `/readyz` (the watch caches have synced). It owns
-//! the registry and the readiness flag; it never talks to Kubernetes or Prometheus itself.
+//! The admin HTTP server on one port: `/metrics` (canaryd's own metrics), `/healthz` (the
+//! process serves) and `/readyz` (the watch caches have synced). Each component registers
+//! its own metrics in the one registry (the controller's in [`metrics`], telemetry's and
+//! notify's in theirs); the server only serves it. It never talks to Kubernetes or
+//! Prometheus itself.
 
 pub mod metrics;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use futures::future::BoxFuture;
-use jiff::Timestamp;
 use prometheus_client::registry::Registry;
 use tokio::task::JoinHandle;
 
-use crate::analysis::LookCounts;
-use crate::api::Canary;
-use crate::cluster::MetricsSource;
+use crate::notify::DeliveryMetrics;
+use crate::telemetry::QueryMetrics;
 
 pub use metrics::Metrics;
 
@@ -42,18 +40,24 @@ impl Readiness {
 /// What the admin server serves and the controller fills in.
 #[derive(Clone)]
 pub struct Admin {
+    /// The controller's metrics.
     pub metrics: Arc<Metrics>,
+    /// Telemetry's: every look's fetch from Prometheus.
+    pub queries: QueryMetrics,
+    /// notify's: every delivery.
+    pub deliveries: DeliveryMetrics,
     pub readiness: Readiness,
     registry: Arc<Registry>,
 }
 
 impl Admin {
-    /// canaryd's metrics, registered, and a readiness flag that is not yet set.
+    /// Every component's metrics, registered, and a readiness flag that is not yet set.
     pub fn new() -> Self {
         let mut registry = Registry::default();
-        let metrics = Arc::new(Metrics::register(&mut registry));
         Self {
-            metrics,
+            metrics: Arc::new(Metrics::register(&mut registry)),
+            queries: QueryMetrics::register(&mut registry),
+            deliveries: DeliveryMetrics::register(&mut registry),
             readiness: Readiness::default(),
             registry: Arc::new(registry),
         }
@@ -108,29 +112,6 @@ async fn ready(State(admin): State<Admin>) -> impl IntoResponse {
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "caches not synced yet\n")
-    }
-}
-
-/// A [`MetricsSource`] that times every look's fetch and counts the failed ones.
-pub struct TimedSource {
-    pub inner: Arc<dyn MetricsSource>,
-    pub metrics: Arc<Metrics>,
-}
-
-impl MetricsSource for TimedSource {
-    fn counts<'a>(
-        &'a self,
-        canary: &'a Canary,
-        window_end: Timestamp,
-        window: Duration,
-    ) -> BoxFuture<'a, Result<LookCounts, String>> {
-        Box::pin(async move {
-            let started = Instant::now();
-            let result = self.inner.counts(canary, window_end, window).await;
-            self.metrics
-                .prometheus_query(started.elapsed(), result.is_ok());
-            result
-        })
     }
 }
 

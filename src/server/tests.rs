@@ -1,7 +1,13 @@
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use jiff::Timestamp;
+
 use super::*;
+use crate::analysis::LookCounts;
 use crate::api::{Canary, CanaryStatus, DecisionRecord, MetricReport, Phase, Verdict};
 use crate::rollout::{Action, NotifyEvent};
-use std::time::Instant;
+use crate::telemetry::{MetricsSource, TelemetryError};
 
 fn report(name: &str, upper: Option<f64>) -> MetricReport {
     MetricReport {
@@ -51,16 +57,13 @@ fn a_canary_exports_phase_step_weights_and_statistics() {
     let now: Timestamp = "2026-01-01T00:10:00Z".parse().unwrap();
     let new = progressing(30, vec![report("errors", Some(1.2))]);
     let actions = [Action::Notify {
+        cause: crate::rollout::Cause::Analysis,
         event: NotifyEvent::StepAdvanced,
         message: "free text that must not become a label".into(),
     }];
-    admin.metrics.record(
-        &canary("prod", "flaskapp"),
-        &CanaryStatus::default(),
-        &new,
-        &actions,
-        now,
-    );
+    admin
+        .metrics
+        .record(&canary("prod", "flaskapp"), &new, &actions, now);
     let text = admin.encode();
     assert!(text.contains(
         r#"canaryd_canary_phase{namespace="prod",canary="flaskapp",phase="Progressing"} 1"#
@@ -98,24 +101,13 @@ fn a_deleted_canary_leaves_no_series_behind() {
         vec![report("errors", Some(1.2)), report("latency@500", None)],
     );
     let actions = [Action::Notify {
+        cause: crate::rollout::Cause::Lifecycle,
         event: NotifyEvent::RolledBack,
         message: String::new(),
     }];
     let m = &admin.metrics;
-    m.record(
-        &canary("prod", "flaskapp"),
-        &CanaryStatus::default(),
-        &new,
-        &actions,
-        now,
-    );
-    m.record(
-        &canary("prod", "other"),
-        &CanaryStatus::default(),
-        &new,
-        &[],
-        now,
-    );
+    m.record(&canary("prod", "flaskapp"), &new, &actions, now);
+    m.record(&canary("prod", "other"), &new, &[], now);
     m.forget_canary("prod", "flaskapp");
     let text = admin.encode();
     assert!(!text.contains(r#"canary="flaskapp""#), "{text}");
@@ -133,15 +125,9 @@ fn a_metric_dropped_from_the_spec_loses_its_series() {
         30,
         vec![report("errors", Some(1.0)), report("custom", Some(1.0))],
     );
-    m.record(
-        &canary("ns", "c"),
-        &CanaryStatus::default(),
-        &first,
-        &[],
-        now,
-    );
+    m.record(&canary("ns", "c"), &first, &[], now);
     let second = progressing(30, vec![report("errors", None)]);
-    m.record(&canary("ns", "c"), &first, &second, &[], now);
+    m.record(&canary("ns", "c"), &second, &[], now);
     let text = admin.encode();
     assert!(series(&text, "canaryd_canary_e_value")
         .iter()
@@ -155,8 +141,8 @@ fn daemon_metrics_use_the_agreed_names() {
     let m = &admin.metrics;
     m.reconciled(Duration::from_millis(3), None);
     m.reconciled(Duration::from_millis(3), Some("api"));
-    m.prometheus_query(Duration::from_millis(20), false);
-    m.notification("slack", true);
+    admin.queries.observe(Duration::from_millis(20), false);
+    admin.deliveries.delivered("slack", true);
     m.set_leader(true);
     let text = admin.encode();
     for expected in [
@@ -199,8 +185,13 @@ impl MetricsSource for NoPrometheus {
         _: &'a Canary,
         _: Timestamp,
         _: Duration,
-    ) -> BoxFuture<'a, Result<LookCounts, String>> {
-        Box::pin(async { Err("no Prometheus in this test".to_string()) })
+    ) -> BoxFuture<'a, Result<LookCounts, TelemetryError>> {
+        Box::pin(async {
+            Err(TelemetryError::Config {
+                key: "url",
+                message: "no Prometheus in this test".into(),
+            })
+        })
     }
 }
 

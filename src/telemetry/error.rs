@@ -45,6 +45,9 @@ pub enum TelemetryError {
     /// The Prometheus settings cannot work (bad URL, unreadable CA file, bad header).
     #[error("prometheus.{key}: {message}")]
     Config { key: &'static str, message: String },
+    /// A batched fetch came back without the counts of one of its Canaries.
+    #[error("telemetry returned no counts for Canary {canary}")]
+    NoResult { canary: String },
 }
 
 /// Longest query text kept in an error: a batched query over hundreds of hosts would
@@ -75,6 +78,7 @@ impl TelemetryError {
             TelemetryError::Template { .. } => "template",
             TelemetryError::Credentials { .. } => "credentials",
             TelemetryError::Config { .. } => "config",
+            TelemetryError::NoResult { .. } => "no_result",
         }
     }
 

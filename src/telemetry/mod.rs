@@ -32,6 +32,7 @@
 mod client;
 mod error;
 pub mod promql;
+mod source;
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
@@ -44,6 +45,7 @@ pub use client::{PromClient, Sample};
 use error::shown_query;
 pub use error::TelemetryError;
 pub use promql::{ArmKey, ArmVars, Grouping, SelectBy};
+pub use source::{MetricsSource, QueryMetrics, Timed};
 
 use crate::analysis::{Bucket, LookCounts, RatioCounts};
 use crate::api::canary::{CanarySpec, MetricKind, MetricSpec};

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use canaryd::api::{Canary, CanaryStatus, DecisionRecord, MetricReport, Phase, Verdict};
-use canaryd::rollout::{Action, NotifyEvent};
+use canaryd::rollout::{Action, Cause, NotifyEvent};
 use canaryd::server::Admin;
 use canaryd_lab::mesh::{Side, TrafficGenerator, TrafficPlan, Workload};
 use canaryd_lab::mesh_server::Mesh;
@@ -110,7 +110,13 @@ fn status(
 }
 
 fn notify(event: NotifyEvent) -> Vec<Action> {
+    let cause = match event {
+        NotifyEvent::RolloutStarted => Cause::NewRevision,
+        NotifyEvent::StepAdvanced | NotifyEvent::RolledBack => Cause::Analysis,
+        _ => Cause::Lifecycle,
+    };
     vec![Action::Notify {
+        cause,
         event,
         message: String::new(),
     }]
@@ -125,8 +131,7 @@ async fn rollout(admin: &Admin, stage_weight: &AtomicU32) {
     let broken = canary("broken");
     let started = Timestamp::now();
     m.set_leader(true);
-    m.notification("slack", true);
-    let mut old = CanaryStatus::default();
+    admin.deliveries.delivered("slack", true);
     let mut old_broken = CanaryStatus::default();
     let phases = [
         (Phase::Testing, 0, 0, NotifyEvent::RolloutStarted),
@@ -137,9 +142,8 @@ async fn rollout(admin: &Admin, stage_weight: &AtomicU32) {
     ];
     for (i, (phase, step, weight, event)) in phases.into_iter().enumerate() {
         let new = status(phase, step, weight, started, Verdict::Advance);
-        m.record(&flaskapp, &old, &new, &notify(event), Timestamp::now());
+        m.record(&flaskapp, &new, &notify(event), Timestamp::now());
         stage_weight.store(u32::from(weight), Ordering::SeqCst);
-        old = new;
         let (broken_new, broken_event) = match i {
             0 => (
                 status(Phase::Testing, 0, 0, started, Verdict::Continue),
@@ -156,21 +160,15 @@ async fn rollout(admin: &Admin, stage_weight: &AtomicU32) {
             _ => (old_broken.clone(), None),
         };
         let actions = broken_event.map(notify).unwrap_or_default();
-        m.record(
-            &broken,
-            &old_broken,
-            &broken_new,
-            &actions,
-            Timestamp::now(),
-        );
+        m.record(&broken, &broken_new, &actions, Timestamp::now());
         old_broken = broken_new;
         for _ in 0..20 {
             m.reconciled(Duration::from_millis(4), None);
-            m.prometheus_query(Duration::from_millis(30), true);
+            admin.queries.observe(Duration::from_millis(30), true);
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         m.reconciled(Duration::from_millis(40), Some("api"));
-        m.prometheus_query(Duration::from_millis(900), false);
+        admin.queries.observe(Duration::from_millis(900), false);
     }
 }
 

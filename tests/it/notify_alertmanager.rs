@@ -54,6 +54,7 @@ fn rolled_back() -> (CanaryStatus, Vec<Action>) {
     (
         status,
         vec![Action::Notify {
+            cause: canaryd::rollout::Cause::Lifecycle,
             event: NotifyEvent::RolledBack,
             message,
         }],
@@ -152,6 +153,7 @@ async fn a_restarted_daemon_keeps_the_alert_of_a_paused_canary_firing() {
         ..Default::default()
     };
     let paused = [Action::Notify {
+        cause: canaryd::rollout::Cause::Lifecycle,
         event: NotifyEvent::Paused,
         message: "paused at 30 % to stage: no telemetry for 10m".into(),
     }];

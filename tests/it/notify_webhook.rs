@@ -10,8 +10,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
 use canaryd::api::{Canary, CanaryStatus, NotificationEvent, NotificationRoute, Phase};
-use canaryd::cluster::gates::{signature, SIGNATURE_HEADER};
 use canaryd::config::{NotifierConfig, NotifySettings};
+use canaryd::notify::signing::{signature, SIGNATURE_HEADER};
 use canaryd::notify::{Notifier, RetryPolicy, KEY_HEADER};
 use canaryd::rollout::{Action, NotifyEvent};
 use jiff::Timestamp;
@@ -212,6 +212,7 @@ async fn a_signed_webhook_sees_each_event_of_a_rollout_once() {
         status.phase = phase;
         status.step = step;
         let actions = [Action::Notify {
+            cause: canaryd::rollout::Cause::Lifecycle,
             event,
             message: format!("{} at step {step}", event.as_str()),
         }];
@@ -262,6 +263,7 @@ async fn a_wrong_key_is_rejected_by_the_receiver() {
         ..Default::default()
     };
     let actions = [Action::Notify {
+        cause: canaryd::rollout::Cause::Lifecycle,
         event: NotifyEvent::RolledBack,
         message: "rolled back".into(),
     }];
@@ -284,6 +286,7 @@ async fn a_notification_left_pending_by_a_dead_daemon_is_sent_once_by_the_next()
         ..Default::default()
     };
     let actions = [Action::Notify {
+        cause: canaryd::rollout::Cause::Lifecycle,
         event: NotifyEvent::RolledBack,
         message: "rolled back".into(),
     }];
@@ -357,6 +360,7 @@ async fn slack_gets_a_valid_payload_and_a_dead_receiver_never_blocks() {
         ..Default::default()
     };
     let actions = [Action::Notify {
+        cause: canaryd::rollout::Cause::Lifecycle,
         event: NotifyEvent::RolledBack,
         message: "rolled back at 30 % to stage: errors worse".into(),
     }];

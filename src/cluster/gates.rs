@@ -153,7 +153,7 @@ async fn run_gate(http: &reqwest::Client, job: &GateJob) -> (bool, String) {
     for check in &job.checks {
         match run_check(http, check, &job.host).await {
             Ok(msg) => summary.push(msg),
-            Err(msg) => return (false, msg),
+            Err(e) => return (false, e.to_string()),
         }
     }
     if let Some(payload) = &job.payload {
@@ -171,41 +171,76 @@ async fn run_gate(http: &reqwest::Client, job: &GateJob) -> (bool, String) {
     }
 }
 
+/// Why a check failed; the message is what the status, the Event and the log show.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("check {check}: bad method {method}")]
+    BadMethod { check: String, method: String },
+    #[error("check {}: request {} to {}: {kind}", .at.check, .at.request, .at.url)]
+    Failed {
+        at: CheckRequest,
+        kind: CheckFailure,
+    },
+}
+
+/// Which request of which check.
+#[derive(Debug)]
+pub struct CheckRequest {
+    pub check: String,
+    /// `i/count`.
+    pub request: String,
+    pub url: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckFailure {
+    #[error("failed: {0}")]
+    Request(#[source] reqwest::Error),
+    #[error("answered {status}, expected {expected}")]
+    Status { status: u16, expected: u16 },
+    #[error("the body does not contain {0:?}")]
+    Body(String),
+}
+
 /// Runs one check `count` times; every request must pass.
 pub async fn run_check(
     http: &reqwest::Client,
     check: &CheckSpec,
     host: &str,
-) -> Result<String, String> {
+) -> Result<String, CheckError> {
     let url = check.url.replace("{{ host }}", host);
-    let method = reqwest::Method::from_bytes(check.method.as_bytes())
-        .map_err(|_| format!("check {}: bad method {}", check.name, check.method))?;
+    let method = reqwest::Method::from_bytes(check.method.as_bytes()).map_err(|_| {
+        CheckError::BadMethod {
+            check: check.name.clone(),
+            method: check.method.clone(),
+        }
+    })?;
     for i in 1..=check.count {
+        let failed = |kind| CheckError::Failed {
+            at: CheckRequest {
+                check: check.name.clone(),
+                request: format!("{i}/{}", check.count),
+                url: url.clone(),
+            },
+            kind,
+        };
         let response = http
             .request(method.clone(), &url)
             .timeout(check.timeout.0)
             .send()
             .await
-            .map_err(|e| {
-                format!(
-                    "check {}: request {i}/{} to {url} failed: {e}",
-                    check.name, check.count
-                )
-            })?;
+            .map_err(|e| failed(CheckFailure::Request(e)))?;
         let status = response.status().as_u16();
         if status != check.expect_status {
-            return Err(format!(
-                "check {}: request {i}/{} to {url} answered {status}, expected {}",
-                check.name, check.count, check.expect_status
-            ));
+            return Err(failed(CheckFailure::Status {
+                status,
+                expected: check.expect_status,
+            }));
         }
         if let Some(needle) = &check.body_contains {
             let body = response.text().await.unwrap_or_default();
             if !body.contains(needle.as_str()) {
-                return Err(format!(
-                    "check {}: request {i}/{} to {url}: the body does not contain {needle:?}",
-                    check.name, check.count
-                ));
+                return Err(failed(CheckFailure::Body(needle.clone())));
             }
         }
     }
@@ -215,13 +250,31 @@ pub async fn run_check(
     ))
 }
 
+/// Why a webhook call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("request to {url} failed: {source}")]
+    Request {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{url} answered {status}: {body}")]
+    Rejected {
+        url: String,
+        status: reqwest::StatusCode,
+        /// The first 200 characters of the answer.
+        body: String,
+    },
+}
+
 /// POSTs the payload, signed when a key is configured; 2xx is success.
 pub async fn call_webhook(
     http: &reqwest::Client,
     call: &WebhookCall,
     payload: &WebhookPayload,
-) -> Result<(), String> {
-    let body = serde_json::to_vec(payload).map_err(|e| e.to_string())?;
+) -> Result<(), WebhookError> {
+    let body = serde_json::to_vec(payload).expect("a webhook payload serializes");
     let mut request = http
         .post(&call.url)
         .timeout(call.timeout)
@@ -234,13 +287,19 @@ pub async fn call_webhook(
         .body(body)
         .send()
         .await
-        .map_err(|e| format!("request to {} failed: {e}", call.url))?;
+        .map_err(|source| WebhookError::Request {
+            url: call.url.clone(),
+            source,
+        })?;
     let status = response.status();
     if status.is_success() {
         Ok(())
     } else {
         let text = response.text().await.unwrap_or_default();
-        let text: String = text.chars().take(200).collect();
-        Err(format!("{} answered {status}: {text}", call.url))
+        Err(WebhookError::Rejected {
+            url: call.url.clone(),
+            status,
+            body: text.chars().take(200).collect(),
+        })
     }
 }

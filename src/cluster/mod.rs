@@ -115,13 +115,23 @@ pub enum Error {
     #[error(transparent)]
     Traffic(#[from] traffic::TrafficError),
     #[error("promotion: {0}")]
-    Promotion(String),
+    CopyTemplate(#[from] workload::NoSpec),
+    #[error("promotion: spec.promotion.webhook is missing; set it, or use another promotion.mode")]
+    NoPromotionWebhook,
+    #[error("promotion webhook: {0}")]
+    PromotionWebhook(#[source] gates::WebhookError),
+    #[error("Secret {namespace}/{name} has no key {key}; add the key or fix secretRef.key")]
+    SecretKey {
+        namespace: String,
+        name: String,
+        key: String,
+    },
     #[error("not the leader; not writing")]
     NotLeader,
     #[error("writing {what} took longer than {WRITE_TIMEOUT:?}")]
     Timeout { what: &'static str },
     #[error("finalizer: {0}")]
-    Finalizer(String),
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
 
 impl Error {
@@ -130,7 +140,10 @@ impl Error {
         match self {
             Error::Api(_) => "api",
             Error::Traffic(_) => "traffic",
-            Error::Promotion(_) => "promotion",
+            Error::CopyTemplate(_)
+            | Error::NoPromotionWebhook
+            | Error::PromotionWebhook(_)
+            | Error::SecretKey { .. } => "promotion",
             Error::NotLeader => "not_leader",
             Error::Timeout { .. } => "timeout",
             Error::Finalizer(_) => "finalizer",

@@ -42,7 +42,7 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue
     .map_err(|e| match e {
         kube::runtime::finalizer::Error::ApplyFailed(e)
         | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-        other => Error::Finalizer(other.to_string()),
+        other => Error::Finalizer(Box::new(other)),
     })
 }
 
@@ -324,7 +324,11 @@ async fn secret_key(
     let bytes = found
         .data
         .and_then(|d| d.get(&r.key).map(|b| b.0.clone()))
-        .ok_or_else(|| Error::Promotion(format!("Secret {ns}/{} has no key {}", r.name, r.key)))?;
+        .ok_or_else(|| Error::SecretKey {
+            namespace: ns.into(),
+            name: r.name.clone(),
+            key: r.key.clone(),
+        })?;
     Ok(Some(bytes))
 }
 
@@ -412,8 +416,7 @@ async fn update_prod(
             let mut last = None;
             for _ in 0..3 {
                 let prod = prod_api.get(&spec.prod.deployment.name).await?;
-                let patch =
-                    workload::copy_template_patch(&stage, &prod).map_err(Error::Promotion)?;
+                let patch = workload::copy_template_patch(&stage, &prod)?;
                 let patch: json_patch::Patch =
                     serde_json::from_value(patch).expect("a valid JSON patch");
                 let params = PatchParams::apply(FIELD_MANAGER);
@@ -437,7 +440,7 @@ async fn update_prod(
                 .promotion
                 .webhook
                 .as_ref()
-                .ok_or_else(|| Error::Promotion("spec.promotion.webhook is missing".into()))?;
+                .ok_or(Error::NoPromotionWebhook)?;
             let call = WebhookCall {
                 name: "promotion".into(),
                 url: target.url.clone(),
@@ -457,7 +460,7 @@ async fn update_prod(
                 .collect();
             super::gates::call_webhook(ctx.gates.http(), &call, &body)
                 .await
-                .map_err(Error::Promotion)
+                .map_err(Error::PromotionWebhook)
         }
     }
 }

@@ -48,20 +48,22 @@ pub fn observe(deployment: &Deployment) -> Workload {
     }
 }
 
+/// A Deployment without a spec: its pod template cannot be copied.
+#[derive(Debug, thiserror::Error)]
+#[error("the {0} Deployment has no spec")]
+pub struct NoSpec(pub &'static str);
+
 /// The JSON patch that gives prod stage's pod template while prod keeps its own template
 /// labels (its selector must keep matching). Guarded by a `test` on prod's resourceVersion,
 /// so a prod changed meanwhile is re-read rather than overwritten.
-pub fn copy_template_patch(stage: &Deployment, prod: &Deployment) -> Result<Value, String> {
+pub fn copy_template_patch(stage: &Deployment, prod: &Deployment) -> Result<Value, NoSpec> {
     let stage_template = stage
         .spec
         .as_ref()
         .map(|s| &s.template)
-        .ok_or("the stage Deployment has no spec")?;
-    let prod_spec = prod
-        .spec
-        .as_ref()
-        .ok_or("the prod Deployment has no spec")?;
-    let mut template = serde_json::to_value(stage_template).map_err(|e| e.to_string())?;
+        .ok_or(NoSpec("stage"))?;
+    let prod_spec = prod.spec.as_ref().ok_or(NoSpec("prod"))?;
+    let mut template = serde_json::to_value(stage_template).expect("a pod template serializes");
     let prod_labels = serde_json::to_value(
         prod_spec
             .template
@@ -70,7 +72,7 @@ pub fn copy_template_patch(stage: &Deployment, prod: &Deployment) -> Result<Valu
             .and_then(|m| m.labels.clone())
             .unwrap_or_default(),
     )
-    .map_err(|e| e.to_string())?;
+    .expect("labels serialize");
     template["metadata"]["labels"] = prod_labels;
     let version = prod.metadata.resource_version.clone().unwrap_or_default();
     Ok(json!([

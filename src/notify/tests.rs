@@ -1,5 +1,7 @@
+use super::receivers::Secret;
 use super::*;
-use crate::api::{NotificationRoute, Verdict};
+use crate::api::{NotificationEvent, NotificationRoute, Phase, Verdict};
+use crate::rollout::NotifyEvent;
 
 fn canary(routes: Vec<NotificationRoute>) -> Canary {
     let mut c: Canary = serde_yaml_ng::from_str(

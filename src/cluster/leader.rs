@@ -55,17 +55,22 @@ impl Election {
         let retry = (self.lease_duration / 5).max(Duration::from_millis(200));
         let mut last_renew: Option<std::time::Instant> = None;
         loop {
-            match self.try_acquire_or_renew().await {
-                Ok(true) => {
+            // A hung call must not outlive the deadline within which leadership is proven.
+            let round = tokio::time::timeout(self.renew_deadline, self.try_acquire_or_renew());
+            match round.await {
+                Ok(Ok(true)) => {
                     last_renew = Some(std::time::Instant::now());
                     flag.set(true);
                 }
-                Ok(false) => {
+                Ok(Ok(false)) => {
                     last_renew = None;
                     flag.set(false);
                 }
-                Err(e) => {
+                Ok(Err(e)) => {
                     tracing::warn!(error = %e, lease = %self.lease_name, "cannot renew the lease")
+                }
+                Err(_) => {
+                    tracing::warn!(lease = %self.lease_name, deadline = ?self.renew_deadline, "renewing the lease took longer than renewDeadline")
                 }
             }
             if last_renew.is_some_and(|t| t.elapsed() > self.renew_deadline) {

@@ -1,6 +1,6 @@
 //! canaryd's own Prometheus metrics: what each Canary is doing (phase, step, weights, the
 //! statistics of the last look), the decisions it took, and how the daemon itself fares
-//! (reconciles, Prometheus queries, notifications, leadership). Labels are bounded: a
+//! (reconciles, leadership; telemetry and notify register their own). Labels are bounded: a
 //! Canary's namespace and name, a phase, a metric name from its spec, and small fixed sets
 //! of decisions, reasons and error categories; never an error's text. A deleted Canary's
 //! series are removed ([`Metrics::forget_canary`]).

@@ -47,7 +47,7 @@ pub async fn run(
     client: Client,
     config: &Config,
     metrics: Arc<dyn MetricsSource>,
-) -> anyhow::Result<()> {
+) -> Result<(), crate::notify::NotifyError> {
     run_with(client, config, metrics, &Admin::new()).await
 }
 
@@ -57,7 +57,7 @@ pub async fn run_with(
     config: &Config,
     metrics: Arc<dyn MetricsSource>,
     admin: &Admin,
-) -> anyhow::Result<()> {
+) -> Result<(), crate::notify::NotifyError> {
     let leader = if config.leader_election.enabled {
         let le = &config.leader_election;
         let namespace = le

@@ -80,7 +80,8 @@ async fn apply(canary: &Canary, ctx: &Context, deleting: bool) -> Result<Requeue
 }
 
 /// Everything the lifecycle needs to decide, read from the caches, the gate runner and,
-/// when a look is due, Prometheus. Observing changes nothing.
+/// when a look is due, Prometheus. Observing writes nothing (a finished gate's result is
+/// handed out once; if this round fails, the lost gate is started again under its id).
 async fn observe(
     canary: &Canary,
     status: &CanaryStatus,

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
@@ -13,6 +13,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, Controller, WatchStreamExt};
 use kube::{Client, ResourceExt};
+use tokio::sync::watch;
 
 use super::leader::{Election, Leadership};
 use super::reconcile::{error_policy, reconcile};
@@ -87,20 +88,30 @@ pub async fn run_with(
 
     let (deployments, dep_writer) = reflector::store();
     let (virtual_services, vs_writer) = reflector::store();
+    let (canaries, canary_writer) = reflector::store();
+    let synced = [(); 3].map(|_| watch::channel(false));
+    let [dep_synced, vs_synced, canary_synced] = synced.each_ref().map(|(tx, _)| tx.clone());
     let dep_stream = watcher(
         Api::<Deployment>::all(client.clone()),
         watcher::Config::default(),
     )
     .default_backoff()
-    .reflect(dep_writer)
-    .touched_objects();
+    .reflect(dep_writer);
+    let dep_stream = mark_synced(dep_stream, dep_synced).touched_objects();
     let vs_stream = watcher(
         Api::<VirtualService>::all(client.clone()),
         watcher::Config::default(),
     )
     .default_backoff()
-    .reflect(vs_writer)
-    .touched_objects();
+    .reflect(vs_writer);
+    let vs_stream = mark_synced(vs_stream, vs_synced).touched_objects();
+    let canary_stream = watcher(
+        Api::<Canary>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(canary_writer);
+    let canary_stream = mark_synced(canary_stream, canary_synced).applied_objects();
 
     let mut ctx = Context::new(
         client.clone(),
@@ -114,15 +125,11 @@ pub async fn run_with(
     ctx.exported = admin.metrics.clone();
     let ctx = Arc::new(ctx);
 
-    let controller = Controller::new(
-        Api::<Canary>::all(client.clone()),
-        watcher::Config::default(),
-    );
-    let canaries = controller.store();
+    let controller = Controller::for_stream(canary_stream, canaries.clone());
     tokio::spawn(report_state(
         admin.clone(),
         ctx.leader.clone(),
-        (canaries.clone(), deployments, virtual_services),
+        synced.map(|(_, rx)| rx),
     ));
     let for_deployments = canaries.clone();
     controller
@@ -187,19 +194,28 @@ async fn timed_reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Actio
     result
 }
 
+/// Passes a watch stream through and sets `synced` once its first full list is in the cache.
+///
+/// Readiness is taken from the streams, not from `Store::wait_until_ready`: the Controller's
+/// runner waits on the Canary store too, and the store's ready signal wakes only one of two
+/// waiters, which left `/readyz` at 503 for good.
+fn mark_synced<K>(
+    events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+    synced: watch::Sender<bool>,
+) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> {
+    events.inspect(move |event| {
+        if matches!(event, Ok(watcher::Event::InitDone)) {
+            synced.send_replace(true);
+        }
+    })
+}
+
 /// Marks the admin server ready once every cache has synced, then follows leadership.
-async fn report_state(
-    admin: Admin,
-    leader: Leadership,
-    caches: (Store<Canary>, Store<Deployment>, Store<VirtualService>),
-) {
-    let synced = tokio::join!(
-        caches.0.wait_until_ready(),
-        caches.1.wait_until_ready(),
-        caches.2.wait_until_ready()
-    );
-    if !matches!(synced, (Ok(()), Ok(()), Ok(()))) {
-        return;
+async fn report_state(admin: Admin, leader: Leadership, synced: [watch::Receiver<bool>; 3]) {
+    for mut cache in synced {
+        if cache.wait_for(|done| *done).await.is_err() {
+            return;
+        }
     }
     admin.readiness.set_ready();
     tracing::info!("caches synced; ready");

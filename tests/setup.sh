@@ -11,11 +11,18 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}" >&2
+  # The packages would start their own services; the lab runs private instances instead. A
+  # policy-rc.d that refuses every start keeps them from starting during this install, so
+  # nothing has to be stopped afterwards (and no process this script did not start is
+  # signalled). An existing policy is somebody else's and is left as it is.
+  policy=/usr/sbin/policy-rc.d
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\n# tests/setup.sh: no service starts while it installs packages\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+    $SUDO chmod 755 "$policy"
+    trap '$SUDO rm -f "$policy"' EXIT
+  fi
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-  # The packages may start their own services; the lab runs private instances instead.
-  $SUDO pkill -x prometheus 2>/dev/null || true
-  $SUDO pkill -f prometheus-alertmanager 2>/dev/null || true
 fi
 # kubectl: Debian names it kubernetes-client; other repositories kubectl.
 if ! command -v kubectl >/dev/null 2>&1; then

@@ -33,12 +33,32 @@ pub fn run(args: DemoArgs) -> ExitCode {
         .enable_all()
         .build()
         .expect("a tokio runtime");
-    match runtime.block_on(demo(args)) {
+    let outcome = runtime.block_on(async {
+        tokio::select! {
+            outcome = demo(args) => outcome,
+            // Dropping the demo stops the lab: its servers and the daemon are killed.
+            signal = stop_signal() => {
+                eprintln!("canaryd demo: {signal}; stopping the lab");
+                Ok(ExitCode::from(130))
+            }
+        }
+    });
+    match outcome {
         Ok(code) => code,
         Err(e) => {
             eprintln!("canaryd demo: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Ctrl-C or SIGTERM (what `kill`, systemd and CI runners send), whichever comes first.
+async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "interrupted",
+        _ = term.recv() => "terminated",
     }
 }
 
@@ -215,8 +235,8 @@ async fn demo(args: DemoArgs) -> Result<ExitCode, canaryd_lab::harness::LabError
         lab.stage_weight().await?
     );
     if args.keep {
-        println!("The lab keeps running; Ctrl-C stops it.");
-        let _ = tokio::signal::ctrl_c().await;
+        println!("The lab keeps running; Ctrl-C (or SIGTERM) stops it.");
+        std::future::pending::<()>().await;
     }
     drop(daemon);
     Ok(code)

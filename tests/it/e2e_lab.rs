@@ -11,7 +11,8 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams};
 
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// One lab at a time on a 2-core machine (the demo's signal tests take it too).
+pub(crate) static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const BINARY: &str = env!("CARGO_BIN_EXE_canaryd");
 const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(300);

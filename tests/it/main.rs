@@ -5,6 +5,7 @@ mod analyze_aa;
 mod analyze_cli;
 mod cli;
 mod dashboards_prometheus;
+mod demo_signals;
 mod deploy_install;
 mod e2e_lab;
 mod notify_alert_rules;

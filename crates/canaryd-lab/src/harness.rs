@@ -5,7 +5,7 @@
 //! the same as in a cluster.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -280,7 +280,7 @@ impl Lab {
         let config = self.daemon_config(name)?;
         let log = self.dir.path().join(format!("{name}.log"));
         let file = std::fs::File::create(&log).map_err(|e| fail("daemon log")(e.to_string()))?;
-        let child = Command::new(binary)
+        let child = super::process::tethered(binary)
             .arg("run")
             .arg("--config")
             .arg(&config)

@@ -1,7 +1,8 @@
 //! A real server program the lab runs (Prometheus, Alertmanager): its binary from PATH, its
 //! files in a temporary directory, a free loopback port and a log file. It is (re)started on
 //! the same port and data, waited for until its readiness URL answers, and killed when
-//! dropped, also when a test panics.
+//! dropped, also when a test panics. Every child the lab starts is tethered to it
+//! ([`tethered`]): it is killed when the lab's process dies, even by SIGKILL.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -110,7 +111,7 @@ impl Server {
         let log_err = log
             .try_clone()
             .map_err(|source| io(format!("cannot open {log_name}"), source))?;
-        let child = Command::new(&self.binary)
+        let child = tethered(&self.binary)
             .args(args)
             .stdin(Stdio::null())
             .stdout(log)
@@ -175,6 +176,21 @@ pub fn tail(path: &Path, lines: usize) -> String {
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A command for `binary` that the kernel kills (SIGKILL) when the thread that starts it
+/// dies, so a lab killed without warning leaves no server behind. It runs the program
+/// through util-linux's `setpriv --pdeathsig`, which sets the signal and then execs the
+/// program (same pid). Without `setpriv` on PATH the child is not tethered.
+pub fn tethered(binary: &Path) -> Command {
+    match find_on_path("setpriv", &std::env::var_os("PATH").unwrap_or_default()) {
+        Some(setpriv) => {
+            let mut command = Command::new(setpriv);
+            command.args(["--pdeathsig", "KILL", "--"]).arg(binary);
+            command
+        }
+        None => Command::new(binary),
     }
 }
 

@@ -88,6 +88,15 @@ impl Context {
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Context {
+    /// `Err(NotLeader)` unless this replica leads: only the leader acts.
+    pub(crate) fn leading(&self) -> Result<(), Error> {
+        if self.leader.is_leader() {
+            Ok(())
+        } else {
+            Err(Error::NotLeader)
+        }
+    }
+
     /// Runs one API write while this replica leads, for at most [`WRITE_TIMEOUT`].
     pub(crate) async fn write<T, E>(
         &self,
@@ -97,9 +106,7 @@ impl Context {
     where
         Error: From<E>,
     {
-        if !self.leader.is_leader() {
-            return Err(Error::NotLeader);
-        }
+        self.leading()?;
         match tokio::time::timeout(WRITE_TIMEOUT, write).await {
             Ok(result) => result.map_err(Error::from),
             Err(_) => Err(Error::Timeout { what }),

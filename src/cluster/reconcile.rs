@@ -243,7 +243,8 @@ async fn act_once(
             start_gate(canary, status, ctx, id.clone(), *kind).await?
         }
         Action::UpdateProd { method } => {
-            ensure_leader(ctx)?;
+            // The webhook mode writes nothing itself, but only the leader promotes.
+            ctx.leading()?;
             update_prod(canary, status, ctx, *method).await?;
         }
         Action::CallWebhooks { kind } => {
@@ -260,7 +261,6 @@ async fn act_once(
             reason,
             message,
         } => {
-            ensure_leader(ctx)?;
             let event = KubeEvent {
                 type_: if *warning {
                     EventType::Warning
@@ -274,20 +274,17 @@ async fn act_once(
             };
             let on = canary.object_ref(&());
             let publish = ctx.recorder.publish(&event, &on);
-            if let Err(e) = ctx.write("an Event", publish).await {
-                tracing::warn!(canary = %canary.name_any(), error = %e, "cannot record an Event");
+            match ctx.write("an Event", publish).await {
+                Err(Error::NotLeader) => return Err(Error::NotLeader),
+                // An Event is a record, not an action: a lost one holds nothing up.
+                Err(e) => {
+                    tracing::warn!(canary = %canary.name_any(), error = %e, "cannot record an Event")
+                }
+                Ok(_) => {}
             }
         }
     }
     Ok(())
-}
-
-fn ensure_leader(ctx: &Context) -> Result<(), Error> {
-    if ctx.leader.is_leader() {
-        Ok(())
-    } else {
-        Err(Error::NotLeader)
-    }
 }
 
 fn kind_name(kind: WebhookKind) -> &'static str {

@@ -31,6 +31,22 @@ pub struct Config {
     /// Links in notifications and how delivery is repeated.
     #[serde(default)]
     pub notify: NotifySettings,
+    /// Which objects outside its own namespace a Canary may drive.
+    #[serde(default)]
+    pub references: ReferencePolicy,
+}
+
+/// Which Deployments and VirtualServices a Canary may name outside its own namespace.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ReferencePolicy {
+    /// Only objects in the Canary's namespace.
+    SameNamespace,
+    /// Objects in another namespace when a ReferenceGrant there allows it (the default).
+    #[default]
+    Granted,
+    /// Any namespace: for a cluster with one tenant. canaryd warns at start-up.
+    Any,
 }
 
 /// What every notifier shares. Links may contain `{namespace}` and `{canary}`.

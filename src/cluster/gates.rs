@@ -69,11 +69,21 @@ pub struct GateJob {
     pub payload: Option<WebhookPayload>,
 }
 
-/// Runs gates in the background and hands out their results by id.
+/// Whose gate: the Canary's uid and generation with the gate id the status records. Two
+/// Canaries (or two generations of one spec) never see each other's results, even when
+/// their ids are equal (same stage revision, step and start time).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct GateKey {
+    pub canary_uid: String,
+    pub generation: i64,
+    pub id: String,
+}
+
+/// Runs gates in the background and hands out their results by key.
 #[derive(Clone)]
 pub struct GateRunner {
     http: reqwest::Client,
-    gates: Arc<Mutex<HashMap<String, Option<GateResult>>>>,
+    gates: Arc<Mutex<HashMap<GateKey, Option<GateResult>>>>,
 }
 
 impl Default for GateRunner {
@@ -97,41 +107,41 @@ impl GateRunner {
         &self.http
     }
 
-    /// The result of gate `id` if it finished; the result is handed out once.
-    pub fn take(&self, id: &str) -> Option<GateResult> {
+    /// The result of gate `key` if it finished; the result is handed out once.
+    pub fn take(&self, key: &GateKey) -> Option<GateResult> {
         let mut gates = self.gates.lock().expect("gate map lock");
-        match gates.get(id) {
-            Some(Some(_)) => gates.remove(id).flatten(),
+        match gates.get(key) {
+            Some(Some(_)) => gates.remove(key).flatten(),
             _ => None,
         }
     }
 
-    pub fn is_running(&self, id: &str) -> bool {
-        self.gates.lock().expect("gate map lock").contains_key(id)
+    pub fn is_running(&self, key: &GateKey) -> bool {
+        self.gates.lock().expect("gate map lock").contains_key(key)
     }
 
-    /// Starts gate `id` unless it is already running or finished.
-    pub fn start(&self, id: String, job: GateJob) {
+    /// Starts gate `key` unless it is already running or finished.
+    pub fn start(&self, key: GateKey, job: GateJob) {
         {
             let mut gates = self.gates.lock().expect("gate map lock");
-            if gates.contains_key(&id) {
+            if gates.contains_key(&key) {
                 return;
             }
-            gates.insert(id.clone(), None);
+            gates.insert(key.clone(), None);
         }
         let this = self.clone();
         tokio::spawn(async move {
             let (passed, message) = run_gate(&this.http, &job).await;
-            tracing::info!(gate = %id, passed, %message, "gate finished");
+            tracing::info!(gate = %key.id, canary_uid = %key.canary_uid, passed, %message, "gate finished");
             let result = GateResult {
-                id: id.clone(),
+                id: key.id.clone(),
                 passed,
                 message,
             };
             this.gates
                 .lock()
                 .expect("gate map lock")
-                .insert(id, Some(result));
+                .insert(key, Some(result));
         });
     }
 

@@ -19,7 +19,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use super::gates::{ContainerImage, GateJob, WebhookCall, WebhookPayload};
+use super::gates::{ContainerImage, GateJob, GateKey, WebhookCall, WebhookPayload};
 use super::{commands, traffic, workload, Context, Error, FIELD_MANAGER, FINALIZER};
 use crate::api::validation::{describe, validate};
 use crate::api::{Canary, CanarySpec, CanaryStatus, GateKind, Phase, WebhookKind};
@@ -118,15 +118,15 @@ async fn observe(
     } else {
         None
     };
-    let pending = status.pending_gate.as_ref().map(|p| p.id.as_str());
+    let pending = status.pending_gate.as_ref().map(|p| gate_key(canary, &p.id));
     Observations {
         spec_problem: None,
         stage: deployment(&spec.stage),
         prod: deployment(&spec.prod),
         traffic,
         look,
-        gate: pending.and_then(|id| ctx.gates.take(id)),
-        gate_running: pending.is_some_and(|id| ctx.gates.is_running(id)),
+        gate: pending.as_ref().and_then(|key| ctx.gates.take(key)),
+        gate_running: pending.as_ref().is_some_and(|key| ctx.gates.is_running(key)),
         command: commands::pending(canary),
         deleted: deleting,
     }
@@ -165,6 +165,15 @@ async fn take_look(
         window_end: now,
         result,
     })
+}
+
+/// The runner's key of this Canary's gate `id` (see [`GateKey`]).
+fn gate_key(canary: &Canary, id: &str) -> GateKey {
+    GateKey {
+        canary_uid: canary.metadata.uid.clone().unwrap_or_default(),
+        generation: canary.metadata.generation.unwrap_or_default(),
+        id: id.into(),
+    }
 }
 
 fn look_interval(spec: &CanarySpec, ctx: &Context) -> Duration {
@@ -389,7 +398,7 @@ async fn start_gate(
         webhooks,
     };
     tracing::info!(canary = %canary.name_any(), gate = %id, kind = kind.as_str(), "starting gate");
-    ctx.gates.start(id, job);
+    ctx.gates.start(gate_key(canary, &id), job);
     Ok(())
 }
 

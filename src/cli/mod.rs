@@ -30,7 +30,12 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Print the Canary CustomResourceDefinition (YAML) to install in a cluster.
-    Crd,
+    Crd {
+        /// Print instead the subset of the Gateway API's ReferenceGrant CRD canaryd reads, for
+        /// a cluster without the Gateway API.
+        #[arg(long)]
+        reference_grant: bool,
+    },
     /// Evaluate one step as the daemon would: offline from recorded counts (JSON), or live
     /// against Prometheus, one look per evaluation interval until a decision or Ctrl-C.
     Analyze {
@@ -110,8 +115,12 @@ pub enum Command {
 /// Runs a parsed command line and maps the outcome to an exit code.
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Crd => {
-            print!("{}", crate::api::crd::canary_crd_yaml());
+        Command::Crd { reference_grant } => {
+            if reference_grant {
+                print!("{}", crate::api::crd::reference_grant_crd_yaml());
+            } else {
+                print!("{}", crate::api::crd::canary_crd_yaml());
+            }
             ExitCode::SUCCESS
         }
         Command::Validate { files } => validate::run(&files),

@@ -15,12 +15,14 @@ use kube::runtime::{watcher, Controller, WatchStreamExt};
 use kube::{Client, ResourceExt};
 use tokio::sync::watch;
 
+use super::boundaries::Grants;
 use super::leader::{Election, Leadership};
 use super::reconcile::{error_policy, reconcile};
 use super::{Context, Error, MetricsSource};
+use crate::api::reference_grant::ReferenceGrant;
 use crate::api::virtual_service::VirtualService;
 use crate::api::Canary;
-use crate::config::Config;
+use crate::config::{Config, ReferencePolicy};
 use crate::server::Admin;
 
 /// The Canaries whose spec names this object (a Deployment or a VirtualService).
@@ -113,6 +115,8 @@ pub async fn run_with(
     .reflect(canary_writer);
     let canary_stream = mark_synced(canary_stream, canary_synced).applied_objects();
 
+    let (grants, grant_stream, grants_synced) = watch_grants(&client, config.references).await;
+
     let mut ctx = Context::new(
         client.clone(),
         metrics,
@@ -121,16 +125,18 @@ pub async fn run_with(
         virtual_services.clone(),
         config.evaluation_interval.0,
     );
+    ctx.canaries = canaries.clone();
+    ctx.references = config.references;
+    ctx.grants = grants;
     ctx.notifier = crate::notify::Notifier::from_config(config, admin.deliveries.clone())?;
     ctx.exported = admin.metrics.clone();
     let ctx = Arc::new(ctx);
 
     let controller = Controller::for_stream(canary_stream, canaries.clone());
-    tokio::spawn(report_state(
-        admin.clone(),
-        ctx.leader.clone(),
-        synced.map(|(_, rx)| rx),
-    ));
+    let mut caches = synced.map(|(_, rx)| rx).to_vec();
+    caches.extend(grants_synced);
+    tokio::spawn(report_state(admin.clone(), ctx.leader.clone(), caches));
+    let for_grants = canaries.clone();
     let for_deployments = canaries.clone();
     controller
         .watches_stream(dep_stream, move |d: Deployment| {
@@ -165,6 +171,21 @@ pub async fn run_with(
                 },
             )
         })
+        .watches_stream(grant_stream, move |grant: ReferenceGrant| {
+            // A grant speaks for Canaries of the namespaces it names.
+            let from: Vec<String> = grant
+                .spec
+                .from
+                .iter()
+                .map(|f| f.namespace.clone())
+                .collect();
+            for_grants
+                .state()
+                .into_iter()
+                .filter(|c| from.contains(&c.namespace().unwrap_or_default()))
+                .map(|c| ObjectRef::from_obj(&*c))
+                .collect::<Vec<_>>()
+        })
         .shutdown_on_signal()
         .run(timed_reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -177,6 +198,55 @@ pub async fn run_with(
     tracing::info!("controller stopped");
     tokio::time::sleep(Duration::from_millis(10)).await;
     Ok(())
+}
+
+/// The ReferenceGrant cache the `granted` policy reads, its watch stream and its sync signal.
+/// Without the CRD (or under another policy) nothing is watched: cross-namespace references
+/// are then refused under `granted` (with a condition saying to install the CRD), and the
+/// daemon must be restarted once it is installed.
+async fn watch_grants(
+    client: &Client,
+    policy: ReferencePolicy,
+) -> (
+    Grants,
+    futures::stream::BoxStream<'static, Result<ReferenceGrant, watcher::Error>>,
+    Option<watch::Receiver<bool>>,
+) {
+    let none = || futures::stream::pending().boxed();
+    match policy {
+        ReferencePolicy::Any => {
+            tracing::warn!(
+                "references: any — every Canary may drive Deployments and VirtualServices in \
+                 every namespace; use this only in a cluster with one tenant"
+            );
+            return (Grants::NotInstalled, none(), None);
+        }
+        ReferencePolicy::SameNamespace => return (Grants::NotInstalled, none(), None),
+        ReferencePolicy::Granted => {}
+    }
+    let api = Api::<ReferenceGrant>::all(client.clone());
+    match api
+        .list_metadata(&kube::api::ListParams::default().limit(1))
+        .await
+    {
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            tracing::warn!(
+                "the ReferenceGrant CRD (gateway.networking.k8s.io/v1beta1) is not installed: \
+                 Canaries may drive only objects in their own namespace until it is installed \
+                 and canaryd restarted"
+            );
+            return (Grants::NotInstalled, none(), None);
+        }
+        // Any other answer: watch, and let the watcher's backoff deal with errors.
+        _ => {}
+    }
+    let (store, writer) = reflector::store();
+    let (tx, rx) = watch::channel(false);
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer);
+    let stream = mark_synced(stream, tx).touched_objects().boxed();
+    (Grants::Watched(store), stream, Some(rx))
 }
 
 /// [`reconcile`], timed and counted in canaryd's metrics.
@@ -211,7 +281,7 @@ fn mark_synced<K>(
 }
 
 /// Marks the admin server ready once every cache has synced, then follows leadership.
-async fn report_state(admin: Admin, leader: Leadership, synced: [watch::Receiver<bool>; 3]) {
+async fn report_state(admin: Admin, leader: Leadership, synced: Vec<watch::Receiver<bool>>) {
     for mut cache in synced {
         if cache.wait_for(|done| *done).await.is_err() {
             return;

@@ -2,6 +2,7 @@
 //! VirtualServices they name), observes, asks the pure core to decide, and acts: weights,
 //! prod's template, gates, status, Events. It never decides anything itself.
 
+pub mod boundaries;
 pub mod commands;
 pub mod controller;
 pub mod gates;
@@ -51,6 +52,11 @@ pub struct Context {
     pub written: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
     /// canaryd's own metrics (the admin server exports them).
     pub exported: Arc<crate::server::Metrics>,
+    /// Every Canary, to find which one owns a route (see [`boundaries::route_owner`]).
+    pub canaries: Store<crate::api::Canary>,
+    /// Which objects outside its namespace a Canary may drive, and the grants that allow it.
+    pub references: crate::config::ReferencePolicy,
+    pub grants: boundaries::Grants,
 }
 
 impl Context {
@@ -79,6 +85,10 @@ impl Context {
             now: Timestamp::now,
             written: Arc::default(),
             exported: Arc::new(crate::server::Metrics::unregistered()),
+            canaries: kube::runtime::reflector::store::Writer::default().as_reader(),
+            // The secure default: cross-namespace references need grants, and none is seen.
+            references: crate::config::ReferencePolicy::Granted,
+            grants: boundaries::Grants::NotInstalled,
         }
     }
 }

@@ -20,7 +20,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use super::gates::{ContainerImage, GateJob, GateKey, WebhookCall, WebhookPayload};
-use super::{commands, traffic, workload, Context, Error, FIELD_MANAGER, FINALIZER};
+use super::{boundaries, commands, traffic, workload, Context, Error, FIELD_MANAGER, FINALIZER};
 use crate::api::validation::{describe, validate};
 use crate::api::{Canary, CanarySpec, CanaryStatus, GateKind, Phase, WebhookKind};
 use crate::rollout::{self, Action, Decision, Look, LookResult, Observations, UpdateMethod};
@@ -98,6 +98,27 @@ async fn observe(
             ..Observations::default()
         };
     }
+    if let Err(problem) = boundaries::check_references(canary, ctx.references, &ctx.grants) {
+        return Observations {
+            reference_problem: Some(problem),
+            deleted: deleting,
+            ..Observations::default()
+        };
+    }
+    let others = ctx.canaries.state();
+    let route_owner = boundaries::route_owner(
+        canary,
+        others.iter().map(|c| &**c),
+        ctx.references,
+        &ctx.grants,
+    );
+    if route_owner.is_some() {
+        return Observations {
+            route_owner,
+            deleted: deleting,
+            ..Observations::default()
+        };
+    }
     let env_ns = |d: &Option<String>| d.clone().unwrap_or_else(|| ns.clone());
     let deployment = |env: &crate::api::Environment| {
         let at = ObjectRef::<Deployment>::new(&env.deployment.name)
@@ -118,15 +139,22 @@ async fn observe(
     } else {
         None
     };
-    let pending = status.pending_gate.as_ref().map(|p| gate_key(canary, &p.id));
+    let pending = status
+        .pending_gate
+        .as_ref()
+        .map(|p| gate_key(canary, &p.id));
     Observations {
         spec_problem: None,
+        reference_problem: None,
+        route_owner: None,
         stage: deployment(&spec.stage),
         prod: deployment(&spec.prod),
         traffic,
         look,
         gate: pending.as_ref().and_then(|key| ctx.gates.take(key)),
-        gate_running: pending.as_ref().is_some_and(|key| ctx.gates.is_running(key)),
+        gate_running: pending
+            .as_ref()
+            .is_some_and(|key| ctx.gates.is_running(key)),
         command: commands::pending(canary),
         deleted: deleting,
     }
@@ -191,6 +219,10 @@ fn next_round(
     if obs.spec_problem.is_some() {
         // Nothing to do until someone edits the spec.
         return Requeue::await_change();
+    }
+    if obs.reference_problem.is_some() || obs.route_owner.is_some() {
+        // A grant or the owner may change without a change of this Canary: look again.
+        return Requeue::requeue(ctx.interval);
     }
     let interval = look_interval(spec, ctx);
     let soon = Duration::from_secs(1)

@@ -150,7 +150,25 @@ fn context(world: World) -> (Arc<Context>, Handle) {
         Duration::from_secs(30),
     );
     ctx.now = fixed_now;
+    ctx.grants = seed_grant();
     (Arc::new(ctx), handle)
+}
+
+/// The seed's ReferenceGrant: stage lets Canaries from prod drive its Deployment.
+fn seed_grant() -> super::boundaries::Grants {
+    let grant: crate::api::reference_grant::ReferenceGrant = serde_json::from_value(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1beta1",
+        "kind": "ReferenceGrant",
+        "metadata": {"name": "canaryd-from-prod", "namespace": "stage"},
+        "spec": {
+            "from": [{"group": "canaryd.dev", "kind": "Canary", "namespace": "prod"}],
+            "to": [{"group": "apps", "kind": "Deployment", "name": "flaskapp"}]
+        }
+    }))
+    .unwrap();
+    let mut writer = Writer::default();
+    writer.apply_watcher_event(&watcher::Event::Apply(grant));
+    super::boundaries::Grants::Watched(writer.as_reader())
 }
 
 /// One expected request and how to answer it.
@@ -608,11 +626,13 @@ fn rbac_triple(method: &Method, path: &str) -> (String, String, String) {
 
 #[test]
 fn rbac_in_deploy_covers_every_call_the_controller_makes() {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/deploy/rbac/canaryd.yaml"
-    ))
-    .unwrap();
+    // The daemon's own rights, and the Role a namespace with signed webhooks grants.
+    let text = ["canaryd.yaml", "webhook-secrets.yaml"]
+        .map(|f| {
+            std::fs::read_to_string(format!("{}/deploy/rbac/{f}", env!("CARGO_MANIFEST_DIR")))
+                .unwrap()
+        })
+        .join("\n---\n");
     let mut allowed = std::collections::HashSet::new();
     for doc in serde_yaml_ng::Deserializer::from_str(&text) {
         let v: Value = serde::Deserialize::deserialize(doc).unwrap();
@@ -653,6 +673,10 @@ fn rbac_in_deploy_covers_every_call_the_controller_makes() {
         (Method::GET, "/apis/canaryd.dev/v1alpha1/canaries"),
         (Method::GET, "/apis/apps/v1/deployments"),
         (Method::GET, "/apis/networking.istio.io/v1/virtualservices"),
+        (
+            Method::GET,
+            "/apis/gateway.networking.k8s.io/v1beta1/referencegrants",
+        ),
         (Method::GET, "/api/v1/namespaces/prod/secrets/hmac"),
         (
             Method::GET,

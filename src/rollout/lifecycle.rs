@@ -79,7 +79,8 @@ fn short(rev: &str) -> &str {
 }
 
 impl Round<'_> {
-    /// A valid spec and a readable route, recorded as the `SpecValid` and `TrafficReady`
+    /// A valid spec, allowed references, a route no older Canary drives, and a readable
+    /// route, recorded as the `SpecValid`, `ReferencesAllowed`, `Conflict` and `TrafficReady`
     /// conditions. Without them nothing else is decided: the Canary holds where it is.
     fn preconditions_hold(&mut self) -> bool {
         if let Some(problem) = &self.obs.spec_problem {
@@ -90,6 +91,32 @@ impl Round<'_> {
             return false;
         }
         self.condition("SpecValid", true, "Valid", "the spec passed every check");
+        if let Some(problem) = &self.obs.reference_problem {
+            if !self.obs.deleted {
+                self.condition("ReferencesAllowed", false, "NotGranted", problem);
+                self.say(format!("holding, nothing read or written: {problem}"));
+            }
+            return false;
+        }
+        let allowed = "every object this Canary drives is in its namespace or granted";
+        self.condition("ReferencesAllowed", true, "Allowed", allowed);
+        if let Some(owner) = &self.obs.route_owner {
+            if !self.obs.deleted {
+                let message = format!(
+                    "Canary {owner} drives this route (the oldest Canary naming it); this one \
+                     writes nothing until it is gone or names another route"
+                );
+                self.condition("Conflict", true, "RouteOwnedByAnother", &message);
+                self.say(format!("holding: {message}"));
+            }
+            return false;
+        }
+        self.condition(
+            "Conflict",
+            false,
+            "RouteOwned",
+            "this Canary alone drives its route",
+        );
         match &self.obs.traffic {
             // Being deleted without a route: there is no traffic to restore.
             Err(_) if self.obs.deleted => false,

@@ -41,6 +41,12 @@ pub struct Observations {
     /// What is wrong with the spec, in words that name each field and its fix (`None`: the
     /// spec passed every check). An invalid spec is reported and nothing else is done.
     pub spec_problem: Option<String>,
+    /// Which references outside the Canary's namespace are not allowed, and what would
+    /// allow them (`None`: all allowed). Nothing is read from or written to them.
+    pub reference_problem: Option<String>,
+    /// The Canary (`namespace/name`) that drives this Canary's route when it is another
+    /// one; this Canary then writes nothing.
+    pub route_owner: Option<String>,
     /// `None` when the Deployment does not exist.
     pub stage: Option<Workload>,
     pub prod: Option<Workload>,
@@ -72,6 +78,8 @@ impl Default for Observations {
     fn default() -> Self {
         Self {
             spec_problem: None,
+            reference_problem: None,
+            route_owner: None,
             stage: None,
             prod: None,
             traffic: Err("the VirtualService was not read".into()),

@@ -806,6 +806,58 @@ fn an_invalid_spec_or_a_missing_route_is_a_condition_and_nothing_else() {
 }
 
 #[test]
+fn a_revoked_grant_or_an_older_owner_holds_a_rollout_without_a_write() {
+    let mut sim = Sim::new(seed_spec());
+    sim.start_and_pass_pre_traffic("v2");
+    assert_eq!(sim.phase_weight(), (Phase::Progressing, 30));
+    let condition = |status: &CanaryStatus, type_: &str| {
+        let c = status.conditions.iter().find(|c| c.type_ == type_).cloned();
+        c.map(|c| (c.status, c.reason))
+    };
+
+    // The grant is deleted mid-rollout: even a rollback verdict writes nothing.
+    sim.wait(120);
+    let mut obs = sim.obs();
+    obs.reference_problem = Some("spec.stage.deployment: Deployment stage/flaskapp ...".into());
+    obs.look = Some(Look {
+        step: sim.status.step,
+        window_end: sim.now,
+        result: LookResult::Counts(Default::default()),
+    });
+    let outcome = outcome(Verdict::Rollback, "worse".into(), true);
+    assert!(sim.judged_round(obs, Some(outcome)).is_empty());
+    assert_eq!(sim.phase_weight(), (Phase::Progressing, 30));
+    assert_eq!(
+        condition(&sim.status, "ReferencesAllowed"),
+        Some(("False".into(), "NotGranted".into()))
+    );
+
+    // An older Canary owns the route: the same hold, named in a Conflict condition.
+    let mut obs = sim.obs();
+    obs.route_owner = Some("prod/first".into());
+    assert!(sim.round(obs).is_empty());
+    assert_eq!(
+        condition(&sim.status, "Conflict"),
+        Some(("True".into(), "RouteOwnedByAnother".into()))
+    );
+    assert!(sim
+        .status
+        .message
+        .contains("Canary prod/first drives this route"));
+    assert_eq!(
+        condition(&sim.status, "ReferencesAllowed"),
+        Some(("True".into(), "Allowed".into()))
+    );
+
+    // Both cleared: the rollout goes on from where it held.
+    assert_eq!(set_weights(&sim.pass_step()), vec![60]);
+    assert_eq!(
+        condition(&sim.status, "Conflict"),
+        Some(("False".into(), "RouteOwned".into()))
+    );
+}
+
+#[test]
 fn every_event_names_what_caused_it() {
     let cause_of = |actions: &[Action], event: NotifyEvent| {
         actions.iter().find_map(|a| match a {
@@ -1003,6 +1055,8 @@ fn observe(c: &Choice, status: &CanaryStatus, vs_weight: (u8, u64)) -> Observati
         // The reconciler runs every gate it is asked to start.
         gate_running: status.pending_gate.is_some(),
         spec_problem: None,
+        reference_problem: None,
+        route_owner: None,
     }
 }
 

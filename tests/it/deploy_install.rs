@@ -269,7 +269,7 @@ fn action(expr: &str, values: &Value) -> String {
         return raw.trim_end_matches('`').to_string();
     }
     match expr {
-        ".Release.Namespace" => return NAMESPACE.into(),
+        ".Release.Namespace" | "$.Release.Namespace" => return NAMESPACE.into(),
         ".Release.Name" => return "canaryd".into(),
         _ => {}
     }
@@ -288,15 +288,58 @@ fn action(expr: &str, values: &Value) -> String {
     }
 }
 
+/// The index of the `end` that closes the block opened on line `open`.
+fn block_end(lines: &[&str], open: usize) -> usize {
+    let mut depth = 0;
+    for (i, line) in lines.iter().enumerate().skip(open) {
+        let t = line
+            .trim()
+            .trim_start_matches("{{")
+            .trim_start_matches('-')
+            .trim_start();
+        if ["if ", "with ", "range "].iter().any(|v| t.starts_with(v)) {
+            depth += 1;
+        } else if t.starts_with("end") {
+            depth -= 1;
+            if depth == 0 {
+                return i;
+            }
+        }
+    }
+    panic!("unclosed block at line {open}")
+}
+
 /// Renders the subset of Go templates the chart uses: values, `quote`, raw strings,
-/// `if`/`with`/`else`/`end` on values, `range` over an empty list, `toYaml | nindent`.
+/// `if`/`with`/`else`/`end` on values, `range` over an empty list or, as
+/// `range $name := .Values.list`, over a list of scalars, `toYaml | nindent`.
 fn render(template: &str, values: &Value) -> String {
     // (condition, active before the block)
     let mut blocks: Vec<(bool, bool)> = Vec::new();
     let active = |blocks: &Vec<(bool, bool)>| blocks.iter().all(|(c, _)| *c);
     let mut out = String::new();
-    for line in template.lines() {
+    let lines: Vec<&str> = template.lines().collect();
+    let mut next = 0;
+    while next < lines.len() {
+        let (index, line) = (next, lines[next]);
+        next += 1;
         let t = line.trim();
+        if let Some(bound) = t
+            .strip_prefix("{{- range $")
+            .and_then(|rest| rest.split_once(" := "))
+        {
+            let (name, list) = (bound.0, bound.1.trim_end_matches("}}").trim());
+            let end = block_end(&lines, index);
+            if active(&blocks) {
+                let body = lines[index + 1..end].join("\n");
+                let items = lookup(values, list).and_then(Value::as_array);
+                for item in items.into_iter().flatten() {
+                    let bound = body.replace(&format!("{{{{ ${name} }}}}"), &scalar(item));
+                    out.push_str(&render(&bound, values));
+                }
+            }
+            next = end + 1;
+            continue;
+        }
         if t.starts_with("{{") && t.ends_with("}}") && t.matches("{{").count() == 1 {
             let inner = t[2..t.len() - 2].trim().trim_start_matches('-').trim();
             let mut words = inner.split_whitespace();
@@ -405,6 +448,48 @@ fn chart_yaml_and_values_parse_and_every_value_a_template_uses_exists() {
 }
 
 #[test]
+fn the_chart_grants_secrets_only_in_the_namespaces_it_is_given() {
+    let secret_rules = |objects: &[Value]| {
+        rbac_kinds(objects)
+            .into_iter()
+            .filter(|o| o["rules"].to_string().contains("secrets"))
+            .map(|o| {
+                format!(
+                    "{}/{}",
+                    o["kind"].as_str().unwrap(),
+                    o["metadata"]["namespace"]
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        secret_rules(&render_chart(&values())).is_empty(),
+        "by default canaryd may read no Secret"
+    );
+    let mut values = values();
+    values["webhookSecrets"]["namespaces"] = json!(["prod"]);
+    let objects = render_chart(&values);
+    check_types(&objects);
+    let mut expected = reference_rbac();
+    expected.extend(rbac_kinds(&documents(&read(
+        "deploy/rbac/webhook-secrets.yaml",
+    ))));
+    expected.sort_by_key(id);
+    assert_eq!(
+        rbac_kinds(&objects),
+        expected,
+        "chart = deploy/rbac + webhook-secrets.yaml"
+    );
+    values["webhookSecrets"]["namespaces"] = json!(["prod", "team-a"]);
+    assert_eq!(
+        secret_rules(&render_chart(&values)),
+        vec![r#"Role/"prod""#, r#"Role/"team-a""#]
+    );
+    values["webhookSecrets"]["clusterWide"] = json!(true);
+    assert!(secret_rules(&render_chart(&values)).contains(&"ClusterRole/null".to_string()));
+}
+
+#[test]
 fn the_chart_installs_the_same_objects_as_the_manifests() {
     let objects = render_chart(&values());
     check_types(&objects);
@@ -510,6 +595,20 @@ fn the_examples_are_a_valid_demo_app_in_two_environments_with_its_canary() {
     let canary: canaryd::api::Canary =
         serde_yaml_ng::from_str(&read("deploy/examples/canary.yaml")).unwrap();
     canaryd::api::validation::validate(&canary.spec, "prod").expect("the example Canary is valid");
+    // The example grant lets the example Canary drive every object it names, and no more.
+    let mut grant: canaryd::api::reference_grant::ReferenceGrant =
+        serde_yaml_ng::from_str(&read("deploy/examples/referencegrant.yaml")).unwrap();
+    let store = |grant: &canaryd::api::reference_grant::ReferenceGrant| {
+        let mut writer = kube::runtime::reflector::store::Writer::default();
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(grant.clone()));
+        canaryd::cluster::boundaries::Grants::Watched(writer.as_reader())
+    };
+    let policy = canaryd::config::ReferencePolicy::Granted;
+    canaryd::cluster::boundaries::check_references(&canary, policy, &store(&grant))
+        .expect("the example grant covers the example Canary");
+    grant.spec.from[0].namespace = "tenant".into();
+    let refused = canaryd::cluster::boundaries::check_references(&canary, policy, &store(&grant));
+    assert!(refused.unwrap_err().contains("spec.stage.deployment"));
     let istio = documents(&read("deploy/examples/istio.yaml"));
     let vs: canaryd::api::virtual_service::VirtualService =
         serde_json::from_value(of_kind(&istio, "VirtualService")[0].clone()).unwrap();

@@ -11,6 +11,7 @@ mod e2e_lab;
 mod notify_alert_rules;
 mod notify_alertmanager;
 mod notify_webhook;
+mod security;
 mod telemetry_analyze_live;
 mod telemetry_client;
 mod telemetry_common;

@@ -1,10 +1,11 @@
 //! The Kubernetes-facing types canaryd owns (`Canary`) and the narrow views of foreign
-//! resources it touches (`VirtualService`). Pure data and validation; no client calls.
+//! resources it touches (`VirtualService`, `ReferenceGrant`). Pure data and validation; no client calls.
 #![forbid(unsafe_code)]
 
 pub mod canary;
 pub mod crd;
 pub mod duration;
+pub mod reference_grant;
 pub mod validation;
 pub mod virtual_service;
 

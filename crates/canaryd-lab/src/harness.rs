@@ -133,6 +133,7 @@ impl Lab {
         let api = ApiServer::start(ApiServerOptions {
             install_istio_crds: true,
             install_canary_crd: true,
+            install_reference_grant_crd: true,
             ..Default::default()
         })
         .await
@@ -324,11 +325,25 @@ impl Lab {
     pub async fn follow(
         &self,
         timeout: Duration,
+        each: impl FnMut(&Canary),
+        done: impl Fn(&Canary) -> bool,
+    ) -> Result<Canary, LabError> {
+        self.follow_canary("prod", "flaskapp", timeout, each, done)
+            .await
+    }
+
+    /// [`Lab::follow`] for any Canary.
+    pub async fn follow_canary(
+        &self,
+        namespace: &str,
+        name: &str,
+        timeout: Duration,
         mut each: impl FnMut(&Canary),
         done: impl Fn(&Canary) -> bool,
     ) -> Result<Canary, LabError> {
-        let config = watcher::Config::default().fields("metadata.name=flaskapp");
-        let mut stream = watcher(self.canaries(), config)
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let api = Api::<Canary>::namespaced(self.client.clone(), namespace);
+        let mut stream = watcher(api, config)
             .applied_objects()
             .default_backoff()
             .boxed();

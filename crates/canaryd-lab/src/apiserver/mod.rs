@@ -81,6 +81,8 @@ pub struct ApiServerOptions {
     pub install_istio_crds: bool,
     /// Serve Canaries from the start.
     pub install_canary_crd: bool,
+    /// Serve the Gateway API's ReferenceGrants (the subset canaryd reads) from the start.
+    pub install_reference_grant_crd: bool,
 }
 
 impl Default for ApiServerOptions {
@@ -91,6 +93,7 @@ impl Default for ApiServerOptions {
             namespaces: vec!["default".to_string()],
             install_istio_crds: false,
             install_canary_crd: false,
+            install_reference_grant_crd: false,
         }
     }
 }
@@ -183,6 +186,14 @@ impl ApiServer {
                 .install(&canaryd_api::crd::canary_crd_yaml())
                 .map_err(|source| StartError::Install {
                     what: "the Canary CRD".into(),
+                    source,
+                })?;
+        }
+        if options.install_reference_grant_crd {
+            handle
+                .install(&canaryd_api::crd::reference_grant_crd_yaml())
+                .map_err(|source| StartError::Install {
+                    what: "the ReferenceGrant CRD".into(),
                     source,
                 })?;
         }

@@ -1,0 +1,264 @@
+//! canaryd in a shared cluster: a Canary author borrows none of canaryd's rights. Each test
+//! plays an attack against the lab with the real daemon and asserts the safe outcome.
+
+use std::process::Command;
+use std::time::Duration;
+
+use canaryd::api::virtual_service::VirtualService;
+use canaryd::api::{Canary, Condition, Phase};
+use canaryd_lab::harness::{lab_canary, Lab, LabOptions};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+
+use crate::e2e_lab::ONE_AT_A_TIME;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_canaryd");
+const TIMEOUT: Duration = Duration::from_secs(300);
+
+/// A victim team's app and a tenant's own Deployment, in two more namespaces.
+const VICTIM_AND_TENANT: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: victim}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: tenant}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: critical, namespace: victim}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: critical}}
+  template:
+    metadata: {labels: {app: critical}}
+    spec:
+      serviceAccountName: critical
+      containers: [{name: app, image: "critical:v1"}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: critical, namespace: victim}
+spec:
+  hosts: ["critical.example.com"]
+  http:
+    - name: primary
+      route:
+        - destination: {host: critical.victim.svc.cluster.local}
+          weight: 100
+        - destination: {host: evil.tenant.svc.cluster.local}
+          weight: 0
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: evil, namespace: tenant}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: evil}}
+  template:
+    metadata: {labels: {app: evil}}
+    spec:
+      serviceAccountName: tenant-admin
+      containers: [{name: app, image: "evil:v1", command: ["steal", "--everything"]}]
+"#;
+
+/// The tenant's Canary: prod is the victim's Deployment, stage its own, the victim's route.
+const TENANT_CANARY: &str = r#"
+apiVersion: canaryd.dev/v1alpha1
+kind: Canary
+metadata: {name: takeover, namespace: tenant}
+spec:
+  virtualService: {name: critical, namespace: victim}
+  prod:  {host: critical.victim.svc.cluster.local, deployment: {namespace: victim, name: critical}}
+  stage: {host: evil.tenant.svc.cluster.local, deployment: {name: evil}}
+  stepDuration: {min: 3s, max: 1m}
+  analysis: {interval: 3s}
+"#;
+
+fn condition<'a>(c: &'a Canary, type_: &str) -> Option<&'a Condition> {
+    c.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+}
+
+fn is(c: &Canary, type_: &str, status: &str) -> bool {
+    condition(c, type_).is_some_and(|c| c.status == status)
+}
+
+/// What a takeover would change: the victim Deployment's pod template and the route.
+async fn victim_state(lab: &Lab) -> (serde_json::Value, serde_json::Value) {
+    let d = Api::<Deployment>::namespaced(lab.client.clone(), "victim")
+        .get("critical")
+        .await
+        .unwrap();
+    let vs = Api::<VirtualService>::namespaced(lab.client.clone(), "victim")
+        .get("critical")
+        .await
+        .unwrap();
+    (
+        serde_json::to_value(d.spec.unwrap().template).unwrap(),
+        serde_json::to_value(vs.spec).unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_canary_naming_another_namespace_reads_and_writes_nothing_there() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let lab = Lab::start(LabOptions {
+        alertmanager: false,
+        ..Default::default()
+    })
+    .await
+    .expect("the lab starts");
+    lab.api.install(VICTIM_AND_TENANT).unwrap();
+    let before = victim_state(&lab).await;
+    let daemon = lab.spawn_daemon(BINARY.as_ref(), "canaryd-0").unwrap();
+    let canaries = Api::<Canary>::namespaced(lab.client.clone(), "tenant");
+    let takeover: Canary = serde_yaml_ng::from_str(TENANT_CANARY).unwrap();
+    canaries
+        .create(&PostParams::default(), &takeover)
+        .await
+        .unwrap();
+
+    let refused = lab
+        .follow_canary(
+            "tenant",
+            "takeover",
+            TIMEOUT,
+            |_| {},
+            |c| is(c, "ReferencesAllowed", "False"),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{}", daemon.explain(e)));
+    let message = &condition(&refused, "ReferencesAllowed").unwrap().message;
+    for refused_ref in [
+        "spec.virtualService: VirtualService victim/critical",
+        "spec.prod.deployment: Deployment victim/critical",
+        "kind: ReferenceGrant",
+    ] {
+        assert!(
+            message.contains(refused_ref),
+            "{refused_ref} not in: {message}"
+        );
+    }
+    assert!(
+        !message.contains("spec.stage.deployment"),
+        "stage is the tenant's own Deployment"
+    );
+
+    // The tenant forces promotion, then edits the spec so that we can see the daemon decide
+    // on the Canary with the command in it (observedGeneration follows the edit).
+    let out = Command::new(BINARY)
+        .args(["promote", "takeover", "-n", "tenant"])
+        .env("KUBECONFIG", lab.kubeconfig())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let edit = serde_json::json!({"spec": {"stepDuration": {"max": "2m"}}});
+    let edited = canaries
+        .patch("takeover", &PatchParams::default(), &Patch::Merge(&edit))
+        .await
+        .unwrap();
+    let generation = edited.metadata.generation;
+    let decided = lab
+        .follow_canary(
+            "tenant",
+            "takeover",
+            TIMEOUT,
+            |_| {},
+            |c| c.status.as_ref().and_then(|s| s.observed_generation) == generation,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{}", daemon.explain(e)));
+
+    let status = decided.status.unwrap();
+    assert_eq!(
+        status.phase,
+        Phase::Idle,
+        "no rollout: {:?}",
+        status.message
+    );
+    assert_eq!(status.stage_weight, 0);
+    assert!(
+        status.last_command.is_none(),
+        "the command was not carried out"
+    );
+    assert_eq!(
+        victim_state(&lab).await,
+        before,
+        "the victim's Deployment and route are untouched"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_canary_on_a_route_is_in_conflict_and_never_writes_it() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let lab = Lab::start(LabOptions {
+        alertmanager: false,
+        ..Default::default()
+    })
+    .await
+    .expect("the lab starts");
+    let daemon = lab.spawn_daemon(BINARY.as_ref(), "canaryd-0").unwrap();
+    // The same Canary again under another name, created after the lab's own.
+    let mut copy = lab_canary(lab.options.speed);
+    copy.metadata.name = Some("flaskapp-copy".into());
+    lab.canaries()
+        .create(&PostParams::default(), &copy)
+        .await
+        .unwrap();
+    let conflicted = lab
+        .follow_canary(
+            "prod",
+            "flaskapp-copy",
+            TIMEOUT,
+            |_| {},
+            |c| is(c, "Conflict", "True"),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{}", daemon.explain(e)));
+    let message = &condition(&conflicted, "Conflict").unwrap().message;
+    assert!(
+        message.contains("Canary prod/flaskapp drives this route"),
+        "{message}"
+    );
+
+    // A release: the owner takes it through every step; the copy joins in nowhere.
+    lab.release("demoapp:v2").await.unwrap();
+    let end = lab
+        .follow(
+            TIMEOUT,
+            |_| {},
+            |c| {
+                c.status
+                    .as_ref()
+                    .is_some_and(|s| s.stage_revision.is_some() && s.phase == Phase::Succeeded)
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{}", daemon.explain(e)));
+    let history: Vec<u8> = end
+        .status
+        .unwrap()
+        .history
+        .iter()
+        .map(|h| h.stage_weight)
+        .collect();
+    assert_eq!(history, [0, 30, 60, 100, 100, 0, 0], "no weight flap");
+    let copy = lab.canaries().get("flaskapp-copy").await.unwrap();
+    assert!(is(&copy, "Conflict", "True"));
+    let status = copy.status.unwrap();
+    assert_eq!(status.phase, Phase::Idle);
+    assert!(
+        status.stage_revision.is_none(),
+        "the copy never started a rollout"
+    );
+    assert!(status.history.is_empty(), "{:?}", status.history);
+}

@@ -145,6 +145,17 @@ impl GateRunner {
         });
     }
 
+    /// Records gate `key` as failed without running it (what it would run is refused).
+    pub fn fail(&self, key: GateKey, message: String) {
+        let result = GateResult {
+            id: key.id.clone(),
+            passed: false,
+            message,
+        };
+        let mut gates = self.gates.lock().expect("gate map lock");
+        gates.entry(key).or_insert(Some(result));
+    }
+
     /// Calls webhooks whose answers do not matter (post-rollout, rollback), in the background.
     pub fn fire(&self, calls: Vec<WebhookCall>, payload: WebhookPayload) {
         let http = self.http.clone();

@@ -137,12 +137,8 @@ pub enum Error {
     NoPromotionWebhook,
     #[error("promotion webhook: {0}")]
     PromotionWebhook(#[source] gates::WebhookError),
-    #[error("Secret {namespace}/{name} has no key {key}; add the key or fix secretRef.key")]
-    SecretKey {
-        namespace: String,
-        name: String,
-        key: String,
-    },
+    #[error("promotion webhook not called: {0}")]
+    SigningKey(String),
     #[error("not the leader; not writing")]
     NotLeader,
     #[error("writing {what} took longer than {WRITE_TIMEOUT:?}")]
@@ -160,7 +156,7 @@ impl Error {
             Error::CopyTemplate(_)
             | Error::NoPromotionWebhook
             | Error::PromotionWebhook(_)
-            | Error::SecretKey { .. } => "promotion",
+            | Error::SigningKey(_) => "promotion",
             Error::NotLeader => "not_leader",
             Error::Timeout { .. } => "timeout",
             Error::Finalizer(_) => "finalizer",

@@ -5,6 +5,7 @@
 //! 3. `act`: weights, prod's template, gates, webhooks, Events, each write with a timeout;
 //! 4. `write_status`: only after every action succeeded, so a failed one is decided again.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ use serde_json::json;
 use super::gates::{ContainerImage, GateJob, GateKey, WebhookCall, WebhookPayload};
 use super::{boundaries, commands, traffic, workload, Context, Error, FIELD_MANAGER, FINALIZER};
 use crate::api::validation::{describe, validate};
-use crate::api::{Canary, CanarySpec, CanaryStatus, GateKind, Phase, WebhookKind};
+use crate::api::{Canary, CanarySpec, CanaryStatus, GateKind, Phase, SecretKeyRef, WebhookKind};
 use crate::rollout::{self, Action, Decision, Look, LookResult, Observations, UpdateMethod};
 
 /// Entry point for the kube-rs Controller.
@@ -64,9 +65,9 @@ async fn apply(canary: &Canary, ctx: &Context, deleting: bool) -> Result<Requeue
     }
     let now = Timestamp::from_second((ctx.now)().as_second()).unwrap_or_else(|_| (ctx.now)());
     let status = canary.status.clone().unwrap_or_default();
-    let obs = observe(canary, &status, ctx, now, deleting).await;
+    let (obs, keys) = observe(canary, &status, ctx, now, deleting).await;
     let decision = rollout::decide(&canary.spec, &status, &obs, now);
-    act(canary, &decision, ctx).await?;
+    act(canary, &decision, ctx, &keys).await?;
     let mut new = decision.status;
     ctx.notifier.sync(canary, &mut new, &decision.actions, now);
     if deleting {
@@ -88,22 +89,24 @@ async fn observe(
     ctx: &Context,
     now: Timestamp,
     deleting: bool,
-) -> Observations {
+) -> (Observations, SigningKeys) {
     let ns = canary.namespace().unwrap_or_default();
     let spec = &canary.spec;
     if let Err(errors) = validate(spec, &ns) {
-        return Observations {
+        let obs = Observations {
             spec_problem: Some(describe(&errors)),
             deleted: deleting,
             ..Observations::default()
         };
+        return (obs, SigningKeys::default());
     }
     if let Err(problem) = boundaries::check_references(canary, ctx.references, &ctx.grants) {
-        return Observations {
+        let obs = Observations {
             reference_problem: Some(problem),
             deleted: deleting,
             ..Observations::default()
         };
+        return (obs, SigningKeys::default());
     }
     let others = ctx.canaries.state();
     let route_owner = boundaries::route_owner(
@@ -113,11 +116,12 @@ async fn observe(
         &ctx.grants,
     );
     if route_owner.is_some() {
-        return Observations {
+        let obs = Observations {
             route_owner,
             deleted: deleting,
             ..Observations::default()
         };
+        return (obs, SigningKeys::default());
     }
     let env_ns = |d: &Option<String>| d.clone().unwrap_or_else(|| ns.clone());
     let deployment = |env: &crate::api::Environment| {
@@ -139,11 +143,12 @@ async fn observe(
     } else {
         None
     };
+    let keys = read_keys(canary, ctx).await;
     let pending = status
         .pending_gate
         .as_ref()
         .map(|p| gate_key(canary, &p.id));
-    Observations {
+    let obs = Observations {
         spec_problem: None,
         reference_problem: None,
         route_owner: None,
@@ -157,7 +162,9 @@ async fn observe(
             .is_some_and(|key| ctx.gates.is_running(key)),
         command: commands::pending(canary),
         deleted: deleting,
-    }
+        signing: keys.summary(),
+    };
+    (obs, keys)
 }
 
 /// The counts of one look when one is due: the window runs from the end of the last window
@@ -253,9 +260,14 @@ fn next_round(
 
 /// Carries out the decision's actions in order; the first failure stops the round before
 /// the status is written, so the next round decides again.
-async fn act(canary: &Canary, decision: &Decision, ctx: &Context) -> Result<(), Error> {
+async fn act(
+    canary: &Canary,
+    decision: &Decision,
+    ctx: &Context,
+    keys: &SigningKeys,
+) -> Result<(), Error> {
     for action in &decision.actions {
-        act_once(canary, &decision.status, ctx, action).await?;
+        act_once(canary, &decision.status, ctx, keys, action).await?;
     }
     Ok(())
 }
@@ -264,6 +276,7 @@ async fn act_once(
     canary: &Canary,
     status: &CanaryStatus,
     ctx: &Context,
+    keys: &SigningKeys,
     action: &Action,
 ) -> Result<(), Error> {
     let spec = &canary.spec;
@@ -280,16 +293,17 @@ async fn act_once(
             ctx.write("the route's weights", set).await?;
             tracing::info!(canary = %canary.name_any(), namespace = %ns, stage = stage, prod = 100 - stage, "weights written");
         }
-        Action::StartGate { id, kind } => {
-            start_gate(canary, status, ctx, id.clone(), *kind).await?
-        }
+        Action::StartGate { id, kind } => start_gate(canary, status, ctx, keys, id.clone(), *kind),
         Action::UpdateProd { method } => {
             // The webhook mode writes nothing itself, but only the leader promotes.
             ctx.leading()?;
-            update_prod(canary, status, ctx, *method).await?;
+            update_prod(canary, status, ctx, keys, *method).await?;
         }
         Action::CallWebhooks { kind } => {
-            let calls = webhook_calls(canary, ctx, *kind).await?;
+            let (calls, refused) = webhook_calls(canary, keys, *kind);
+            for problem in refused {
+                tracing::warn!(canary = %canary.name_any(), namespace = %ns, %problem, "webhook skipped");
+            }
             if !calls.is_empty() {
                 ctx.gates
                     .fire(calls, payload(canary, status, kind_name(*kind)));
@@ -351,51 +365,142 @@ fn payload(canary: &Canary, status: &CanaryStatus, event: &str) -> WebhookPayloa
     }
 }
 
-/// Reads a webhook's HMAC key from its Secret, in the Canary's namespace.
-async fn secret_key(
-    ctx: &Context,
-    ns: &str,
-    secret: &Option<crate::api::SecretKeyRef>,
-) -> Result<Option<Vec<u8>>, Error> {
-    let Some(r) = secret else { return Ok(None) };
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let found = api.get(&r.name).await?;
-    let bytes = found
-        .data
-        .and_then(|d| d.get(&r.key).map(|b| b.0.clone()))
-        .ok_or_else(|| Error::SecretKey {
-            namespace: ns.into(),
-            name: r.name.clone(),
-            key: r.key.clone(),
-        })?;
-    Ok(Some(bytes))
-}
+/// The shortest signing key canaryd signs with, in bytes (after `whsec_` decoding).
+pub const MIN_KEY_BYTES: usize = 16;
 
-async fn webhook_calls(
-    canary: &Canary,
-    ctx: &Context,
-    kind: WebhookKind,
-) -> Result<Vec<WebhookCall>, Error> {
-    let ns = canary.namespace().unwrap_or_default();
-    let mut calls = Vec::new();
-    for w in canary.spec.webhooks.iter().filter(|w| w.kind == kind) {
-        calls.push(WebhookCall {
-            name: w.name.clone(),
-            url: w.target.url.clone(),
-            timeout: w.target.timeout.0,
-            key: secret_key(ctx, &ns, &w.target.secret_ref).await?,
-        });
+/// The signing keys this Canary's webhooks name, read this round, by (Secret, key): the key,
+/// or why it cannot sign. A webhook whose key cannot sign is never called unsigned.
+#[derive(Default)]
+struct SigningKeys(BTreeMap<(String, String), Result<Vec<u8>, String>>);
+
+impl SigningKeys {
+    /// `None` without signed webhooks; otherwise every problem, or `Ok`.
+    fn summary(&self) -> Option<Result<(), String>> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let problems: Vec<&str> = self
+            .0
+            .values()
+            .filter_map(|k| k.as_ref().err())
+            .map(String::as_str)
+            .collect();
+        Some(if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        })
     }
-    Ok(calls)
+
+    fn key(&self, r: &Option<SecretKeyRef>) -> Result<Option<Vec<u8>>, String> {
+        let Some(r) = r else { return Ok(None) };
+        match self.0.get(&(r.name.clone(), r.key.clone())) {
+            Some(Ok(key)) => Ok(Some(key.clone())),
+            Some(Err(problem)) => Err(problem.clone()),
+            None => Err(format!("Secret {} was not read", r.name)),
+        }
+    }
 }
 
-async fn start_gate(
+/// Every `secretRef` of the Canary's webhooks and promotion webhook.
+fn secret_refs(spec: &CanarySpec) -> Vec<&SecretKeyRef> {
+    let webhooks = spec.webhooks.iter().map(|w| &w.target);
+    let promotion = spec.promotion.webhook.iter();
+    webhooks
+        .chain(promotion)
+        .filter_map(|t| t.secret_ref.as_ref())
+        .collect()
+}
+
+/// Reads the signing keys from Secrets in the Canary's own namespace (the only place
+/// canaryd reads Secrets from, with the Role an admin grants per namespace).
+async fn read_keys(canary: &Canary, ctx: &Context) -> SigningKeys {
+    let ns = canary.namespace().unwrap_or_default();
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut keys = SigningKeys::default();
+    for r in secret_refs(&canary.spec) {
+        let at = (r.name.clone(), r.key.clone());
+        if keys.0.contains_key(&at) {
+            continue;
+        }
+        let key = match api.get(&r.name).await {
+            Err(kube::Error::Api(e)) if e.code == 403 => Err(format!(
+                "canaryd may not read Secrets in namespace {ns}; an admin adds {ns} to the \
+                 chart's webhookSecrets.namespaces (or applies deploy/rbac/webhook-secrets.yaml there)"
+            )),
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                Err(format!("Secret {ns}/{} not found; create it or fix secretRef.name", r.name))
+            }
+            Err(e) => Err(format!("cannot read Secret {ns}/{}: {e}", r.name)),
+            Ok(secret) => match secret.data.as_ref().and_then(|d| d.get(&r.key)) {
+                None => Err(format!(
+                    "Secret {ns}/{} has no key {}; add the key or fix secretRef.key",
+                    r.name, r.key
+                )),
+                Some(raw) => {
+                    let key = signing_key(&raw.0);
+                    if key.len() < MIN_KEY_BYTES {
+                        Err(format!(
+                            "key {} of Secret {ns}/{} is {} bytes; a signing key needs at least \
+                             {MIN_KEY_BYTES} (32 recommended, e.g. `openssl rand -base64 32`)",
+                            r.key,
+                            r.name,
+                            key.len()
+                        ))
+                    } else {
+                        Ok(key)
+                    }
+                }
+            },
+        };
+        keys.0.insert(at, key);
+    }
+    keys
+}
+
+/// The HMAC key of a Secret's value: the scheme's `whsec_<base64>` form decoded, any other
+/// value as it is.
+fn signing_key(raw: &[u8]) -> Vec<u8> {
+    use base64::Engine as _;
+    raw.strip_prefix(b"whsec_")
+        .and_then(|b64| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b64.trim_ascii())
+                .ok()
+        })
+        .unwrap_or_else(|| raw.to_vec())
+}
+
+/// The calls to the webhooks of `kind`, and the names of those whose key cannot sign (with why).
+fn webhook_calls(
+    canary: &Canary,
+    keys: &SigningKeys,
+    kind: WebhookKind,
+) -> (Vec<WebhookCall>, Vec<String>) {
+    let mut calls = Vec::new();
+    let mut refused = Vec::new();
+    for w in canary.spec.webhooks.iter().filter(|w| w.kind == kind) {
+        match keys.key(&w.target.secret_ref) {
+            Ok(key) => calls.push(WebhookCall {
+                name: w.name.clone(),
+                url: w.target.url.clone(),
+                timeout: w.target.timeout.0,
+                key,
+            }),
+            Err(problem) => refused.push(format!("webhook {} not called: {problem}", w.name)),
+        }
+    }
+    (calls, refused)
+}
+
+fn start_gate(
     canary: &Canary,
     status: &CanaryStatus,
     ctx: &Context,
+    keys: &SigningKeys,
     id: String,
     kind: GateKind,
-) -> Result<(), Error> {
+) {
     let spec = &canary.spec;
     let (checks, host, webhook_kind) = match kind {
         GateKind::PreTraffic => (
@@ -419,10 +524,17 @@ async fn start_gate(
         ),
         GateKind::ProdVerify => (spec.checks.clone(), &spec.prod.host, None),
     };
-    let webhooks = match webhook_kind {
-        Some(k) => webhook_calls(canary, ctx, k).await?,
-        None => Vec::new(),
+    let (webhooks, refused) = match webhook_kind {
+        Some(k) => webhook_calls(canary, keys, k),
+        None => Default::default(),
     };
+    let key = gate_key(canary, &id);
+    if !refused.is_empty() {
+        // A gate webhook that cannot be signed fails the gate; it is never sent unsigned.
+        tracing::warn!(canary = %canary.name_any(), gate = %id, problems = %refused.join("; "), "gate failed before it ran");
+        ctx.gates.fail(key, refused.join("; "));
+        return;
+    }
     let job = GateJob {
         checks,
         host: host.clone(),
@@ -430,14 +542,14 @@ async fn start_gate(
         webhooks,
     };
     tracing::info!(canary = %canary.name_any(), gate = %id, kind = kind.as_str(), "starting gate");
-    ctx.gates.start(gate_key(canary, &id), job);
-    Ok(())
+    ctx.gates.start(key, job);
 }
 
 async fn update_prod(
     canary: &Canary,
     status: &CanaryStatus,
     ctx: &Context,
+    keys: &SigningKeys,
     method: UpdateMethod,
 ) -> Result<(), Error> {
     let spec = &canary.spec;
@@ -484,7 +596,7 @@ async fn update_prod(
                 name: "promotion".into(),
                 url: target.url.clone(),
                 timeout: target.timeout.0,
-                key: secret_key(ctx, &ns, &target.secret_ref).await?,
+                key: keys.key(&target.secret_ref).map_err(Error::SigningKey)?,
             };
             let mut body = payload(canary, status, "promote");
             body.images = stage

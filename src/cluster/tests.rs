@@ -336,6 +336,62 @@ async fn a_new_stage_revision_starts_a_rollout_at_zero() {
 }
 
 #[tokio::test]
+async fn a_short_signing_key_is_a_condition_and_its_gate_fails_without_a_request() {
+    let (ctx, handle) = context(World::default());
+    let mut c = canary(CanaryStatus::default());
+    c.spec.webhooks = serde_json::from_value(json!([{
+        "name": "ci", "type": "pre-rollout", "url": "http://ci.prod.svc/hook",
+        "secretRef": {"name": "hmac", "key": "key"}
+    }]))
+    .unwrap();
+    let secret = |_: &Value| {
+        let secret = json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "hmac", "namespace": "prod"},
+            "data": {"key": "YWJj"}}); // "abc"
+        (StatusCode::OK, secret)
+    };
+    let script = vec![
+        Expect {
+            method: Method::GET,
+            path: "/api/v1/namespaces/prod/secrets/hmac",
+            answer: secret,
+        },
+        event(),
+        patch(STATUS_PATH, status_answer),
+    ];
+    let seen = Seen::default();
+    let server = serve(handle, script, seen.clone(), objects());
+    run(ctx.clone(), c, server).await;
+    let status = status_in(&seen.lock().unwrap()[2].2);
+    let keys = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "SigningKeysReady")
+        .expect("a SigningKeysReady condition");
+    assert_eq!(keys.status, "False");
+    assert!(
+        keys.message
+            .contains("is 3 bytes; a signing key needs at least 16"),
+        "{}",
+        keys.message
+    );
+    // The pre-traffic gate failed at once: the webhook was never called unsigned.
+    let pending = status.pending_gate.expect("the pre-traffic gate");
+    let result = ctx
+        .gates
+        .take(&super::gates::GateKey {
+            canary_uid: "u1".into(),
+            generation: 1,
+            id: pending.id,
+        })
+        .expect("a result without running");
+    assert!(!result.passed);
+    assert!(result
+        .message
+        .starts_with("webhook ci not called: key key of Secret prod/hmac"));
+}
+
+#[tokio::test]
 async fn an_advance_writes_exactly_the_next_weights() {
     let (ctx, handle) = context(World {
         stage_weight: 30,

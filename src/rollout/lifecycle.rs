@@ -98,6 +98,16 @@ impl Round<'_> {
             }
             return false;
         }
+        match &self.obs.signing {
+            Some(Ok(())) => {
+                let ready = "every webhook signing key is readable and long enough";
+                self.condition("SigningKeysReady", true, "KeysReadable", ready);
+            }
+            // Not a hold: the webhooks whose key cannot sign are not called (a gate with
+            // one fails), everything else goes on.
+            Some(Err(problem)) => self.condition("SigningKeysReady", false, "KeyProblem", problem),
+            None => {}
+        }
         let allowed = "every object this Canary drives is in its namespace or granted";
         self.condition("ReferencesAllowed", true, "Allowed", allowed);
         if let Some(owner) = &self.obs.route_owner {

@@ -59,6 +59,9 @@ pub struct Observations {
     /// The pending gate is still running in this process. A pending gate with no result
     /// that is not running was lost (the daemon restarted) and is started again.
     pub gate_running: bool,
+    /// Whether every webhook signing key could be read and is long enough; `None` when no
+    /// webhook is signed.
+    pub signing: Option<Result<(), String>>,
     /// An operator command found on the Canary.
     pub command: Option<Command>,
     /// The Canary is being deleted.
@@ -86,6 +89,7 @@ impl Default for Observations {
             look: None,
             gate: None,
             gate_running: false,
+            signing: None,
             command: None,
             deleted: false,
         }

@@ -1057,6 +1057,7 @@ fn observe(c: &Choice, status: &CanaryStatus, vs_weight: (u8, u64)) -> Observati
         spec_problem: None,
         reference_problem: None,
         route_owner: None,
+        signing: None,
     }
 }
 

@@ -392,6 +392,48 @@ async fn a_short_signing_key_is_a_condition_and_its_gate_fails_without_a_request
 }
 
 #[tokio::test]
+async fn another_canarys_gate_result_under_the_same_id_is_never_taken() {
+    let (ctx, handle) = context(World::default());
+    let mut testing = progressing(0, 0);
+    testing.phase = Phase::Testing;
+    testing.pending_gate = Some(crate::api::PendingGate {
+        id: "b17a764a16-0-PreTraffic-1700000000000".into(),
+        kind: crate::api::GateKind::PreTraffic,
+        started_at: minutes_ago(0),
+    });
+    let key = |uid: &str| super::gates::GateKey {
+        canary_uid: uid.into(),
+        generation: 1,
+        id: "b17a764a16-0-PreTraffic-1700000000000".into(),
+    };
+    // A second Canary on the same stage Deployment, started in the same millisecond: its
+    // gate failed.
+    ctx.gates
+        .fail(key("u2"), "check smoke: answered 500".into());
+    let seen = Seen::default();
+    let script = vec![patch(STATUS_PATH, status_answer)];
+    let server = serve(handle, script, seen.clone(), objects());
+    run(ctx.clone(), canary(testing), server).await;
+    let status = status_in(&seen.lock().unwrap()[0].2);
+    assert_eq!(
+        status.phase,
+        Phase::Testing,
+        "not rolled back: {}",
+        status.message
+    );
+    assert!(status.pending_gate.is_some());
+    assert!(
+        ctx.gates.is_running(&key("u1")),
+        "this Canary runs its own gate"
+    );
+    let theirs = ctx
+        .gates
+        .take(&key("u2"))
+        .expect("the other result is still there");
+    assert_eq!(theirs.message, "check smoke: answered 500");
+}
+
+#[tokio::test]
 async fn an_advance_writes_exactly_the_next_weights() {
     let (ctx, handle) = context(World {
         stage_weight: 30,

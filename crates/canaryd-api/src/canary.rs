@@ -8,6 +8,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::duration::HumanDuration;
+use super::limits::*;
 
 /// Progressive delivery of the `stage` environment's new revisions to `prod`.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -38,7 +39,7 @@ pub struct CanarySpec {
     /// Stage traffic weight (percent) of each step. The first step must be 0 (the
     /// pre-traffic test), the last 100; strictly increasing.
     #[serde(default = "default_steps")]
-    #[schemars(length(min = 2, max = 20), inner(range(min = 0, max = 100)))]
+    #[schemars(length(min = 2, max = MAX_STEPS), inner(range(min = 0, max = 100)))]
     pub steps: Vec<u8>,
     /// How long each step lasts at least (before an advance) and at most (before canaryd
     /// pauses for a human, or applies the noData policy).
@@ -50,9 +51,11 @@ pub struct CanarySpec {
     /// Synthetic HTTP checks run against stage at 0 % (and at every step when asked), and
     /// against prod after promotion, before traffic moves back to it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_CHECKS))]
     pub checks: Vec<CheckSpec>,
     /// Webhooks called at points of the rollout; `pre-rollout` and `confirm-promotion` are gates.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_WEBHOOKS))]
     pub webhooks: Vec<WebhookSpec>,
     /// How prod is brought to the new revision once stage holds 100 %.
     #[serde(default)]
@@ -63,6 +66,7 @@ pub struct CanarySpec {
     /// Which of the daemon's notifiers hear which rollout events. Without any route,
     /// `RolledBack` and `Paused` go to every notifier.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_NOTIFICATION_ROUTES))]
     pub notifications: Vec<NotificationRoute>,
 }
 
@@ -71,10 +75,11 @@ pub struct CanarySpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NotificationRoute {
     /// `name` of a notifier in the daemon's config.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = MAX_NAME))]
     pub notifier: String,
     /// The events it gets; `[RolledBack, Paused]` when left out.
     #[serde(default = "default_notification_events")]
+    #[schemars(length(max = MAX_ROUTE_EVENTS))]
     pub events: Vec<NotificationEvent>,
 }
 
@@ -152,14 +157,16 @@ pub fn default_steps() -> Vec<u8> {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VirtualServiceRef {
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = MAX_OBJECT_NAME))]
     pub name: String,
     /// Defaults to the Canary's namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_NAME))]
     pub namespace: Option<String>,
     /// Name of the HTTP route to drive. Without it, canaryd uses the one route whose
     /// destinations are the prod and stage hosts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_OBJECT_NAME))]
     pub route: Option<String>,
 }
 
@@ -168,7 +175,7 @@ pub struct VirtualServiceRef {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Environment {
     /// Destination host as written in the VirtualService, e.g. `flaskapp.prod.svc.cluster.local`.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = MAX_HOST))]
     pub host: String,
     pub deployment: DeploymentRef,
 }
@@ -176,10 +183,11 @@ pub struct Environment {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DeploymentRef {
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = MAX_OBJECT_NAME))]
     pub name: String,
     /// Defaults to the Canary's namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_NAME))]
     pub namespace: Option<String>,
 }
 
@@ -225,6 +233,7 @@ pub struct AnalysisSpec {
     pub interval: Option<HumanDuration>,
     /// The metrics compared; defaults to the error rate and requests slower than 500 ms.
     #[serde(default = "default_metrics")]
+    #[schemars(length(max = MAX_METRICS))]
     pub metrics: Vec<MetricSpec>,
     /// Absolute limits on stage, enforced even when prod is just as bad.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -278,28 +287,31 @@ impl Default for AnalysisSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MetricSpec {
-    #[schemars(length(min = 1, max = 63))]
+    #[schemars(length(min = 1, max = MAX_NAME))]
     pub name: String,
     pub kind: MetricKind,
     /// Largest stage/prod rate ratio still accepted when advancing (default 1.5): canaryd
     /// advances once it is confident the ratio is below this.
     #[serde(default = "default_margin")]
-    #[schemars(range(min = 1.0))]
+    #[schemars(range(min = 1.0, max = MAX_RATIO))]
     pub margin: f64,
     /// Stage/prod rate ratio that is tolerated without a rollback (default 1.0: any proven
     /// regression rolls back). Must be below `margin`.
     #[serde(default = "default_tolerance")]
-    #[schemars(range(min = 1.0))]
+    #[schemars(range(min = 1.0, max = MAX_RATIO))]
     pub tolerance: f64,
     /// `latency` only: a request slower than a threshold counts as bad. Each threshold should
     /// be a histogram bucket boundary.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_THRESHOLDS), inner(range(max = MAX_LATENCY_MS)))]
     pub thresholds_ms: Vec<f64>,
     /// `ratio` only: PromQL for the bad events of one arm.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_PROMQL))]
     pub bad: Option<String>,
     /// `ratio` only: PromQL for all events of one arm.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_PROMQL))]
     pub total: Option<String>,
 }
 
@@ -339,12 +351,16 @@ pub struct SloSpec {
 #[serde(deny_unknown_fields)]
 pub struct LatencyQuantiles {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = MAX_LATENCY_MS))]
     pub p50: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = MAX_LATENCY_MS))]
     pub p90: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = MAX_LATENCY_MS))]
     pub p95: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = MAX_LATENCY_MS))]
     pub p99: Option<f64>,
 }
 
@@ -400,23 +416,26 @@ pub enum NoDataAction {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CheckSpec {
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = MAX_NAME))]
     pub name: String,
     /// URL to request. `{{ host }}` is replaced by the host of the environment under test
     /// (stage during the rollout, prod after promotion).
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = MAX_URL))]
     pub url: String,
+    /// `GET` (the default), `HEAD` or `POST`.
     #[serde(default = "default_method")]
+    #[schemars(extend("enum" = CHECK_METHODS))]
     pub method: String,
     #[serde(default = "default_expect_status")]
     #[schemars(range(min = 100, max = 599))]
     pub expect_status: u16,
     /// The response body must contain this text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_BODY_CONTAINS))]
     pub body_contains: Option<String>,
     /// Number of requests; every one must pass.
     #[serde(default = "default_check_count")]
-    #[schemars(range(min = 1, max = 10000))]
+    #[schemars(range(min = 1, max = MAX_CHECK_COUNT))]
     pub count: u32,
     #[serde(default = "default_check_timeout")]
     pub timeout: HumanDuration,
@@ -445,7 +464,7 @@ fn default_check_timeout() -> HumanDuration {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WebhookTarget {
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = MAX_URL))]
     pub url: String,
     #[serde(default = "default_webhook_timeout")]
     pub timeout: HumanDuration,
@@ -461,14 +480,16 @@ fn default_webhook_timeout() -> HumanDuration {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SecretKeyRef {
+    #[schemars(length(min = 1, max = MAX_OBJECT_NAME))]
     pub name: String,
+    #[schemars(length(min = 1, max = MAX_OBJECT_NAME))]
     pub key: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WebhookSpec {
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = MAX_NAME))]
     pub name: String,
     #[serde(rename = "type")]
     pub kind: WebhookKind,

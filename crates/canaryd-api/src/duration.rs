@@ -9,6 +9,8 @@ use std::time::Duration;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::limits::MAX_DURATION_TEXT;
+
 /// A duration written the way people write it: `30s`, `2m`, `1h 30m`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct HumanDuration(pub Duration);
@@ -54,8 +56,22 @@ impl Serialize for HumanDuration {
 }
 
 impl<'de> Deserialize<'de> for HumanDuration {
+    /// Also refuses a text longer than [`MAX_DURATION_TEXT`], as the CRD schema does.
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        humantime_serde::deserialize(d).map(Self)
+        use serde::de::{Error, IntoDeserializer};
+        let text = String::deserialize(d)?;
+        if text.chars().count() > MAX_DURATION_TEXT {
+            return Err(D::Error::custom(format!(
+                "a duration of {} characters, more than the {MAX_DURATION_TEXT} allowed; write it \
+                 as 30s, 2m or 1h 30m",
+                text.chars().count()
+            )));
+        }
+        let text: serde::de::value::StrDeserializer<'_, serde::de::value::Error> =
+            text.as_str().into_deserializer();
+        humantime_serde::deserialize(text)
+            .map(Self)
+            .map_err(D::Error::custom)
     }
 }
 
@@ -72,6 +88,7 @@ impl JsonSchema for HumanDuration {
         schemars::json_schema!({
             "type": "string",
             "pattern": "^([0-9]+ *[a-zA-Z]+ *)+$",
+            "maxLength": MAX_DURATION_TEXT,
             "description": "A duration such as 30s, 2m or 1h 30m."
         })
     }
@@ -87,5 +104,8 @@ mod tests {
         assert_eq!(d.0, Duration::from_secs(5400));
         assert_eq!(serde_json::to_string(&d).unwrap(), "\"1h 30m\"");
         assert!(serde_json::from_str::<HumanDuration>("\"soon\"").is_err());
+        let long = format!("\"{}\"", "1s ".repeat(11));
+        let err = serde_json::from_str::<HumanDuration>(&long).unwrap_err();
+        assert!(err.to_string().contains("more than the 32 allowed"), "{err}");
     }
 }

@@ -5,6 +5,7 @@
 pub mod canary;
 pub mod crd;
 pub mod duration;
+pub mod limits;
 pub mod reference_grant;
 pub mod validation;
 pub mod virtual_service;

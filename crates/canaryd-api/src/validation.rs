@@ -1,10 +1,15 @@
 //! Rules on a Canary spec that the OpenAPI schema cannot express. Every error names the
 //! field and says how to fix it; a Canary that fails here is reported in its status and
 //! left alone, never retried in a loop.
+//!
+//! The bounds of [`crate::limits`] are checked here too, although the schema has them:
+//! `canaryd validate` reads files without an API server, and must refuse what the API
+//! server refuses.
 
 use std::collections::HashSet;
 
-use super::canary::{CanarySpec, MetricKind, PromotionMode};
+use super::canary::{CanarySpec, MetricKind, PromotionMode, WebhookTarget};
+use super::limits::*;
 
 /// One problem with a spec: which field, what is wrong, how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -27,6 +32,7 @@ fn err(field: impl Into<String>, problem: impl Into<String>, fix: impl Into<Stri
 /// Returns every problem found, not only the first.
 pub fn validate(spec: &CanarySpec, namespace: &str) -> Result<(), Vec<SpecError>> {
     let mut errors = Vec::new();
+    validate_bounds(spec, &mut errors);
     validate_steps(spec, &mut errors);
     validate_targets(spec, namespace, &mut errors);
     validate_durations(spec, &mut errors);
@@ -46,6 +52,218 @@ pub fn describe(errors: &[SpecError]) -> String {
         .map(|e| e.to_string())
         .collect::<Vec<_>>()
         .join(" | ")
+}
+
+/// A list longer than `max`.
+fn max_items(field: impl Into<String>, len: usize, max: usize, errors: &mut Vec<SpecError>) {
+    if len > max {
+        errors.push(err(
+            field,
+            format!("has {len} items, more than the {max} allowed"),
+            format!("list at most {max}"),
+        ));
+    }
+}
+
+/// A text longer than `max` characters (as the API server counts them).
+fn max_len(field: impl Into<String>, text: &str, max: usize, errors: &mut Vec<SpecError>) {
+    let len = text.chars().count();
+    if len > max {
+        errors.push(err(
+            field,
+            format!("is {len} characters long, more than the {max} allowed"),
+            format!("shorten it to at most {max} characters"),
+        ));
+    }
+}
+
+fn max_len_opt(field: String, text: &Option<String>, max: usize, errors: &mut Vec<SpecError>) {
+    if let Some(text) = text {
+        max_len(field, text, max, errors);
+    }
+}
+
+fn max_duration(
+    field: String,
+    d: crate::HumanDuration,
+    max: std::time::Duration,
+    errors: &mut Vec<SpecError>,
+) {
+    if d.0 > max {
+        let max = crate::HumanDuration(max);
+        errors.push(err(
+            field,
+            format!("is {d}, longer than the {max} allowed"),
+            format!("use at most {max}"),
+        ));
+    }
+}
+
+fn webhook_target_bounds(field: &str, w: &WebhookTarget, errors: &mut Vec<SpecError>) {
+    max_len(format!("{field}.url"), &w.url, MAX_URL, errors);
+    max_duration(
+        format!("{field}.timeout"),
+        w.timeout,
+        MAX_WEBHOOK_TIMEOUT,
+        errors,
+    );
+    if let Some(r) = &w.secret_ref {
+        max_len(
+            format!("{field}.secretRef.name"),
+            &r.name,
+            MAX_OBJECT_NAME,
+            errors,
+        );
+        max_len(
+            format!("{field}.secretRef.key"),
+            &r.key,
+            MAX_OBJECT_NAME,
+            errors,
+        );
+    }
+}
+
+/// How many series the analysis of `spec` compares (see `analysis::series`): one per
+/// errorRate or ratio metric, one per latency threshold, one per SLO limit.
+pub fn series_count(spec: &CanarySpec) -> usize {
+    let a = &spec.analysis;
+    let metrics: usize = a
+        .metrics
+        .iter()
+        .map(|m| match m.kind {
+            MetricKind::Latency => m.thresholds_ms.len(),
+            MetricKind::ErrorRate | MetricKind::Ratio => 1,
+        })
+        .sum();
+    let slo = a.slo.as_ref().map_or(0, |slo| {
+        usize::from(slo.max_error_rate.is_some())
+            + slo.max_latency_ms.as_ref().map_or(0, |q| q.limits().len())
+    });
+    metrics + slo
+}
+
+/// The bounds of [`crate::limits`] on every list, text and number an author writes. Items
+/// beyond a list's bound are not looked at (the list's own error says to remove them).
+fn validate_bounds(spec: &CanarySpec, errors: &mut Vec<SpecError>) {
+    let vs = &spec.virtual_service;
+    max_len("spec.virtualService.name", &vs.name, MAX_OBJECT_NAME, errors);
+    max_len_opt(
+        "spec.virtualService.namespace".into(),
+        &vs.namespace,
+        MAX_NAME,
+        errors,
+    );
+    max_len_opt(
+        "spec.virtualService.route".into(),
+        &vs.route,
+        MAX_OBJECT_NAME,
+        errors,
+    );
+    for (name, env) in [("prod", &spec.prod), ("stage", &spec.stage)] {
+        let field = |f: &str| format!("spec.{name}.{f}");
+        max_len(field("host"), &env.host, MAX_HOST, errors);
+        let d = &env.deployment;
+        max_len(field("deployment.name"), &d.name, MAX_OBJECT_NAME, errors);
+        max_len_opt(field("deployment.namespace"), &d.namespace, MAX_NAME, errors);
+    }
+    max_items("spec.steps", spec.steps.len(), MAX_STEPS, errors);
+
+    let a = &spec.analysis;
+    max_items("spec.analysis.metrics", a.metrics.len(), MAX_METRICS, errors);
+    for (i, m) in a.metrics.iter().enumerate().take(MAX_METRICS) {
+        let field = |f: &str| format!("spec.analysis.metrics[{i}].{f}");
+        max_len(field("name"), &m.name, MAX_NAME, errors);
+        max_items(
+            field("thresholdsMs"),
+            m.thresholds_ms.len(),
+            MAX_THRESHOLDS,
+            errors,
+        );
+        if let Some(t) = m.thresholds_ms.iter().find(|t| **t > MAX_LATENCY_MS) {
+            errors.push(err(
+                field("thresholdsMs"),
+                format!("contains {t}, more than the {MAX_LATENCY_MS} ms allowed"),
+                "use thresholds of at most an hour",
+            ));
+        }
+        max_len_opt(field("bad"), &m.bad, MAX_PROMQL, errors);
+        max_len_opt(field("total"), &m.total, MAX_PROMQL, errors);
+    }
+    if let Some(q) = a.slo.as_ref().and_then(|s| s.max_latency_ms.as_ref()) {
+        for (quantile, ms) in q.limits() {
+            if ms > MAX_LATENCY_MS {
+                errors.push(err(
+                    format!(
+                        "spec.analysis.slo.maxLatencyMs.p{}",
+                        (quantile * 100.0).round()
+                    ),
+                    format!("is {ms}, more than the {MAX_LATENCY_MS} ms allowed"),
+                    "use a limit of at most an hour",
+                ));
+            }
+        }
+    }
+    let series = series_count(spec);
+    if series > MAX_SERIES {
+        errors.push(err(
+            "spec.analysis.metrics",
+            format!(
+                "compare {series} series (one per errorRate or ratio metric, latency threshold \
+                 and SLO limit), more than the {MAX_SERIES} allowed"
+            ),
+            format!("compare at most {MAX_SERIES}: fewer thresholds or SLO limits"),
+        ));
+    }
+
+    max_items("spec.checks", spec.checks.len(), MAX_CHECKS, errors);
+    for (i, c) in spec.checks.iter().enumerate().take(MAX_CHECKS) {
+        let field = |f: &str| format!("spec.checks[{i}].{f}");
+        max_len(field("name"), &c.name, MAX_NAME, errors);
+        max_len(field("url"), &c.url, MAX_URL, errors);
+        max_len_opt(
+            field("bodyContains"),
+            &c.body_contains,
+            MAX_BODY_CONTAINS,
+            errors,
+        );
+        if c.count > MAX_CHECK_COUNT {
+            errors.push(err(
+                field("count"),
+                format!("is {}, more than the {MAX_CHECK_COUNT} allowed", c.count),
+                format!("send at most {MAX_CHECK_COUNT} requests (each is one request per gate)"),
+            ));
+        }
+        if !(100..=599).contains(&c.expect_status) {
+            errors.push(err(
+                field("expectStatus"),
+                format!("is {}", c.expect_status),
+                "use an HTTP status between 100 and 599",
+            ));
+        }
+        max_duration(field("timeout"), c.timeout, MAX_CHECK_TIMEOUT, errors);
+    }
+
+    max_items("spec.webhooks", spec.webhooks.len(), MAX_WEBHOOKS, errors);
+    for (i, w) in spec.webhooks.iter().enumerate().take(MAX_WEBHOOKS) {
+        max_len(format!("spec.webhooks[{i}].name"), &w.name, MAX_NAME, errors);
+        webhook_target_bounds(&format!("spec.webhooks[{i}]"), &w.target, errors);
+    }
+    if let Some(w) = &spec.promotion.webhook {
+        webhook_target_bounds("spec.promotion.webhook", w, errors);
+    }
+
+    let routes = &spec.notifications;
+    max_items(
+        "spec.notifications",
+        routes.len(),
+        MAX_NOTIFICATION_ROUTES,
+        errors,
+    );
+    for (i, r) in routes.iter().enumerate().take(MAX_NOTIFICATION_ROUTES) {
+        let field = |f: &str| format!("spec.notifications[{i}].{f}");
+        max_len(field("notifier"), &r.notifier, MAX_NAME, errors);
+        max_items(field("events"), r.events.len(), MAX_ROUTE_EVENTS, errors);
+    }
 }
 
 fn validate_steps(spec: &CanarySpec, errors: &mut Vec<SpecError>) {
@@ -164,7 +382,7 @@ fn validate_analysis(spec: &CanarySpec, errors: &mut Vec<SpecError>) {
         ));
     }
     let mut names = HashSet::new();
-    for (i, m) in a.metrics.iter().enumerate() {
+    for (i, m) in a.metrics.iter().enumerate().take(MAX_METRICS) {
         let field = |f: &str| format!("spec.analysis.metrics[{i}].{f}");
         if !names.insert(m.name.as_str()) {
             errors.push(err(
@@ -185,11 +403,11 @@ fn validate_analysis(spec: &CanarySpec, errors: &mut Vec<SpecError>) {
                 "use letters, digits, '-' and '_' only",
             ));
         }
-        if !(m.margin.is_finite() && m.margin > 1.0) {
+        if !(m.margin.is_finite() && m.margin > 1.0 && m.margin <= MAX_RATIO) {
             errors.push(err(
                 field("margin"),
                 format!("is {}", m.margin),
-                "use a rate ratio above 1, for example 1.5 (stage at most 50% worse)",
+                format!("use a rate ratio above 1 and at most {MAX_RATIO}, for example 1.5 (stage at most 50% worse)"),
             ));
         }
         if !(m.tolerance.is_finite() && m.tolerance >= 1.0 && m.tolerance < m.margin) {
@@ -309,7 +527,7 @@ fn validate_url(field: String, url: &str, errors: &mut Vec<SpecError>) {
 
 fn validate_checks_and_webhooks(spec: &CanarySpec, errors: &mut Vec<SpecError>) {
     let mut names = HashSet::new();
-    for (i, c) in spec.checks.iter().enumerate() {
+    for (i, c) in spec.checks.iter().enumerate().take(MAX_CHECKS) {
         let field = |f: &str| format!("spec.checks[{i}].{f}");
         if !names.insert(c.name.as_str()) {
             errors.push(err(
@@ -319,12 +537,11 @@ fn validate_checks_and_webhooks(spec: &CanarySpec, errors: &mut Vec<SpecError>) 
             ));
         }
         validate_url(field("url"), &c.url, errors);
-        let known = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
-        if !known.contains(&c.method.as_str()) {
+        if !CHECK_METHODS.contains(&c.method.as_str()) {
             errors.push(err(
                 field("method"),
-                format!("\"{}\" is not an HTTP method", c.method),
-                format!("use one of {}", known.join(", ")),
+                format!("\"{}\" is not a method a check may use", c.method),
+                format!("use one of {}", CHECK_METHODS.join(", ")),
             ));
         }
         if c.timeout.0.is_zero() {
@@ -335,7 +552,7 @@ fn validate_checks_and_webhooks(spec: &CanarySpec, errors: &mut Vec<SpecError>) 
         }
     }
     let mut names = HashSet::new();
-    for (i, w) in spec.webhooks.iter().enumerate() {
+    for (i, w) in spec.webhooks.iter().enumerate().take(MAX_WEBHOOKS) {
         let field = |f: &str| format!("spec.webhooks[{i}].{f}");
         if !names.insert(w.name.as_str()) {
             errors.push(err(
@@ -369,6 +586,7 @@ mod tests {
     use super::*;
     use crate::canary::*;
     use crate::duration::HumanDuration;
+    use crate::limits::MAX_CHECKS;
 
     pub(crate) fn seed_spec() -> CanarySpec {
         serde_yaml_ng::from_str(
@@ -479,6 +697,94 @@ stage: {host: flaskapp.stage.svc.cluster.local, deployment: {namespace: stage, n
                 "spec.promotion.webhook"
             ]
         );
+    }
+
+    fn check(i: usize) -> CheckSpec {
+        CheckSpec {
+            name: format!("check-{i}"),
+            url: "http://{{ host }}/health".into(),
+            method: "GET".into(),
+            expect_status: 200,
+            body_contains: None,
+            count: 1,
+            timeout: HumanDuration::from_secs(5),
+            every_step: false,
+        }
+    }
+
+    #[test]
+    fn ten_thousand_checks_are_refused_naming_the_field_and_the_bound() {
+        let mut spec = seed_spec();
+        spec.checks = (0..10_000).map(check).collect();
+        let errors = validate(&spec, "prod").unwrap_err();
+        assert_eq!(
+            describe(&errors),
+            "spec.checks: has 10000 items, more than the 20 allowed; list at most 20"
+        );
+        spec.checks.truncate(MAX_CHECKS);
+        assert_eq!(validate(&spec, "prod"), Ok(()));
+    }
+
+    #[test]
+    fn every_list_text_and_number_an_author_writes_is_bounded() {
+        let mut spec = seed_spec();
+        spec.prod.host = format!("{}.example.com", "a".repeat(250));
+        spec.stage.deployment.namespace = Some("n".repeat(64));
+        spec.steps = (0..=21).map(|i| (i * 100 / 21) as u8).collect();
+        let mut c = check(0);
+        c.url = format!("http://{{{{ host }}}}/{}", "p".repeat(2048));
+        c.count = 101;
+        c.method = "PUT".into();
+        c.timeout = HumanDuration::from_secs(61);
+        c.body_contains = Some("b".repeat(1025));
+        spec.checks.push(c);
+        spec.analysis.metrics[0].margin = 17.0;
+        spec.analysis.metrics[1].thresholds_ms = (1..=9).map(|i| i as f64 * 100.0).collect();
+        spec.analysis.slo = Some(SloSpec {
+            max_error_rate: Some(0.01),
+            max_latency_ms: Some(LatencyQuantiles {
+                p50: Some(100.0),
+                p90: Some(200.0),
+                p95: Some(300.0),
+                p99: Some(4_000_000.0),
+            }),
+        });
+        spec.webhooks.push(WebhookSpec {
+            name: "w".repeat(64),
+            kind: WebhookKind::PreRollout,
+            target: WebhookTarget {
+                url: "http://hooks.example.com/go".into(),
+                timeout: HumanDuration::from_secs(301),
+                secret_ref: None,
+            },
+        });
+        spec.notifications = (0..11)
+            .map(|i| NotificationRoute {
+                notifier: format!("n{i}"),
+                events: default_notification_events(),
+            })
+            .collect();
+        let text = describe(&validate(&spec, "prod").unwrap_err());
+        for expected in [
+            "spec.prod.host: is 262 characters long, more than the 253 allowed",
+            "spec.stage.deployment.namespace: is 64 characters long, more than the 63 allowed",
+            "spec.steps: has 22 items, more than the 20 allowed",
+            "spec.analysis.metrics[0].margin: is 17; use a rate ratio above 1 and at most 16",
+            "spec.analysis.metrics[1].thresholdsMs: has 9 items, more than the 8 allowed",
+            "spec.analysis.slo.maxLatencyMs.p99: is 4000000, more than the 3600000 ms allowed",
+            "spec.analysis.metrics: compare 15 series",
+            "more than the 12 allowed",
+            "spec.checks[0].url: is 2066 characters long, more than the 2048 allowed",
+            "spec.checks[0].bodyContains: is 1025 characters long, more than the 1024 allowed",
+            "spec.checks[0].count: is 101, more than the 100 allowed",
+            "spec.checks[0].method: \"PUT\" is not a method a check may use; use one of GET, HEAD, POST",
+            "spec.checks[0].timeout: is 1m 1s, longer than the 1m allowed",
+            "spec.webhooks[0].name: is 64 characters long, more than the 63 allowed",
+            "spec.webhooks[0].timeout: is 5m 1s, longer than the 5m allowed",
+            "spec.notifications: has 11 items, more than the 10 allowed",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in {text}");
+        }
     }
 
     #[test]

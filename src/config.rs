@@ -34,6 +34,57 @@ pub struct Config {
     /// Which objects outside its own namespace a Canary may drive.
     #[serde(default)]
     pub references: ReferencePolicy,
+    /// Where a Canary's checks and webhooks may send requests.
+    #[serde(default)]
+    pub egress: EgressConfig,
+}
+
+/// Where the requests a Canary's author controls (checks, webhooks, the promotion webhook)
+/// may go; see [`crate::egress`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EgressConfig {
+    /// Hosts a URL may name: `*.svc` (any name ending in `.svc`), an exact name, an IP
+    /// address, or `*` (any). The Canary's own `spec.prod.host` and `spec.stage.host` are
+    /// always allowed besides these.
+    #[serde(default = "default_egress_hosts")]
+    pub hosts: Vec<String>,
+    /// Allow loopback, link-local, cloud metadata and unspecified addresses (RFC 1918
+    /// addresses are always allowed).
+    #[serde(default)]
+    pub allow_private_addresses: bool,
+    /// HTTP methods a check may use (`GET`, `HEAD`, `POST`).
+    #[serde(default = "default_check_methods")]
+    pub check_methods: Vec<String>,
+}
+
+impl Default for EgressConfig {
+    fn default() -> Self {
+        Self {
+            hosts: default_egress_hosts(),
+            allow_private_addresses: false,
+            check_methods: default_check_methods(),
+        }
+    }
+}
+
+impl EgressConfig {
+    /// The policy the gates enforce.
+    pub fn policy(&self) -> crate::egress::EgressPolicy {
+        crate::egress::EgressPolicy::new(
+            &self.hosts,
+            self.allow_private_addresses,
+            &self.check_methods,
+        )
+    }
+}
+
+fn default_egress_hosts() -> Vec<String> {
+    vec!["*.svc".into(), "*.svc.cluster.local".into()]
+}
+
+fn default_check_methods() -> Vec<String> {
+    vec!["GET".into(), "HEAD".into()]
 }
 
 /// Which Deployments and VirtualServices a Canary may name outside its own namespace.
@@ -334,6 +385,22 @@ impl Config {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return bad("log.level", format!("\"{}\": {e}", self.log.level));
         }
+        for (i, h) in self.egress.hosts.iter().enumerate() {
+            if let Err(e) = crate::egress::check_host_pattern(h) {
+                return bad(&format!("egress.hosts[{i}]"), e);
+            }
+        }
+        for (i, m) in self.egress.check_methods.iter().enumerate() {
+            if !crate::egress::CHECK_METHODS.contains(&m.as_str()) {
+                return bad(
+                    &format!("egress.checkMethods[{i}]"),
+                    format!(
+                        "\"{m}\" is not a check method; use {}",
+                        crate::egress::CHECK_METHODS.join(", ")
+                    ),
+                );
+            }
+        }
         let mut names = std::collections::HashSet::new();
         for (i, n) in self.notifiers.iter().enumerate() {
             if let NotifierConfig::Alertmanager { url, .. } | NotifierConfig::Webhook { url, .. } =
@@ -421,5 +488,42 @@ mod tests {
                 .unwrap_err();
         assert_eq!(key, "notifiers[0].type");
         assert!(msg.contains("pager"), "{msg}");
+    }
+
+    #[test]
+    fn egress_defaults_to_cluster_services_and_safe_methods() {
+        let c = Config::parse("prometheus: {url: 'http://p'}").unwrap();
+        assert_eq!(c.egress.hosts, ["*.svc", "*.svc.cluster.local"]);
+        assert!(!c.egress.allow_private_addresses);
+        assert_eq!(c.egress.check_methods, ["GET", "HEAD"]);
+        let c = Config::parse(
+            "prometheus: {url: 'http://p'}\negress: {hosts: ['*.internal', 10.0.0.7], allowPrivateAddresses: true, checkMethods: [GET, POST]}",
+        )
+        .unwrap();
+        let p = c.egress.policy();
+        assert!(p.allows_private_addresses());
+        assert!(p.check_url("http://api.internal/", &[]).is_ok());
+        assert!(p.check_url("http://10.0.0.7/", &[]).is_ok());
+        assert!(p.check_method("POST").is_ok());
+    }
+
+    #[test]
+    fn bad_egress_entries_are_named_with_their_path() {
+        let (key, msg) =
+            Config::parse("prometheus: {url: 'http://p'}\negress: {hosts: ['*.svc', 'http://x']}")
+                .unwrap_err();
+        assert_eq!(key, "egress.hosts[1]");
+        assert!(msg.contains("http://x"), "{msg}");
+        let (key, msg) =
+            Config::parse("prometheus: {url: 'http://p'}\negress: {checkMethods: [GET, DELETE]}")
+                .unwrap_err();
+        assert_eq!(key, "egress.checkMethods[1]");
+        assert!(
+            msg.contains("DELETE") && msg.contains("GET, HEAD, POST"),
+            "{msg}"
+        );
+        let (key, _) = Config::parse("prometheus: {url: 'http://p'}\negress: {allowPrivate: true}")
+            .unwrap_err();
+        assert_eq!(key, "egress.allowPrivate");
     }
 }

@@ -11,6 +11,7 @@ pub mod analysis;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod egress;
 pub mod notify;
 pub mod rollout;
 pub mod server;

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs what the demo and the tests need on a fresh Debian machine: the real Prometheus,
-# Alertmanager (and promtool), and kubectl. Nothing is started here: the demo and the tests
-# start private instances on loopback ports.
+# Alertmanager (and promtool), kubectl and python3. Nothing is started here: the demo and the
+# tests start private instances on loopback ports.
 set -euo pipefail
 
 need=()
 command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v prometheus-alertmanager >/dev/null 2>&1 || command -v alertmanager >/dev/null 2>&1 || need+=(prometheus-alertmanager)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# The independent Standard Webhooks verifier (tests/standard_webhooks_verify.py).
+command -v python3 >/dev/null 2>&1 || need+=(python3)
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}" >&2

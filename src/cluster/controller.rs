@@ -127,6 +127,7 @@ pub async fn run_with(
     );
     ctx.canaries = canaries.clone();
     ctx.references = config.references;
+    ctx.gates = super::gates::GateRunner::new(config.egress.policy());
     ctx.grants = grants;
     ctx.notifier = crate::notify::Notifier::from_config(config, admin.deliveries.clone())?;
     ctx.exported = admin.metrics.clone();

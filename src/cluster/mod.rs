@@ -76,7 +76,8 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
-            gates: gates::GateRunner::new(),
+            // The default egress policy; the daemon sets the config's (`controller::run_with`).
+            gates: gates::GateRunner::new(crate::egress::EgressPolicy::default()),
             leader,
             deployments,
             virtual_services,

@@ -20,7 +20,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use super::gates::{ContainerImage, GateJob, GateKey, WebhookCall, WebhookPayload};
+use super::gates::{ContainerImage, GateJob, GateKey, Origin, WebhookCall, WebhookPayload};
 use super::{boundaries, commands, traffic, workload, Context, Error, FIELD_MANAGER, FINALIZER};
 use crate::api::validation::{describe, validate};
 use crate::api::{Canary, CanarySpec, CanaryStatus, GateKind, Phase, SecretKeyRef, WebhookKind};
@@ -305,8 +305,11 @@ async fn act_once(
                 tracing::warn!(canary = %canary.name_any(), namespace = %ns, %problem, "webhook skipped");
             }
             if !calls.is_empty() {
-                ctx.gates
-                    .fire(calls, payload(canary, status, kind_name(*kind)));
+                ctx.gates.fire(
+                    calls,
+                    payload(canary, status, kind_name(*kind)),
+                    Origin::of(canary, status),
+                );
             }
         }
         // Recorded in the status and sent in the background by `Notifier::sync`.
@@ -538,6 +541,7 @@ fn start_gate(
     let job = GateJob {
         checks,
         host: host.clone(),
+        hosts: vec![spec.prod.host.clone(), spec.stage.host.clone()],
         payload: webhook_kind.map(|k| payload(canary, status, kind_name(k))),
         webhooks,
     };
@@ -609,7 +613,8 @@ async fn update_prod(
                     image: c.image.clone().unwrap_or_default(),
                 })
                 .collect();
-            super::gates::call_webhook(ctx.gates.http(), &call, &body)
+            ctx.gates
+                .call(&call, &body, &Origin::of(canary, status))
                 .await
                 .map_err(Error::PromotionWebhook)
         }

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, Semaphore};
 
 use super::messages::{self, About};
 use super::receivers::Receiver;
-use super::signing::{signature, SIGNATURE_HEADER};
+use super::signing;
 use super::{Inner, Notifier, KEY_HEADER};
 use crate::api::{Canary, CanaryStatus};
 
@@ -71,7 +71,7 @@ pub(super) struct Job {
 pub(super) enum DeliveryError {
     #[error("no notifier of that name")]
     NoSuchNotifier,
-    #[error("request to {shown} failed: {source}")]
+    #[error("request to {shown} failed: {}", crate::egress::describe(.source))]
     Request {
         shown: String,
         #[source]
@@ -291,12 +291,12 @@ async fn send(inner: &Inner, job: &Job) -> Result<(), DeliveryError> {
         .ok_or(DeliveryError::NoSuchNotifier)?;
     let body = serde_json::to_vec(&job.body).expect("a JSON value always serializes");
     let (url, shown) = match receiver {
-        Receiver::Alertmanager { url } => (url.clone(), url.clone()),
+        Receiver::Alertmanager { url } => (url.clone(), crate::egress::redact(url)),
         Receiver::Slack { url } => (
             String::from_utf8_lossy(&url.0).into_owned(),
             "the Slack URL".to_string(),
         ),
-        Receiver::Webhook { url, .. } => (url.clone(), url.clone()),
+        Receiver::Webhook { url, .. } => (url.clone(), crate::egress::redact(url)),
     };
     let mut request = inner
         .http
@@ -304,11 +304,10 @@ async fn send(inner: &Inner, job: &Job) -> Result<(), DeliveryError> {
         .timeout(inner.retry.timeout)
         .header(reqwest::header::CONTENT_TYPE, "application/json");
     if let Receiver::Webhook { key, .. } = receiver {
+        // The pending notification's key: the same for every retry, and for every process.
+        let id = signing::message_id(&job.key);
         request = request.header(KEY_HEADER, &job.key);
-        if let Some(key) = key {
-            let now = Timestamp::now().as_second();
-            request = request.header(SIGNATURE_HEADER, signature(&key.0, now, &body));
-        }
+        request = signing::sign(request, key.as_ref().map(|k| k.0.as_slice()), &id, &body);
     }
     let response = request
         .body(body)

@@ -57,10 +57,12 @@ pub(super) fn from_config(
                 secret_file,
             } => Receiver::Webhook {
                 url: url.clone(),
+                // The HMAC key: `whsec_<base64>` decoded, other text as it is.
                 key: secret_file
                     .as_deref()
                     .map(|p| read_secret(name, p))
-                    .transpose()?,
+                    .transpose()?
+                    .map(|s| Secret(super::signing::decode_key(&s.0))),
             },
         };
         receivers.insert(c.name().to_string(), r);

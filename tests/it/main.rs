@@ -16,3 +16,4 @@ mod telemetry_analyze_live;
 mod telemetry_client;
 mod telemetry_common;
 mod telemetry_prometheus;
+mod webhook_signature;

@@ -11,7 +11,7 @@ use axum::routing::post;
 use axum::Router;
 use canaryd::api::{Canary, CanaryStatus, NotificationEvent, NotificationRoute, Phase};
 use canaryd::config::{NotifierConfig, NotifySettings};
-use canaryd::notify::signing::{signature, SIGNATURE_HEADER};
+use canaryd::notify::signing::{signature, ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use canaryd::notify::{Notifier, RetryPolicy, KEY_HEADER};
 use canaryd::rollout::{Action, NotifyEvent};
 use jiff::Timestamp;
@@ -32,20 +32,20 @@ struct Seen {
 
 type Shared = Arc<Mutex<Seen>>;
 
-/// What a receiver does with the signature header: recompute, compare, reject old ones.
+/// What a receiver does with the Standard Webhooks headers: recompute, compare, reject old
+/// ones (tests/it/webhook_signature.rs checks the same with an independent implementation).
 fn verify(headers: &HeaderMap, body: &[u8]) -> bool {
-    let Some(header) = headers.get(SIGNATURE_HEADER).and_then(|h| h.to_str().ok()) else {
-        return false;
-    };
-    let Some(t) = header
-        .split(',')
-        .find_map(|p| p.strip_prefix("t="))
-        .and_then(|t| t.parse::<i64>().ok())
-    else {
+    let header = |name| headers.get(name).and_then(|h| h.to_str().ok());
+    let (Some(id), Some(t), Some(sig)) = (
+        header(ID_HEADER),
+        header(TIMESTAMP_HEADER).and_then(|t| t.parse::<i64>().ok()),
+        header(SIGNATURE_HEADER),
+    ) else {
         return false;
     };
     let fresh = (Timestamp::now().as_second() - t).abs() <= 300;
-    fresh && signature(KEY, t, body) == header
+    // The id is the idempotency key, the same for every retry.
+    fresh && Some(id) == header(KEY_HEADER) && signature(KEY, id, t, body) == sig
 }
 
 async fn hook(

@@ -441,7 +441,7 @@ async fn read_keys(canary: &Canary, ctx: &Context) -> SigningKeys {
                     r.name, r.key
                 )),
                 Some(raw) => {
-                    let key = signing_key(&raw.0);
+                    let key = crate::notify::signing::decode_key(&raw.0);
                     if key.len() < MIN_KEY_BYTES {
                         Err(format!(
                             "key {} of Secret {ns}/{} is {} bytes; a signing key needs at least \
@@ -459,19 +459,6 @@ async fn read_keys(canary: &Canary, ctx: &Context) -> SigningKeys {
         keys.0.insert(at, key);
     }
     keys
-}
-
-/// The HMAC key of a Secret's value: the scheme's `whsec_<base64>` form decoded, any other
-/// value as it is.
-fn signing_key(raw: &[u8]) -> Vec<u8> {
-    use base64::Engine as _;
-    raw.strip_prefix(b"whsec_")
-        .and_then(|b64| {
-            base64::engine::general_purpose::STANDARD
-                .decode(b64.trim_ascii())
-                .ok()
-        })
-        .unwrap_or_else(|| raw.to_vec())
 }
 
 /// The calls to the webhooks of `kind`, and the names of those whose key cannot sign (with why).

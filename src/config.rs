@@ -449,6 +449,11 @@ mod tests {
         let config = Config::load(path).unwrap();
         assert_eq!(config.evaluation_interval, HumanDuration::from_secs(30));
         assert_eq!(config.mesh, MeshPreset::Istio);
+        assert_eq!(
+            config.egress,
+            EgressConfig::default(),
+            "the example shows the defaults"
+        );
     }
 
     #[test]

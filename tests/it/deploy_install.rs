@@ -572,6 +572,81 @@ fn optional_parts_of_the_chart_render_when_enabled() {
     assert_eq!(volumes.as_array().unwrap().len(), 3);
 }
 
+#[test]
+fn the_network_policy_keeps_the_metadata_endpoints_out_of_reach() {
+    let policy = |objects: &[Value]| of_kind(objects, "NetworkPolicy")[0]["spec"].clone();
+    let chart = policy(&render_chart(&values()));
+    assert_eq!(
+        first_difference(&chart, &policy(&kustomize()), "spec".into()),
+        None,
+        "the chart's NetworkPolicy differs from deploy/manifests"
+    );
+    assert_eq!(chart["policyTypes"], json!(["Ingress", "Egress"]));
+    let blocks: Vec<&Value> = chart["egress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|rule| rule["to"].as_array().unwrap())
+        .filter_map(|peer| peer.get("ipBlock"))
+        .collect();
+    assert_eq!(
+        blocks,
+        [
+            &json!({"cidr": "0.0.0.0/0", "except": ["169.254.169.254/32"]}),
+            &json!({"cidr": "::/0", "except": ["fd00:ec2::254/128"]}),
+        ]
+    );
+
+    let mut values = values();
+    values["networkPolicy"]["egressDenyIPv6"] = json!([]);
+    let objects = render_chart(&values);
+    check_types(&objects);
+    assert_eq!(
+        policy(&objects)["egress"][1]["to"][1],
+        json!({"ipBlock": {"cidr": "::/0"}})
+    );
+    values["networkPolicy"]["egressDeny"] = json!([]);
+    let objects = render_chart(&values);
+    check_types(&objects);
+    let open = policy(&objects);
+    assert_eq!(
+        open["policyTypes"],
+        json!(["Ingress"]),
+        "egress unrestricted"
+    );
+    assert!(open.get("egress").is_none());
+}
+
+#[test]
+fn the_chart_egress_values_reach_the_daemons_config() {
+    let config = |values: &Value| {
+        let objects = render_chart(values);
+        let text = of_kind(&objects, "ConfigMap")[0]["data"]["canaryd.yaml"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        canaryd::config::Config::parse(&text)
+            .unwrap_or_else(|e| panic!("config refused: {e:?}\n{text}"))
+            .egress
+    };
+    let mut values = values();
+    assert_eq!(config(&values), canaryd::config::EgressConfig::default());
+    values["egress"] = json!({
+        "hosts": ["*.internal", "10.0.0.7"],
+        "allowPrivateAddresses": true,
+        "checkMethods": ["GET", "POST"],
+    });
+    let egress = config(&values);
+    assert_eq!(egress.hosts, ["*.internal", "10.0.0.7"]);
+    assert!(egress.allow_private_addresses);
+    assert_eq!(egress.check_methods, ["GET", "POST"]);
+    values["egress"]["hosts"] = json!([]);
+    assert!(
+        config(&values).hosts.is_empty(),
+        "only the Canaries' own hosts"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // deploy/examples
 

@@ -2,7 +2,8 @@
 //!
 //! The data flows observe -> decide -> act (docs/architecture.md, section 2). `api` (the
 //! `canaryd-api` crate) holds the resource types, `analysis` and `rollout` the pure core,
-//! `cli` the commands; only `telemetry`, `cluster` and `notify` talk to the network.
+//! `cli` the commands; only `telemetry`, `cluster` and `notify` talk to the network, and
+//! `egress` rules what the requests a Canary's author writes may reach.
 #![forbid(unsafe_code)]
 
 pub use canaryd_api as api;

@@ -266,7 +266,7 @@ async fn a_redirect_is_not_followed() {
     let first = serve_with(
         302,
         vec![("location", format!("{}/internal", second.url))],
-        || Body::empty(),
+        Body::empty,
     )
     .await;
     let runner = GateRunner::new(loopback());

@@ -10,17 +10,19 @@ use kube::ResourceExt;
 
 use super::messages;
 use super::receivers::Receiver;
+use crate::api::limits::{
+    bounded, fit_status, MAX_ALERTS, MAX_PENDING_NOTIFICATIONS as MAX_PENDING, MAX_TEXT,
+};
 use crate::api::{
     default_notification_events, AlertState, Canary, CanaryStatus, NotificationEvent,
     PendingNotification, Phase,
 };
 use crate::rollout::{Action, NotifyEvent};
 
-/// Pending notifications kept per Canary; the oldest is dropped beyond this.
-const MAX_PENDING: usize = 20;
-
 /// Records the decision's notify actions in `status.notifications` and resolves the alerts
-/// the new phase ends. Returns the keys of pending entries dropped for room.
+/// the new phase ends; the last step before the status is written, so it also holds the
+/// whole status under its size limit (`limits::fit_status`). Returns the keys of pending
+/// entries dropped for room.
 pub(super) fn apply(
     receivers: &HashMap<String, Receiver>,
     canary: &Canary,
@@ -50,6 +52,7 @@ pub(super) fn apply(
     if receivers.is_empty() {
         status.notifications = Default::default();
     }
+    dropped.extend(fit_status(status));
     dropped
 }
 
@@ -98,10 +101,19 @@ fn record(
                 alertname: alertname.into(),
                 stage_revision: status.stage_revision.clone(),
                 starts_at: now,
-                description: messages::describe(message, status.last_decision.as_ref()),
+                description: bounded(
+                    &messages::describe(message, status.last_decision.as_ref()),
+                    MAX_TEXT,
+                ),
                 receivers: alertmanagers,
                 resolved_at: None,
             });
+            let alerts = &mut status.notifications.alerts;
+            while alerts.len() > MAX_ALERTS {
+                // The oldest resolved one (at most two fire at once, one per alert name).
+                let i = alerts.iter().position(|a| a.resolved_at.is_some());
+                alerts.remove(i.unwrap_or(0));
+            }
         }
     }
     let pending = &mut status.notifications.pending;
@@ -114,7 +126,7 @@ fn record(
     pending.push(PendingNotification {
         key,
         event,
-        message: message.into(),
+        message: bounded(message, MAX_TEXT),
         stage_revision: status.stage_revision.clone(),
         at: now,
         receivers: others,

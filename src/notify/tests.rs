@@ -219,3 +219,41 @@ async fn a_second_pause_after_a_resume_is_a_new_notification() {
     n.sync(&c, &mut status, &paused, t(180));
     assert_eq!(status.notifications.pending.len(), 2);
 }
+
+#[tokio::test]
+async fn rollback_after_rollback_keeps_the_outbox_bounded() {
+    use crate::api::limits::{json_size, MAX_ALERTS, MAX_PENDING_NOTIFICATIONS, MAX_TEXT};
+    let n = notifier();
+    let c = canary(Vec::new());
+    let mut status = CanaryStatus::default();
+    for i in 0..50 {
+        let now = Timestamp::from_second(1_700_000_000 + i).unwrap();
+        status.phase = Phase::RolledBack;
+        status.stage_revision = Some(format!("rev{i}"));
+        let actions = [Action::Notify {
+            cause: crate::rollout::Cause::Gate,
+            event: NotifyEvent::RolledBack,
+            message: format!("rolled back {i}: {}", "\"".repeat(100_000)),
+        }];
+        n.sync(&c, &mut status, &actions, now);
+    }
+    let notes = &status.notifications;
+    assert_eq!(notes.pending.len(), MAX_PENDING_NOTIFICATIONS);
+    assert!(notes.pending[0].message.starts_with("rolled back 40: "));
+    assert!(notes
+        .pending
+        .iter()
+        .all(|p| json_size(&p.message) <= MAX_TEXT));
+    assert_eq!(notes.alerts.len(), MAX_ALERTS);
+    let firing: Vec<_> = notes
+        .alerts
+        .iter()
+        .filter(|a| a.resolved_at.is_none())
+        .collect();
+    assert_eq!(firing.len(), 1, "only the newest rollback fires");
+    assert_eq!(firing[0].stage_revision.as_deref(), Some("rev49"));
+    assert!(notes
+        .alerts
+        .iter()
+        .all(|a| json_size(&a.description) <= MAX_TEXT));
+}

@@ -14,6 +14,7 @@ use jiff::Timestamp;
 
 use super::*;
 use crate::analysis::{evaluate_look, AnalysisError, LookContext};
+use crate::api::limits::{bounded, MAX_HISTORY_TEXT, MAX_TEXT};
 use crate::api::{
     AnalysisSpec, AnalysisState, CanarySpec, CanaryStatus, Condition, DecisionRecord, HistoryEntry,
     NoDataAction, PendingGate, Phase, PromotionMode, TrafficDriftPolicy, Verdict,
@@ -145,6 +146,8 @@ impl Round<'_> {
 
     fn condition(&mut self, type_: &str, ok: bool, reason: &str, message: &str) {
         let value = if ok { "True" } else { "False" };
+        let message = bounded(message, MAX_TEXT);
+        let message = message.as_str();
         let conditions = &mut self.status.conditions;
         match conditions.iter_mut().find(|c| c.type_ == type_) {
             Some(c) if c.status == value && c.reason == reason && c.message == message => {}
@@ -168,8 +171,9 @@ impl Round<'_> {
 
     fn step(&mut self) {
         if let Some(cmd) = &self.obs.command {
-            if self.status.last_command.as_deref() != Some(cmd.id.as_str()) {
-                self.status.last_command = Some(cmd.id.clone());
+            let key = command_key(&cmd.id);
+            if self.status.last_command.as_deref() != Some(key.as_str()) {
+                self.status.last_command = Some(key);
                 self.because(Cause::Operator);
                 self.on_command(cmd.verb);
             }
@@ -861,7 +865,7 @@ impl Round<'_> {
                     verdict: j.verdict,
                     step: self.status.step,
                     stage_weight: self.status.stage_weight,
-                    reason: j.reason.clone(),
+                    reason: bounded(&j.reason, MAX_TEXT),
                     metrics: j.metrics.clone(),
                 });
                 Some(j)
@@ -884,7 +888,7 @@ impl Round<'_> {
             verdict,
             step: self.status.step,
             stage_weight: self.status.stage_weight,
-            reason,
+            reason: bounded(&reason, MAX_TEXT),
             metrics,
         });
     }
@@ -907,7 +911,7 @@ impl Round<'_> {
     }
 
     fn say(&mut self, message: String) {
-        self.status.message = message;
+        self.status.message = bounded(&message, MAX_TEXT);
     }
 
     fn finish(mut self, before: &CanaryStatus) -> Decision {
@@ -927,7 +931,7 @@ impl Round<'_> {
                 phase: s.phase,
                 step: s.step,
                 stage_weight: s.stage_weight,
-                message: s.message.clone(),
+                message: bounded(&s.message, MAX_HISTORY_TEXT),
             });
             let excess = s.history.len().saturating_sub(HISTORY_LIMIT);
             s.history.drain(..excess);

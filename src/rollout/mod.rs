@@ -26,6 +26,27 @@ pub use lifecycle::decide;
 /// How many history entries the status keeps.
 pub const HISTORY_LIMIT: usize = 20;
 
+/// Longest operator command id kept as it is in `status.lastCommand`.
+pub const MAX_COMMAND_ID: usize = 128;
+
+/// What `status.lastCommand` records for the command `id` (the annotation's value, which
+/// anyone who may annotate the Canary writes): the id itself when it is short, else its
+/// start and a SHA-256 of the whole, so a long id is still carried out once and never
+/// copied into the status.
+pub fn command_key(id: &str) -> String {
+    if id.len() <= MAX_COMMAND_ID {
+        return id.to_string();
+    }
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(id.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let mut start = 32;
+    while !id.is_char_boundary(start) {
+        start -= 1;
+    }
+    format!("{}…sha256:{hex}", &id[..start])
+}
+
 /// One Deployment as the lifecycle sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Workload {

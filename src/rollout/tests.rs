@@ -1128,3 +1128,463 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_long_command_id_is_carried_out_once_and_not_copied_into_the_status() {
+    let mut sim = Sim::new(seed_spec());
+    sim.start_and_pass_pre_traffic("v2");
+    let id = format!("abort/{}", "x".repeat(100_000));
+    sim.command(&id, Verb::Abort);
+    assert_eq!(sim.status.phase, Phase::RolledBack);
+    let recorded = sim.status.last_command.clone().unwrap();
+    assert!(recorded.starts_with("abort/xxx"), "{recorded}");
+    assert!(recorded.len() < 200, "{}", recorded.len());
+    assert!(
+        sim.command(&id, Verb::Abort).is_empty(),
+        "the same command again does nothing"
+    );
+    sim.command("resume/1", Verb::Resume);
+    assert_eq!(sim.status.last_command.as_deref(), Some("resume/1"));
+}
+
+// -- the largest valid Canary keeps its status small ------------------------------------
+
+mod largest_valid_canary {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::analysis::{evaluate_look, ArmCounts, Bucket, RatioCounts};
+    use crate::api::limits::*;
+    use crate::api::{
+        validation::series_count, Canary, DeploymentRef, Environment, MetricKind, MetricSpec,
+        NotificationEvent, NotificationRoute, PromotionSpec, SecretKeyRef, VirtualServiceRef,
+    };
+    use crate::config::{NotifierConfig, NotifySettings};
+    use crate::notify::{Notifier, RetryPolicy};
+
+    /// `len` characters that cost the most in JSON and in UTF-8: quotes, backslashes, `<`,
+    /// control characters and multi-byte letters, made distinct by `tag`.
+    fn nasty(tag: &str, len: usize) -> String {
+        let pattern = ['"', '\\', '<', '\u{1}', 'é', '語', '\n', '&'];
+        let mut text: String = tag.chars().take(len).collect();
+        let room = len - text.chars().count();
+        text.extend(pattern.iter().cycle().take(room));
+        text
+    }
+
+    /// `len` characters of a DNS-ish name, made distinct by `tag`.
+    fn name(tag: &str, len: usize) -> String {
+        format!("{tag}{}", "a".repeat(len - tag.len()))
+    }
+
+    fn url(tag: &str) -> String {
+        let start = format!("http://{{{{ host }}}}/{tag}/");
+        format!("{start}{}", "p".repeat(MAX_URL - start.len()))
+    }
+
+    fn target(tag: &str) -> crate::api::WebhookTarget {
+        WebhookTarget {
+            url: url(tag),
+            timeout: HumanDuration(MAX_WEBHOOK_TIMEOUT),
+            secret_ref: Some(SecretKeyRef {
+                name: name(tag, MAX_OBJECT_NAME),
+                key: name(tag, MAX_OBJECT_NAME),
+            }),
+        }
+    }
+
+    /// Three latency thresholds with long decimals (they are part of series names).
+    fn thresholds() -> Vec<f64> {
+        (0..3).map(|i| 3_599_990.123_456_789 + i as f64).collect()
+    }
+
+    /// Every list at its bound, every text at its longest, the most compared series, each
+    /// with the longest name: 1 errorRate + 6 ratio metrics + 1 latency metric with three
+    /// thresholds = 10 series, all with likelihood grids (guardrails have none).
+    fn largest_spec() -> CanarySpec {
+        let metric = |i: usize, kind: MetricKind| MetricSpec {
+            name: name(&format!("m{i}-"), MAX_NAME),
+            kind,
+            margin: MAX_RATIO,
+            tolerance: MAX_RATIO - 0.5,
+            thresholds_ms: if kind == MetricKind::Latency {
+                thresholds()
+            } else {
+                Vec::new()
+            },
+            bad: (kind == MetricKind::Ratio).then(|| name(&format!("bad{i}"), MAX_PROMQL)),
+            total: (kind == MetricKind::Ratio).then(|| name(&format!("total{i}"), MAX_PROMQL)),
+        };
+        let mut metrics = vec![metric(0, MetricKind::ErrorRate)];
+        metrics.extend((1..7).map(|i| metric(i, MetricKind::Ratio)));
+        metrics.push(metric(7, MetricKind::Latency));
+        let env = |tag: &str| Environment {
+            host: name(tag, MAX_HOST),
+            deployment: DeploymentRef {
+                name: name(tag, MAX_OBJECT_NAME),
+                namespace: Some(name(tag, MAX_NAME)),
+            },
+        };
+        let kinds = [
+            WebhookKind::PreRollout,
+            WebhookKind::ConfirmPromotion,
+            WebhookKind::PostRollout,
+            WebhookKind::Rollback,
+        ];
+        let mut spec = seed_spec();
+        spec.virtual_service = VirtualServiceRef {
+            name: name("vs", MAX_OBJECT_NAME),
+            namespace: Some(name("vs", MAX_NAME)),
+            route: Some(name("route", MAX_OBJECT_NAME)),
+        };
+        spec.prod = env("prod");
+        spec.stage = env("stage");
+        spec.steps = (0..MAX_STEPS)
+            .map(|i| (i * 100 / (MAX_STEPS - 1)) as u8)
+            .collect();
+        spec.analysis.metrics = metrics;
+        spec.checks = (0..MAX_CHECKS)
+            .map(|i| CheckSpec {
+                name: nasty(&format!("check {i} "), MAX_NAME),
+                url: url(&format!("check{i}")),
+                method: "POST".into(),
+                expect_status: 599,
+                body_contains: Some(nasty(&format!("body {i} "), MAX_BODY_CONTAINS)),
+                count: MAX_CHECK_COUNT,
+                timeout: HumanDuration(MAX_CHECK_TIMEOUT),
+                every_step: true,
+            })
+            .collect();
+        spec.webhooks = (0..MAX_WEBHOOKS)
+            .map(|i| WebhookSpec {
+                name: nasty(&format!("hook {i} "), MAX_NAME),
+                kind: kinds[i % kinds.len()],
+                target: target(&format!("hook{i}")),
+            })
+            .collect();
+        spec.promotion = PromotionSpec {
+            mode: PromotionMode::Webhook,
+            webhook: Some(target("promote")),
+        };
+        spec.notifications = (0..MAX_NOTIFICATION_ROUTES)
+            .map(|i| NotificationRoute {
+                notifier: notifier_name(i),
+                events: vec![
+                    NotificationEvent::RolloutStarted,
+                    NotificationEvent::StepAdvanced,
+                    NotificationEvent::Paused,
+                    NotificationEvent::RolledBack,
+                    NotificationEvent::Promoted,
+                    NotificationEvent::Succeeded,
+                ],
+            })
+            .collect();
+        spec
+    }
+
+    fn notifier_name(i: usize) -> String {
+        name(&format!("notifier-{i}-"), MAX_NAME)
+    }
+
+    /// Receivers named as the routes name them (the last one an Alertmanager), none of
+    /// which ever answers: every notification stays pending, every alert stays.
+    fn notifier() -> Notifier {
+        let configs: Vec<NotifierConfig> = (0..MAX_NOTIFICATION_ROUTES)
+            .map(|i| {
+                let name = notifier_name(i);
+                let url = "http://127.0.0.1:9".to_string();
+                if i + 1 == MAX_NOTIFICATION_ROUTES {
+                    NotifierConfig::Alertmanager { name, url }
+                } else {
+                    NotifierConfig::Webhook {
+                        name,
+                        url,
+                        secret_file: None,
+                    }
+                }
+            })
+            .collect();
+        Notifier::new(&configs, NotifySettings::default(), RetryPolicy::default()).unwrap()
+    }
+
+    /// Counts every series of `spec` can read: buckets at each threshold, every ratio.
+    fn counts(spec: &CanarySpec) -> LookCounts {
+        let arm = |errors: f64| {
+            let mut latency_buckets: Vec<Bucket> = thresholds()
+                .into_iter()
+                .enumerate()
+                .map(|(i, le_ms)| Bucket {
+                    le_ms,
+                    count: 900.0 + i as f64,
+                })
+                .collect();
+            latency_buckets.push(Bucket {
+                le_ms: f64::INFINITY,
+                count: 1000.0,
+            });
+            let ratios: BTreeMap<String, RatioCounts> = spec
+                .analysis
+                .metrics
+                .iter()
+                .filter(|m| m.kind == MetricKind::Ratio)
+                .map(|m| {
+                    let counts = RatioCounts {
+                        bad: errors,
+                        total: 1000.0,
+                    };
+                    (m.name.clone(), counts)
+                })
+                .collect();
+            ArmCounts {
+                requests: 1000.0,
+                errors,
+                latency_buckets,
+                ratios,
+            }
+        };
+        LookCounts {
+            stage: arm(7.0),
+            prod: arm(5.0),
+        }
+    }
+
+    /// The longest numbers JSON can hold in each place: every float of the analysis
+    /// written with 17 digits and an exponent, every count with 20 digits.
+    fn longest_numbers(o: &mut LookOutcome) {
+        const LONG: f64 = -1.234_567_890_123_456_7e-300;
+        const COUNT: u64 = 10_000_000_000_000_000_000;
+        for s in &mut o.state.series {
+            s.log_likelihood.iter_mut().for_each(|x| *x = LONG);
+            s.step_log_likelihood.iter_mut().for_each(|x| *x = LONG);
+            s.stage_requests = COUNT;
+            s.prod_requests = COUNT;
+            s.stage_bad = COUNT;
+            s.prod_bad = COUNT;
+        }
+        let latency = crate::api::LatencyEstimate {
+            p50: LONG,
+            p90: LONG,
+            p99: LONG,
+        };
+        for m in &mut o.metrics {
+            (m.e_value, m.rollback_threshold, m.ratio_lower, m.margin) = (LONG, LONG, LONG, LONG);
+            (m.ratio_upper, m.stage_rate, m.prod_rate) = (Some(LONG), Some(LONG), Some(LONG));
+            (m.stage_requests, m.prod_requests) = (COUNT, COUNT);
+            (m.boundary_ms, m.cles) = (Some(LONG), Some(LONG));
+            (m.stage_latency_ms, m.prod_latency_ms) = (Some(latency), Some(latency));
+        }
+    }
+
+    /// The Sim's state, with the whole reconcile's status path: the real analysis (with
+    /// the longest numbers), the lifecycle, then the notification outbox.
+    struct Run {
+        sim: Sim,
+        canary: Canary,
+        notifier: Notifier,
+        rounds: usize,
+        largest: usize,
+    }
+
+    impl Run {
+        fn round(&mut self, obs: Observations, verdict: Verdict) {
+            let judge = |spec: &AnalysisSpec,
+                         state: &AnalysisState,
+                         counts: &LookCounts,
+                         ctx: &LookContext| {
+                let mut o = evaluate_look(spec, state, counts, ctx)?;
+                longest_numbers(&mut o);
+                o.verdict = verdict;
+                o.reason = format!("{}; {}", o.reason, nasty("analysis ", 20_000));
+                Ok(o)
+            };
+            let sim = &mut self.sim;
+            let d = decide_with(&sim.spec, &sim.status, &obs, sim.now, &judge);
+            for a in &d.actions {
+                match a {
+                    Action::SetWeights { stage } => sim.set_vs(*stage),
+                    Action::UpdateProd { .. } => sim.prod = sim.stage.clone(),
+                    _ => {}
+                }
+            }
+            let mut status = d.status;
+            self.notifier
+                .sync(&self.canary, &mut status, &d.actions, sim.now);
+            status.observed_generation = Some(i64::MAX);
+            let size = status_size(&status);
+            assert!(
+                size < MAX_STATUS_BYTES,
+                "round {}: the status is {size} bytes",
+                self.rounds
+            );
+            assert!(
+                status.history.len() >= sim.status.history.len(),
+                "round {}: the size guard had to drop history; the bounds do not add up",
+                self.rounds
+            );
+            self.largest = self.largest.max(size);
+            self.rounds += 1;
+            sim.status = status;
+        }
+
+        fn idle(&mut self) {
+            self.round(self.sim.obs(), Verdict::Continue);
+        }
+
+        fn gate(&mut self, passed: bool) {
+            let mut obs = self.sim.obs();
+            let id = self
+                .sim
+                .status
+                .pending_gate
+                .as_ref()
+                .expect("a gate")
+                .id
+                .clone();
+            obs.gate = Some(GateResult {
+                id,
+                passed,
+                message: nasty("gate ", 100_000),
+            });
+            self.round(obs, Verdict::Continue);
+        }
+
+        fn look(&mut self, verdict: Verdict) {
+            let mut obs = self.sim.obs();
+            obs.look = Some(Look {
+                step: self.sim.status.step,
+                window_end: self.sim.now,
+                result: LookResult::Counts(counts(&self.sim.spec)),
+            });
+            self.round(obs, verdict);
+        }
+
+        fn wait(&mut self, secs: i64) {
+            self.sim.wait(secs);
+        }
+
+        /// Through every traffic step; `fail_at` fails that step's checks instead, and the
+        /// rollout pauses once at `pause_at` and is resumed.
+        fn steps(&mut self, fail_at: Option<u32>, mut pause_at: Option<u32>) {
+            while self.sim.status.phase == Phase::Progressing {
+                let step = self.sim.status.step;
+                if self.sim.status.pending_gate.is_some() {
+                    self.gate(fail_at != Some(step));
+                    if self.sim.status.phase != Phase::Progressing {
+                        return;
+                    }
+                }
+                if pause_at == Some(step) {
+                    pause_at = None;
+                    self.wait(2 * 1800);
+                    self.look(Verdict::Continue);
+                    assert_eq!(self.sim.status.phase, Phase::Paused);
+                    let mut obs = self.sim.obs();
+                    obs.command = Some(Command {
+                        id: format!("resume/{}", nasty(&step.to_string(), 20_000)),
+                        verb: Verb::Resume,
+                    });
+                    self.round(obs, Verdict::Continue);
+                    assert_eq!(
+                        self.sim.status.phase,
+                        Phase::Progressing,
+                        "{}",
+                        self.sim.status.message
+                    );
+                    continue;
+                }
+                self.wait(130);
+                let verdict = if self.sim.status.stage_weight == 100 {
+                    Verdict::Continue
+                } else {
+                    Verdict::Advance
+                };
+                self.look(verdict);
+            }
+        }
+
+        /// One rollout of `rev`: rolled back at a step, paused and resumed, or promoted.
+        fn rollout(&mut self, rev: &str, n: u32) {
+            self.sim.stage = ready(rev);
+            self.idle();
+            assert_eq!(self.sim.status.phase, Phase::Testing, "{rev}");
+            self.gate(true);
+            let steps = self.sim.spec.steps.len() as u32;
+            match n % 3 {
+                0 => return self.steps(Some(1 + n % (steps - 1)), None),
+                1 => self.steps(None, Some(1 + n % (steps - 2))),
+                _ => self.steps(None, None),
+            }
+            assert_eq!(self.sim.status.phase, Phase::Promoting, "{rev}");
+            self.gate(true); // confirm-promotion
+            self.idle(); // prod runs the revision: its checks start
+            self.gate(true);
+            assert_eq!(self.sim.status.phase, Phase::SwitchingBack, "{rev}");
+            self.idle();
+            assert_eq!(self.sim.status.phase, Phase::Succeeded, "{rev}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_status_of_the_largest_valid_canary_stays_under_64_kib() {
+        let spec = largest_spec();
+        crate::api::validate(&spec, "prod").unwrap();
+        assert_eq!(series_count(&spec), MAX_SERIES);
+        let mut canary = Canary::new(&name("canary", MAX_OBJECT_NAME), spec.clone());
+        canary.metadata.namespace = Some(name("ns", MAX_NAME));
+        canary.metadata.uid = Some("6f1c1a62-5a3e-4c1e-9d8f-0123456789ab".into());
+        let mut run = Run {
+            sim: Sim::new(spec),
+            canary,
+            notifier: notifier(),
+            rounds: 0,
+            largest: 0,
+        };
+        run.idle();
+        for n in 0..12 {
+            // A pod template hash is 16 hex digits.
+            run.rollout(&format!("{n:016x}"), n);
+            run.wait(60);
+        }
+        let s = &run.sim.status;
+        assert_eq!(s.history.len(), HISTORY_LIMIT);
+        assert_eq!(s.notifications.pending.len(), MAX_PENDING_NOTIFICATIONS);
+        assert_eq!(s.notifications.alerts.len(), MAX_ALERTS);
+        assert_eq!(
+            s.notifications.pending[0].receivers.len(),
+            MAX_NOTIFICATION_ROUTES - 1
+        );
+
+        // Then every precondition fails in turn, each with a huge problem, so that every
+        // condition carries a long message at once.
+        let huge = |what: &str| nasty(what, 100_000);
+        let mut obs = run.sim.obs();
+        obs.traffic = Err(huge("route "));
+        obs.signing = Some(Err(huge("signing ")));
+        run.round(obs.clone(), Verdict::Continue);
+        obs.route_owner = Some(huge("owner "));
+        run.round(obs.clone(), Verdict::Continue);
+        obs.reference_problem = Some(huge("grant "));
+        run.round(obs.clone(), Verdict::Continue);
+        obs.spec_problem = Some(huge("spec "));
+        run.round(obs, Verdict::Continue);
+
+        let s = &run.sim.status;
+        assert!(s
+            .conditions
+            .iter()
+            .all(|c| json_size(&c.message) <= MAX_TEXT));
+        assert!(json_size(&s.message) <= MAX_TEXT);
+        assert!(s
+            .history
+            .iter()
+            .all(|h| json_size(&h.message) <= MAX_HISTORY_TEXT));
+        assert!(s.last_command.as_ref().unwrap().len() < 200);
+        let size = serde_json::to_vec(s).unwrap().len();
+        assert!(size < 64 * 1024, "{size}");
+        assert!(run.largest < 64 * 1024, "{}", run.largest);
+        eprintln!(
+            "largest status: {} bytes over {} rounds (final {size})",
+            run.largest, run.rounds
+        );
+    }
+}

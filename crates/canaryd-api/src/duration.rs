@@ -106,6 +106,9 @@ mod tests {
         assert!(serde_json::from_str::<HumanDuration>("\"soon\"").is_err());
         let long = format!("\"{}\"", "1s ".repeat(11));
         let err = serde_json::from_str::<HumanDuration>(&long).unwrap_err();
-        assert!(err.to_string().contains("more than the 32 allowed"), "{err}");
+        assert!(
+            err.to_string().contains("more than the 32 allowed"),
+            "{err}"
+        );
     }
 }

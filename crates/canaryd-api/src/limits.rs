@@ -22,7 +22,7 @@ pub const MAX_THRESHOLDS: usize = 8;
 /// Compared series of one spec: one per errorRate or ratio metric, one per latency threshold,
 /// one per SLO limit. Each keeps two likelihood grids in the status, so this bounds
 /// `status.analysis`; a schema cannot express it, the validation checks it.
-pub const MAX_SERIES: usize = 12;
+pub const MAX_SERIES: usize = 10;
 /// `spec.checks`.
 pub const MAX_CHECKS: usize = 20;
 /// `spec.webhooks`.
@@ -76,7 +76,7 @@ pub const MAX_TEXT: usize = 1024;
 /// The message of a history entry (the full one is in `status.message` while it is current).
 pub const MAX_HISTORY_TEXT: usize = 256;
 /// Notifications not yet confirmed, per Canary; the oldest is dropped beyond this.
-pub const MAX_PENDING_NOTIFICATIONS: usize = 20;
+pub const MAX_PENDING_NOTIFICATIONS: usize = 10;
 /// Alerts kept per Canary (firing, or resolved and not yet confirmed); the oldest resolved
 /// one is dropped beyond this. At most two fire at once (one per alert name).
 pub const MAX_ALERTS: usize = 4;
@@ -103,20 +103,18 @@ pub fn json_size(text: &str) -> usize {
 /// `text` cut to at most `max` bytes as a JSON string, on a character boundary, ending with
 /// [`ELLIPSIS`] when it was cut; unchanged when it fits.
 pub fn bounded(text: &str, max: usize) -> String {
-    if json_size(text) <= max {
-        return text.to_string();
-    }
+    // One pass that stops at the bound: `cut` is where the text ends if it must be cut.
     let budget = max.saturating_sub(ELLIPSIS.len());
-    let mut used = 0;
-    let mut end = 0;
+    let (mut used, mut cut) = (0, 0);
     for (i, c) in text.char_indices() {
         used += json_len(c);
-        if used > budget {
-            break;
+        if used <= budget {
+            cut = i + c.len_utf8();
+        } else if used > max {
+            return format!("{}{ELLIPSIS}", &text[..cut]);
         }
-        end = i + c.len_utf8();
     }
-    format!("{}{ELLIPSIS}", &text[..end])
+    text.to_string()
 }
 
 /// Size of `status` as JSON.

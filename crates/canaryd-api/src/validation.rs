@@ -146,7 +146,12 @@ pub fn series_count(spec: &CanarySpec) -> usize {
 /// beyond a list's bound are not looked at (the list's own error says to remove them).
 fn validate_bounds(spec: &CanarySpec, errors: &mut Vec<SpecError>) {
     let vs = &spec.virtual_service;
-    max_len("spec.virtualService.name", &vs.name, MAX_OBJECT_NAME, errors);
+    max_len(
+        "spec.virtualService.name",
+        &vs.name,
+        MAX_OBJECT_NAME,
+        errors,
+    );
     max_len_opt(
         "spec.virtualService.namespace".into(),
         &vs.namespace,
@@ -164,12 +169,22 @@ fn validate_bounds(spec: &CanarySpec, errors: &mut Vec<SpecError>) {
         max_len(field("host"), &env.host, MAX_HOST, errors);
         let d = &env.deployment;
         max_len(field("deployment.name"), &d.name, MAX_OBJECT_NAME, errors);
-        max_len_opt(field("deployment.namespace"), &d.namespace, MAX_NAME, errors);
+        max_len_opt(
+            field("deployment.namespace"),
+            &d.namespace,
+            MAX_NAME,
+            errors,
+        );
     }
     max_items("spec.steps", spec.steps.len(), MAX_STEPS, errors);
 
     let a = &spec.analysis;
-    max_items("spec.analysis.metrics", a.metrics.len(), MAX_METRICS, errors);
+    max_items(
+        "spec.analysis.metrics",
+        a.metrics.len(),
+        MAX_METRICS,
+        errors,
+    );
     for (i, m) in a.metrics.iter().enumerate().take(MAX_METRICS) {
         let field = |f: &str| format!("spec.analysis.metrics[{i}].{f}");
         max_len(field("name"), &m.name, MAX_NAME, errors);
@@ -245,7 +260,12 @@ fn validate_bounds(spec: &CanarySpec, errors: &mut Vec<SpecError>) {
 
     max_items("spec.webhooks", spec.webhooks.len(), MAX_WEBHOOKS, errors);
     for (i, w) in spec.webhooks.iter().enumerate().take(MAX_WEBHOOKS) {
-        max_len(format!("spec.webhooks[{i}].name"), &w.name, MAX_NAME, errors);
+        max_len(
+            format!("spec.webhooks[{i}].name"),
+            &w.name,
+            MAX_NAME,
+            errors,
+        );
         webhook_target_bounds(&format!("spec.webhooks[{i}]"), &w.target, errors);
     }
     if let Some(w) = &spec.promotion.webhook {
@@ -773,7 +793,7 @@ stage: {host: flaskapp.stage.svc.cluster.local, deployment: {namespace: stage, n
             "spec.analysis.metrics[1].thresholdsMs: has 9 items, more than the 8 allowed",
             "spec.analysis.slo.maxLatencyMs.p99: is 4000000, more than the 3600000 ms allowed",
             "spec.analysis.metrics: compare 15 series",
-            "more than the 12 allowed",
+            "more than the 10 allowed",
             "spec.checks[0].url: is 2066 characters long, more than the 2048 allowed",
             "spec.checks[0].bodyContains: is 1025 characters long, more than the 1024 allowed",
             "spec.checks[0].count: is 101, more than the 100 allowed",

@@ -85,3 +85,40 @@ fn a_misspelled_key_is_named_with_its_path() {
         "{err}"
     );
 }
+
+#[test]
+fn validate_refuses_ten_thousand_checks_offline_naming_the_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("many-checks.yaml");
+    let seed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/canary-flaskapp.yaml"
+    ))
+    .unwrap();
+    let one =
+        r#"    - {name: smoke, url: "http://{{ host }}/health", expectStatus: 200, count: 20}"#;
+    assert!(seed.contains(one), "the seed's check line changed");
+    let many: Vec<String> = (0..10_000)
+        .map(|i| {
+            format!(
+                r#"    - {{name: smoke-{i}, url: "http://{{{{ host }}}}/health", count: 10000}}"#
+            )
+        })
+        .collect();
+    std::fs::write(&path, seed.replace(one, &many.join("\n"))).unwrap();
+    let (code, _, err) = canaryd(&["validate", path.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("spec.checks: has 10000 items, more than the 20 allowed; list at most 20"),
+        "{err}"
+    );
+    assert!(
+        err.contains("spec.checks[0].count: is 10000, more than the 100 allowed"),
+        "{err}"
+    );
+    assert!(
+        err.lines().count() <= 25,
+        "items beyond the bound are not reported one by one: {} lines",
+        err.lines().count()
+    );
+}

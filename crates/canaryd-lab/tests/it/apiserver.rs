@@ -386,6 +386,53 @@ async fn a_canary_that_breaks_the_crd_schema_is_refused_with_422_naming_the_fiel
 }
 
 #[tokio::test]
+async fn a_canary_with_ten_thousand_checks_is_refused_with_422_naming_the_bound() {
+    let (_server, client) = lab(ApiServerOptions::default()).await;
+    let canaries: Api<DynamicObject> = Api::namespaced_with(
+        client,
+        "prod",
+        &kube::api::ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("canaryd.dev", "v1alpha1", "Canary"),
+            "canaries",
+        ),
+    );
+    let check = |i: usize| json!({"name": format!("c{i}"), "url": "http://{{ host }}/health"});
+    let create = |checks: Vec<Value>| {
+        let mut c = canary("many-checks");
+        c["spec"]["checks"] = json!(checks);
+        let canaries = canaries.clone();
+        async move {
+            canaries
+                .create(&PostParams::default(), &serde_json::from_value(c).unwrap())
+                .await
+        }
+    };
+    let err = api_error(create((0..10_000).map(check).collect()).await.unwrap_err());
+    assert_eq!((err.code, err.reason.as_str()), (422, "Invalid"));
+    assert!(
+        err.message
+            .contains("spec.checks: Too many: must have at most 20 items"),
+        "{}",
+        err.message
+    );
+
+    let mut long = check(0);
+    long["url"] = json!(format!("http://{{{{ host }}}}/{}", "p".repeat(2048)));
+    long["count"] = json!(10_000);
+    let err = api_error(create(vec![long]).await.unwrap_err());
+    assert_eq!(err.code, 422);
+    for expected in [
+        "spec.checks[0].url in body should be at most 2048 chars long",
+        "spec.checks[0].count in body should be less than or equal to 100",
+    ] {
+        assert!(err.message.contains(expected), "{}", err.message);
+    }
+
+    let created = create((0..20).map(check).collect()).await.unwrap();
+    assert_eq!(created.data["spec"]["checks"].as_array().unwrap().len(), 20);
+}
+
+#[tokio::test]
 async fn finalizers_hold_a_deleted_object_until_they_are_removed() {
     let (_server, client) = lab(ApiServerOptions::default()).await;
     let deployments: Api<Deployment> = Api::namespaced(client, "prod");

@@ -262,3 +262,142 @@ async fn a_second_canary_on_a_route_is_in_conflict_and_never_writes_it() {
     );
     assert!(status.history.is_empty(), "{:?}", status.history);
 }
+
+/// A loopback server that counts requests and answers every one with `status` and `body`.
+async fn counting_server(
+    status: u16,
+    body: &'static str,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = hits.clone();
+    let app = axum::Router::new().fallback(move || {
+        let counter = counter.clone();
+        async move {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            (axum::http::StatusCode::from_u16(status).unwrap(), body)
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, hits)
+}
+
+/// Adds `gates` (checks and webhooks, as JSON) to the lab's Canary.
+async fn with_gates(lab: &Lab, gates: serde_json::Value) {
+    lab.canaries()
+        .patch(
+            "flaskapp",
+            &PatchParams::default(),
+            &Patch::Merge(&serde_json::json!({ "spec": gates })),
+        )
+        .await
+        .unwrap();
+}
+
+fn rolled_back(c: &Canary) -> bool {
+    c.status
+        .as_ref()
+        .is_some_and(|s| s.stage_revision.is_some() && s.phase == Phase::RolledBack)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_aimed_at_a_loopback_address_never_reaches_it() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let lab = Lab::start(LabOptions {
+        alertmanager: false,
+        ..Default::default()
+    })
+    .await
+    .expect("the lab starts");
+    // Stands in for the metadata endpoint or an admin port on the node.
+    let (addr, hits) = counting_server(200, "secret-instance-credentials").await;
+    let url = format!("http://{addr}/latest/meta-data/iam");
+    with_gates(
+        &lab,
+        serde_json::json!({"checks": [{"name": "steal", "url": url, "bodyContains": "secret"}]}),
+    )
+    .await;
+    let daemon = lab.spawn_daemon(BINARY.as_ref(), "canaryd-0").unwrap();
+    lab.release("demoapp:v2").await.unwrap();
+    let end = lab
+        .follow(TIMEOUT, |_| {}, rolled_back)
+        .await
+        .unwrap_or_else(|e| panic!("{}", daemon.explain(e)));
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "no request reached it"
+    );
+    let message = end.status.unwrap().message;
+    assert!(
+        message.contains("allowPrivateAddresses") || message.contains("egress.hosts"),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_answer_body_or_url_credential_reaches_the_status_events_or_alerts() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let lab = Lab::start(LabOptions::default())
+        .await
+        .expect("the lab starts");
+    const MARKER: &str = "INTERNAL-ONLY-7f3a";
+    let (addr, hits) = counting_server(500, MARKER).await;
+    let url = format!("http://deployer:hunter2@{addr}/hook?token=tok-9c1e");
+    with_gates(
+        &lab,
+        serde_json::json!({"webhooks": [{"name": "ci", "type": "pre-rollout", "url": url}]}),
+    )
+    .await;
+    // This lab's admin lets the Canary reach the loopback server; the answer is still secret.
+    let egress = format!(
+        "egress: {{hosts: ['{}'], allowPrivateAddresses: true}}\n",
+        addr.ip()
+    );
+    let daemon = lab
+        .spawn_daemon_with(BINARY.as_ref(), "canaryd-0", &egress)
+        .unwrap();
+    lab.release("demoapp:v2").await.unwrap();
+    let end = lab
+        .follow(TIMEOUT, |_| {}, rolled_back)
+        .await
+        .unwrap_or_else(|e| panic!("{}", daemon.explain(e)));
+    assert!(
+        hits.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "the webhook was called"
+    );
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(lab.client.clone(), "prod")
+        .list(&Default::default())
+        .await
+        .unwrap();
+    let alerts = lab
+        .alerts_when(TIMEOUT, |alerts| {
+            alerts
+                .iter()
+                .any(|a| a["labels"]["alertname"] == "CanaryRolledBack")
+        })
+        .await;
+    let seen = [
+        serde_json::to_string(&end.status).unwrap(),
+        serde_json::to_string(&events).unwrap(),
+        serde_json::to_string(&alerts).unwrap(),
+        daemon.log_tail(),
+    ];
+    for (what, text) in ["status", "Events", "alerts", "log"].iter().zip(&seen) {
+        for secret in [MARKER, "hunter2", "tok-9c1e"] {
+            assert!(
+                !text.contains(secret),
+                "{secret} appears in the {what}: {text}"
+            );
+        }
+    }
+    assert!(
+        seen[0].contains("answered 500"),
+        "the status says what happened: {}",
+        seen[0]
+    );
+}

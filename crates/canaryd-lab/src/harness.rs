@@ -250,6 +250,11 @@ impl Lab {
     /// Writes a daemon config for this lab and returns its path. The first daemon gets the
     /// admin port Prometheus scrapes; later ones any free port.
     pub fn daemon_config(&self, name: &str) -> Result<PathBuf, LabError> {
+        self.daemon_config_with(name, "")
+    }
+
+    /// [`Lab::daemon_config`] with more top-level keys (YAML lines) appended.
+    pub fn daemon_config_with(&self, name: &str, extra: &str) -> Result<PathBuf, LabError> {
         let first = !self
             .admin_taken
             .swap(true, std::sync::atomic::Ordering::SeqCst);
@@ -270,7 +275,7 @@ impl Lab {
                 .as_ref()
                 .map(|am| format!("notifiers: [{{type: alertmanager, name: lab, url: '{}'}}]\n", am.url()))
                 .unwrap_or_default()
-        );
+        ) + extra;
         let path = self.dir.path().join(format!("{name}.yaml"));
         std::fs::write(&path, text).map_err(|e| fail("daemon config")(e.to_string()))?;
         Ok(path)
@@ -278,7 +283,17 @@ impl Lab {
 
     /// Starts `canaryd run` (the given binary) against the lab; its log goes to a file.
     pub fn spawn_daemon(&self, binary: &Path, name: &str) -> Result<Daemon, LabError> {
-        let config = self.daemon_config(name)?;
+        self.spawn_daemon_with(binary, name, "")
+    }
+
+    /// [`Lab::spawn_daemon`] with more daemon config (see [`Lab::daemon_config_with`]).
+    pub fn spawn_daemon_with(
+        &self,
+        binary: &Path,
+        name: &str,
+        extra_config: &str,
+    ) -> Result<Daemon, LabError> {
+        let config = self.daemon_config_with(name, extra_config)?;
         let log = self.dir.path().join(format!("{name}.log"));
         let file = std::fs::File::create(&log).map_err(|e| fail("daemon log")(e.to_string()))?;
         let child = super::process::tethered(binary)

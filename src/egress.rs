@@ -114,7 +114,7 @@ pub fn check_host_pattern(text: &str) -> Result<(), String> {
 }
 
 /// The HTTP methods a check can have at all (an admin lists some of them in `egress.checkMethods`).
-pub const CHECK_METHODS: [&str; 3] = ["GET", "HEAD", "POST"];
+pub use crate::api::limits::CHECK_METHODS;
 
 /// Why a request was not made. Each message names the host or method, the rule and the key
 /// of canaryd's config that would allow it.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use canaryd::api::virtual_service::VirtualService;
 use canaryd::api::{Canary, Condition, Phase};
-use canaryd_lab::harness::{lab_canary, Lab, LabOptions};
+use canaryd_lab::harness::{lab_canary, Daemon, Lab, LabOptions};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 
@@ -76,6 +76,29 @@ spec:
   analysis: {interval: 3s}
 "#;
 
+/// A lab without Alertmanager.
+async fn quiet_lab() -> Lab {
+    Lab::start(LabOptions {
+        alertmanager: false,
+        ..Default::default()
+    })
+    .await
+    .expect("the lab starts")
+}
+
+/// Follows Canary `namespace/name` until `done`; fails with the daemon's log.
+async fn until(
+    lab: &Lab,
+    daemon: &Daemon,
+    namespace: &str,
+    name: &str,
+    done: impl Fn(&Canary) -> bool,
+) -> Canary {
+    lab.follow_canary(namespace, name, TIMEOUT, |_| {}, done)
+        .await
+        .unwrap_or_else(|e| panic!("{}", daemon.explain(e)))
+}
+
 fn condition<'a>(c: &'a Canary, type_: &str) -> Option<&'a Condition> {
     c.status
         .as_ref()?
@@ -107,12 +130,7 @@ async fn victim_state(lab: &Lab) -> (serde_json::Value, serde_json::Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_canary_naming_another_namespace_reads_and_writes_nothing_there() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let lab = Lab::start(LabOptions {
-        alertmanager: false,
-        ..Default::default()
-    })
-    .await
-    .expect("the lab starts");
+    let lab = quiet_lab().await;
     lab.api.install(VICTIM_AND_TENANT).unwrap();
     let before = victim_state(&lab).await;
     let daemon = lab.spawn_daemon(BINARY.as_ref(), "canaryd-0").unwrap();
@@ -123,16 +141,10 @@ async fn a_tenant_canary_naming_another_namespace_reads_and_writes_nothing_there
         .await
         .unwrap();
 
-    let refused = lab
-        .follow_canary(
-            "tenant",
-            "takeover",
-            TIMEOUT,
-            |_| {},
-            |c| is(c, "ReferencesAllowed", "False"),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{}", daemon.explain(e)));
+    let refused = until(&lab, &daemon, "tenant", "takeover", |c| {
+        is(c, "ReferencesAllowed", "False")
+    })
+    .await;
     let message = &condition(&refused, "ReferencesAllowed").unwrap().message;
     for refused_ref in [
         "spec.virtualService: VirtualService victim/critical",
@@ -167,16 +179,10 @@ async fn a_tenant_canary_naming_another_namespace_reads_and_writes_nothing_there
         .await
         .unwrap();
     let generation = edited.metadata.generation;
-    let decided = lab
-        .follow_canary(
-            "tenant",
-            "takeover",
-            TIMEOUT,
-            |_| {},
-            |c| c.status.as_ref().and_then(|s| s.observed_generation) == generation,
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{}", daemon.explain(e)));
+    let decided = until(&lab, &daemon, "tenant", "takeover", |c| {
+        c.status.as_ref().and_then(|s| s.observed_generation) == generation
+    })
+    .await;
 
     let status = decided.status.unwrap();
     assert_eq!(
@@ -200,12 +206,7 @@ async fn a_tenant_canary_naming_another_namespace_reads_and_writes_nothing_there
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_canary_on_a_route_is_in_conflict_and_never_writes_it() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let lab = Lab::start(LabOptions {
-        alertmanager: false,
-        ..Default::default()
-    })
-    .await
-    .expect("the lab starts");
+    let lab = quiet_lab().await;
     let daemon = lab.spawn_daemon(BINARY.as_ref(), "canaryd-0").unwrap();
     // The same Canary again under another name, created after the lab's own.
     let mut copy = lab_canary(lab.options.speed);
@@ -214,16 +215,10 @@ async fn a_second_canary_on_a_route_is_in_conflict_and_never_writes_it() {
         .create(&PostParams::default(), &copy)
         .await
         .unwrap();
-    let conflicted = lab
-        .follow_canary(
-            "prod",
-            "flaskapp-copy",
-            TIMEOUT,
-            |_| {},
-            |c| is(c, "Conflict", "True"),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{}", daemon.explain(e)));
+    let conflicted = until(&lab, &daemon, "prod", "flaskapp-copy", |c| {
+        is(c, "Conflict", "True")
+    })
+    .await;
     let message = &condition(&conflicted, "Conflict").unwrap().message;
     assert!(
         message.contains("Canary prod/flaskapp drives this route"),
@@ -232,18 +227,12 @@ async fn a_second_canary_on_a_route_is_in_conflict_and_never_writes_it() {
 
     // A release: the owner takes it through every step; the copy joins in nowhere.
     lab.release("demoapp:v2").await.unwrap();
-    let end = lab
-        .follow(
-            TIMEOUT,
-            |_| {},
-            |c| {
-                c.status
-                    .as_ref()
-                    .is_some_and(|s| s.stage_revision.is_some() && s.phase == Phase::Succeeded)
-            },
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{}", daemon.explain(e)));
+    let end = until(&lab, &daemon, "prod", "flaskapp", |c| {
+        c.status
+            .as_ref()
+            .is_some_and(|s| s.stage_revision.is_some() && s.phase == Phase::Succeeded)
+    })
+    .await;
     let history: Vec<u8> = end
         .status
         .unwrap()
@@ -307,12 +296,7 @@ fn rolled_back(c: &Canary) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_check_aimed_at_a_loopback_address_never_reaches_it() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let lab = Lab::start(LabOptions {
-        alertmanager: false,
-        ..Default::default()
-    })
-    .await
-    .expect("the lab starts");
+    let lab = quiet_lab().await;
     // Stands in for the metadata endpoint or an admin port on the node.
     let (addr, hits) = counting_server(200, "secret-instance-credentials").await;
     let url = format!("http://{addr}/latest/meta-data/iam");
@@ -323,10 +307,7 @@ async fn a_check_aimed_at_a_loopback_address_never_reaches_it() {
     .await;
     let daemon = lab.spawn_daemon(BINARY.as_ref(), "canaryd-0").unwrap();
     lab.release("demoapp:v2").await.unwrap();
-    let end = lab
-        .follow(TIMEOUT, |_| {}, rolled_back)
-        .await
-        .unwrap_or_else(|e| panic!("{}", daemon.explain(e)));
+    let end = until(&lab, &daemon, "prod", "flaskapp", rolled_back).await;
     assert_eq!(
         hits.load(std::sync::atomic::Ordering::SeqCst),
         0,
@@ -362,10 +343,7 @@ async fn no_answer_body_or_url_credential_reaches_the_status_events_or_alerts() 
         .spawn_daemon_with(BINARY.as_ref(), "canaryd-0", &egress)
         .unwrap();
     lab.release("demoapp:v2").await.unwrap();
-    let end = lab
-        .follow(TIMEOUT, |_| {}, rolled_back)
-        .await
-        .unwrap_or_else(|e| panic!("{}", daemon.explain(e)));
+    let end = until(&lab, &daemon, "prod", "flaskapp", rolled_back).await;
     assert!(
         hits.load(std::sync::atomic::Ordering::SeqCst) >= 1,
         "the webhook was called"

@@ -181,27 +181,28 @@ impl ApiServer {
                     source,
                 })?;
         }
-        if options.install_canary_crd {
+        let crds = [
+            (
+                options.install_canary_crd,
+                "the Canary CRD",
+                canaryd_api::crd::canary_crd_yaml(),
+            ),
+            (
+                options.install_reference_grant_crd,
+                "the ReferenceGrant CRD",
+                canaryd_api::crd::reference_grant_crd_yaml(),
+            ),
+            (
+                options.install_istio_crds,
+                "the Istio CRDs",
+                ISTIO_CRDS_YAML.to_string(),
+            ),
+        ];
+        for (_, what, manifest) in crds.iter().filter(|(wanted, ..)| *wanted) {
             handle
-                .install(&canaryd_api::crd::canary_crd_yaml())
+                .install(manifest)
                 .map_err(|source| StartError::Install {
-                    what: "the Canary CRD".into(),
-                    source,
-                })?;
-        }
-        if options.install_reference_grant_crd {
-            handle
-                .install(&canaryd_api::crd::reference_grant_crd_yaml())
-                .map_err(|source| StartError::Install {
-                    what: "the ReferenceGrant CRD".into(),
-                    source,
-                })?;
-        }
-        if options.install_istio_crds {
-            handle
-                .install(ISTIO_CRDS_YAML)
-                .map_err(|source| StartError::Install {
-                    what: "the Istio CRDs".into(),
+                    what: (*what).into(),
                     source,
                 })?;
         }

@@ -327,17 +327,22 @@ async fn status_is_a_subresource_and_does_not_bump_generation() {
     assert_eq!(applied.metadata.generation, Some(2));
 }
 
-#[tokio::test]
-async fn a_canary_that_breaks_the_crd_schema_is_refused_with_422_naming_the_field() {
-    let (_server, client) = lab(ApiServerOptions::default()).await;
-    let canaries: Api<DynamicObject> = Api::namespaced_with(
+/// Canaries in prod as untyped objects, so a test can send what the Rust types would refuse.
+fn untyped_canaries(client: kube::Client) -> Api<DynamicObject> {
+    Api::namespaced_with(
         client,
         "prod",
         &kube::api::ApiResource::from_gvk_with_plural(
             &GroupVersionKind::gvk("canaryd.dev", "v1alpha1", "Canary"),
             "canaries",
         ),
-    );
+    )
+}
+
+#[tokio::test]
+async fn a_canary_that_breaks_the_crd_schema_is_refused_with_422_naming_the_field() {
+    let (_server, client) = lab(ApiServerOptions::default()).await;
+    let canaries = untyped_canaries(client);
     let mut bad = canary("bad");
     bad["spec"]["steps"] = json!([0, 130]);
     let err = canaries
@@ -388,14 +393,7 @@ async fn a_canary_that_breaks_the_crd_schema_is_refused_with_422_naming_the_fiel
 #[tokio::test]
 async fn a_canary_with_ten_thousand_checks_is_refused_with_422_naming_the_bound() {
     let (_server, client) = lab(ApiServerOptions::default()).await;
-    let canaries: Api<DynamicObject> = Api::namespaced_with(
-        client,
-        "prod",
-        &kube::api::ApiResource::from_gvk_with_plural(
-            &GroupVersionKind::gvk("canaryd.dev", "v1alpha1", "Canary"),
-            "canaries",
-        ),
-    );
+    let canaries = untyped_canaries(client);
     let check = |i: usize| json!({"name": format!("c{i}"), "url": "http://{{ host }}/health"});
     let create = |checks: Vec<Value>| {
         let mut c = canary("many-checks");

@@ -133,7 +133,20 @@ async fn a_slower_release_is_rolled_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_down_during_a_step_holds_the_weights_until_it_is_back() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let (mut lab, daemon) = released("demoapp:v2").await;
+    let mut lab = lab().await;
+    // The lab's noData.after (20 s) would pause the rollout when the outage and Prometheus's
+    // restart together take longer than that; this test is about holding, not pausing.
+    let patch = serde_json::json!({"spec": {"analysis": {"noData": {"after": "2m"}}}});
+    lab.canaries()
+        .patch(
+            "flaskapp",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+    let daemon = lab.spawn_daemon(BINARY.as_ref(), "canaryd-0").unwrap();
+    lab.release("demoapp:v2").await.unwrap();
     until(&lab, &daemon, |c| at_step(c, 1)).await;
 
     lab.prometheus.stop();

@@ -227,10 +227,12 @@ async fn a_second_canary_on_a_route_is_in_conflict_and_never_writes_it() {
 
     // A release: the owner takes it through every step; the copy joins in nowhere.
     lab.release("demoapp:v2").await.unwrap();
+    // Either end will do (a healthy release is still rolled back at the engine's false-alarm
+    // rate): what matters is that the owner's weights never went up again once they fell.
     let end = until(&lab, &daemon, "prod", "flaskapp", |c| {
-        c.status
-            .as_ref()
-            .is_some_and(|s| s.stage_revision.is_some() && s.phase == Phase::Succeeded)
+        c.status.as_ref().is_some_and(|s| {
+            s.stage_revision.is_some() && matches!(s.phase, Phase::Succeeded | Phase::RolledBack)
+        })
     })
     .await;
     let history: Vec<u8> = end
@@ -240,7 +242,19 @@ async fn a_second_canary_on_a_route_is_in_conflict_and_never_writes_it() {
         .iter()
         .map(|h| h.stage_weight)
         .collect();
-    assert_eq!(history, [0, 30, 60, 100, 100, 0, 0], "no weight flap");
+    let fell = history
+        .windows(2)
+        .position(|w| w[1] < w[0])
+        .unwrap_or(history.len());
+    assert!(
+        history[..fell.min(history.len())]
+            .windows(2)
+            .all(|w| w[0] <= w[1])
+            && history[fell.min(history.len())..]
+                .windows(2)
+                .all(|w| w[1] <= w[0]),
+        "weight flap: {history:?}"
+    );
     let copy = lab.canaries().get("flaskapp-copy").await.unwrap();
     assert!(is(&copy, "Conflict", "True"));
     let status = copy.status.unwrap();

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod egress;
+pub mod failpoint;
 pub mod notify;
 pub mod rollout;
 pub mod server;

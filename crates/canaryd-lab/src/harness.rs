@@ -2,7 +2,10 @@
 //! with the seed's objects, simulated Deployment rollouts, the simulated mesh and its
 //! traffic, the real Prometheus scraping it, and any number of real `canaryd run` processes
 //! pointed at it through a kubeconfig. Time is compressed by `speed`; the decision logic is
-//! the same as in a cluster.
+//! the same as in a cluster. Each daemon gets a kubeconfig of its own whose bearer token is
+//! its name, so the API server's write log ([`Lab::write_log`], also `writes.jsonl` in the
+//! lab's directory) tells the replicas apart; [`Daemon`] can be killed, stopped and
+//! continued, for fault injection.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -15,7 +18,7 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::Client;
 use serde_json::json;
 
-use super::apiserver::{ApiServer, ApiServerHandle, ApiServerOptions};
+use super::apiserver::{ApiServer, ApiServerHandle, ApiServerOptions, WriteRecord};
 use super::mesh_server::{AppTraffic, Mesh};
 use super::prometheus::{LabPrometheus, ScrapeTarget};
 use super::scenario::BehaviourTable;
@@ -134,6 +137,7 @@ impl Lab {
             install_istio_crds: true,
             install_canary_crd: true,
             install_reference_grant_crd: true,
+            write_log_file: Some(dir.path().join("writes.jsonl")),
             ..Default::default()
         })
         .await
@@ -203,6 +207,13 @@ impl Lab {
 
     pub fn kubeconfig(&self) -> &Path {
         self.api.kubeconfig_path()
+    }
+
+    /// Every committed write of a VirtualService, Canary, Deployment or Lease so far, with
+    /// its writer: a daemon's name, `canaryd-lab` for the lab's own client (releases, the
+    /// simulated Deployment controller).
+    pub fn write_log(&self) -> Vec<WriteRecord> {
+        self.api.write_log()
     }
 
     /// Waits until Prometheus has the mesh's traffic.
@@ -293,14 +304,37 @@ impl Lab {
         name: &str,
         extra_config: &str,
     ) -> Result<Daemon, LabError> {
+        self.spawn_daemon_env(binary, name, extra_config, &[])
+    }
+
+    /// [`Lab::spawn_daemon_with`] with more environment variables (e.g. `FAILPOINTS`). The
+    /// daemon runs in the lab's directory, with a kubeconfig whose token is `name`; a daemon
+    /// started again under the same name appends to the same log.
+    pub fn spawn_daemon_env(
+        &self,
+        binary: &Path,
+        name: &str,
+        extra_config: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Daemon, LabError> {
         let config = self.daemon_config_with(name, extra_config)?;
+        let kubeconfig = self.dir.path().join(format!("{name}.kubeconfig"));
+        self.api
+            .write_kubeconfig_as(&kubeconfig, name)
+            .map_err(|e| fail("daemon kubeconfig")(e.to_string()))?;
         let log = self.dir.path().join(format!("{name}.log"));
-        let file = std::fs::File::create(&log).map_err(|e| fail("daemon log")(e.to_string()))?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(|e| fail("daemon log")(e.to_string()))?;
         let child = super::process::tethered(binary)
             .arg("run")
             .arg("--config")
             .arg(&config)
-            .env("KUBECONFIG", self.kubeconfig())
+            .current_dir(self.dir.path())
+            .envs(env.iter().copied())
+            .env("KUBECONFIG", &kubeconfig)
             .env("POD_NAME", name)
             .env("POD_NAMESPACE", LEASE_NAMESPACE)
             .stdin(Stdio::null())
@@ -311,7 +345,11 @@ impl Lab {
             .stderr(file)
             .spawn()
             .map_err(|e| fail("canaryd")(format!("cannot start {}: {e}", binary.display())))?;
-        Ok(Daemon { child, log })
+        Ok(Daemon {
+            name: name.to_string(),
+            child,
+            log,
+        })
     }
 
     /// Gives stage a new image, as `helm upgrade --set deployment.tag=...` would.
@@ -442,6 +480,8 @@ impl Lab {
 
 /// A running `canaryd run`, killed when dropped.
 pub struct Daemon {
+    /// Its `POD_NAME`, Lease identity and writer name.
+    pub name: String,
     child: Child,
     pub log: PathBuf,
 }
@@ -451,6 +491,41 @@ impl Daemon {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its exit status once it has ended (crashed, aborted by a failpoint, killed).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// SIGSTOP: the process is frozen (no thread runs, its connections stay open), as a
+    /// long GC pause or a stopped VM would leave it.
+    pub fn freeze(&self) -> Result<(), LabError> {
+        self.signal("STOP")
+    }
+
+    /// SIGCONT after [`Daemon::freeze`]: it runs on from where it stopped.
+    pub fn thaw(&self) -> Result<(), LabError> {
+        self.signal("CONT")
+    }
+
+    fn signal(&self, signal: &str) -> Result<(), LabError> {
+        let status = std::process::Command::new("kill")
+            .args(["-s", signal, &self.child.id().to_string()])
+            .status()
+            .map_err(|e| fail("signal")(format!("cannot run kill: {e}")))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(fail("signal")(format!(
+                "kill -s {signal} {} failed ({status})",
+                self.child.id()
+            )))
+        }
     }
 
     pub fn log_tail(&self) -> String {

@@ -103,7 +103,8 @@ impl BehaviourTable {
     }
 
     /// The demo's table: v1 is the baseline, v2 as healthy as v1, v3 fails 5 % of requests,
-    /// v4 is 60 % slower.
+    /// v4 is 60 % slower; `v2.N`, `v3.N` and `v4.N` behave as v2, v3 and v4 (see
+    /// [`BehaviourTable::behaviour`]).
     pub fn demo() -> Self {
         let v1 = Behaviour {
             error_rate: 0.01,
@@ -132,12 +133,22 @@ impl BehaviourTable {
     }
 
     /// The behaviour of `image`, matched exactly or by its last path segment without digest
-    /// (`registry.local/team/demoapp:v2@sha256:..` is `demoapp:v2`); unknown images behave
-    /// like the baseline, and a log line says so.
+    /// (`registry.local/team/demoapp:v2@sha256:..` is `demoapp:v2`), then with the tag cut
+    /// at its first dot: `demoapp:v3.17` behaves as `demoapp:v3`, so a test can release a
+    /// new revision (a new image) of the same behaviour again and again. Unknown images
+    /// behave like the baseline, and a log line says so.
     pub fn behaviour(&self, image: &str) -> &Behaviour {
         let short = image.split('@').next().unwrap_or(image);
         let short = short.rsplit('/').next().unwrap_or(short);
-        match self.images.get(image).or_else(|| self.images.get(short)) {
+        let family = match short.split_once(':') {
+            Some((name, tag)) => {
+                let tag = tag.split('.').next().unwrap_or(tag);
+                format!("{name}:{tag}")
+            }
+            None => short.to_string(),
+        };
+        let known = self.images.get(image).or_else(|| self.images.get(short));
+        match known.or_else(|| self.images.get(&family)) {
             Some(behaviour) => behaviour,
             None => {
                 tracing::info!(
@@ -206,6 +217,15 @@ mod tests {
         assert_eq!(v3.error_rate, 0.05);
         assert_eq!(table.behaviour("registry.local:5000/team/demoapp:v3"), &v3);
         assert_eq!(table.behaviour("demoapp:v3@sha256:abcdef"), &v3);
+        assert_eq!(table.behaviour("registry.local:5000/demoapp:v3.17"), &v3);
+        let v4 = table.behaviour("demoapp:v4").clone();
+        assert_eq!(table.behaviour("demoapp:v4.2"), &v4);
+        let table = table.with("demoapp:v3.5", v4);
+        assert_eq!(
+            table.behaviour("demoapp:v3.5").error_rate,
+            0.01,
+            "exact first"
+        );
     }
 
     #[test]

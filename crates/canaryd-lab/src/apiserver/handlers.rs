@@ -16,6 +16,7 @@ use tokio::sync::watch as signal;
 
 use super::discovery;
 use super::error::{ApiError, ApiResult};
+use super::faults::{self, Faults};
 use super::fields::Scope;
 use super::patch::{self, PatchKind};
 use super::protobuf;
@@ -31,6 +32,7 @@ const DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_secs(1800);
 
 pub struct AppState {
     pub store: Arc<Store>,
+    pub faults: Arc<Faults>,
     pub server_address: String,
     pub bookmark_interval: Duration,
     pub shutdown: signal::Receiver<bool>,
@@ -38,6 +40,31 @@ pub struct AppState {
 
 pub fn router(state: Arc<AppState>) -> axum::Router {
     axum::Router::new().fallback(handle).with_state(state)
+}
+
+/// The request's bearer token (see [`Call::writer`]).
+pub(super) fn writer(headers: &HeaderMap) -> String {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .unwrap_or("anonymous")
+        .to_string()
+}
+
+/// The plural of the resource a path names, if it names one.
+fn resource_plural<'a>(segments: &[&'a str]) -> Option<&'a str> {
+    let rest = match segments {
+        ["api", _, rest @ ..] | ["apis", _, _, rest @ ..] => rest,
+        _ => return None,
+    };
+    match rest {
+        ["namespaces", _, plural, ..] => Some(plural),
+        [plural, ..] => Some(plural),
+        [] => None,
+    }
 }
 
 fn json_response(code: StatusCode, body: &Value) -> Response {
@@ -123,6 +150,12 @@ impl Call {
         Ok(value)
     }
 
+    /// Who sends the request, as the write log records it: the bearer token (the lab checks
+    /// none; the harness gives each daemon its name as its token), else `anonymous`.
+    fn writer(&self) -> String {
+        writer(&self.headers)
+    }
+
     fn write_options(&self, apply: bool) -> WriteOptions {
         let manager = match self.param("fieldManager") {
             Some(manager) => manager.to_string(),
@@ -143,6 +176,7 @@ impl Call {
         };
         WriteOptions {
             manager,
+            writer: self.writer(),
             dry_run: self.param("dryRun") == Some("All"),
             field_validation,
             force: self.flag("force"),
@@ -201,6 +235,18 @@ async fn handle(
         _ => ApiError::not_found_path().into_response(),
     };
     tracing::debug!(method = %call.method, %uri, status = response.status().as_u16(), "lab API request");
+    let writer = call.writer();
+    let request = faults::Request {
+        resource: resource_plural(&segments),
+        write: matches!(
+            call.method,
+            Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+        ),
+        writer: &writer,
+    };
+    if let Some(delay) = app.faults.delay_for(&request) {
+        tokio::time::sleep(delay).await;
+    }
     response
 }
 
@@ -347,7 +393,9 @@ fn resource(
         }
         Method::DELETE if target.subresource.is_none() => {
             let options = call.body_value()?;
-            let object = store.delete(resource, &namespace, &name, &options["preconditions"])?;
+            let preconditions = &options["preconditions"];
+            let object =
+                store.delete(resource, &namespace, &name, preconditions, &call.writer())?;
             Ok(ok(&present(resource, version, object)))
         }
         _ => Err(ApiError::method_not_allowed(format!(
@@ -448,7 +496,7 @@ fn collection(app: &AppState, call: &Call, target: &Target) -> ApiResult<Respons
             for item in items {
                 let namespace = item["metadata"]["namespace"].as_str().unwrap_or_default();
                 let name = item["metadata"]["name"].as_str().unwrap_or_default();
-                match store.delete(resource, namespace, name, &Value::Null) {
+                match store.delete(resource, namespace, name, &Value::Null, &call.writer()) {
                     Ok(object) => deleted.push(present(resource, version, object)),
                     Err(e) if e.code == 404 => {}
                     Err(e) => return Err(e),

@@ -12,7 +12,9 @@
 //! `builtins` (built-in kinds' defaults and checks), `patch` (merge, JSON and strategic merge
 //! patches), `fields` (managedFields and server-side apply), `scale`, `selector`, `table`
 //! (kubectl's server-side printing), `protobuf` (kubectl's `create namespace|secret` bodies),
-//! `kubeconfig`, `error` (`metav1.Status`).
+//! `kubeconfig`, `error` (`metav1.Status`), `write_log` (who wrote which weights, status and
+//! Lease, in commit order, for tests to check) and `faults` (answers held back, set by a test
+//! at run time).
 //!
 //! Simplified, on purpose:
 //! - Server-side apply tracks ownership in real `managedFields`; list semantics come from the
@@ -27,7 +29,8 @@
 //! - Watches replay from a bounded history (`history_limit`); older resourceVersions get the
 //!   `410 Expired` ERROR event a real server streams.
 //!
-//! Not modelled: authentication and authorization, admission webhooks, CEL validation rules
+//! Not modelled: authentication and authorization (a request's bearer token is only recorded
+//! as the writer in the write log), admission webhooks, CEL validation rules
 //! (`x-kubernetes-validations`), version conversion of custom resources (all served versions
 //! are views of one object, validated with the storage version's schema), pagination (`limit`
 //! is ignored; lists are whole), protobuf and CBOR beyond the Namespace and Secret bodies
@@ -38,6 +41,7 @@
 mod builtins;
 mod discovery;
 mod error;
+mod faults;
 mod fields;
 mod handlers;
 mod kinds;
@@ -51,6 +55,7 @@ mod store;
 mod table;
 mod validation;
 mod watch;
+mod write_log;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -61,7 +66,9 @@ use serde::Deserialize as _;
 use serde_json::Value;
 
 pub use error::ApiError;
+pub use faults::Delay;
 use store::{FieldValidation, Store, WriteOptions};
+pub use write_log::{Resulting, RouteWeight, Verb, WriteRecord};
 
 /// Istio's VirtualService and Gateway CRDs (`networking.istio.io/v1`), as committed in deploy/.
 pub const ISTIO_CRDS_YAML: &str = include_str!("../../../../deploy/istio/crds.yaml");
@@ -83,6 +90,9 @@ pub struct ApiServerOptions {
     pub install_canary_crd: bool,
     /// Serve the Gateway API's ReferenceGrants (the subset canaryd reads) from the start.
     pub install_reference_grant_crd: bool,
+    /// Also append the write log (see [`ApiServerHandle::write_log`]) to this file, as JSON
+    /// lines.
+    pub write_log_file: Option<PathBuf>,
 }
 
 impl Default for ApiServerOptions {
@@ -94,6 +104,7 @@ impl Default for ApiServerOptions {
             install_istio_crds: false,
             install_canary_crd: false,
             install_reference_grant_crd: false,
+            write_log_file: None,
         }
     }
 }
@@ -104,6 +115,8 @@ pub enum StartError {
     Bind(#[source] std::io::Error),
     #[error("cannot write the kubeconfig file: {0}")]
     Kubeconfig(#[source] std::io::Error),
+    #[error("cannot open the write log's file: {0}")]
+    WriteLog(#[source] std::io::Error),
     #[error("cannot install {what}: {source}")]
     Install {
         what: String,
@@ -145,9 +158,14 @@ impl ApiServer {
         let kubeconfig = dir.path().join("kubeconfig");
         kubeconfig::write(&kubeconfig, &url).map_err(StartError::Kubeconfig)?;
         let store = Arc::new(Store::new(options.history_limit));
+        if let Some(path) = &options.write_log_file {
+            store.write_log_to(path).map_err(StartError::WriteLog)?;
+        }
+        let faults = Arc::new(faults::Faults::default());
         let (shutdown, shutdown_signal) = tokio::sync::watch::channel(false);
         let state = Arc::new(handlers::AppState {
             store: store.clone(),
+            faults: faults.clone(),
             server_address: address.to_string(),
             bookmark_interval: options.bookmark_interval,
             shutdown: shutdown_signal.clone(),
@@ -166,6 +184,7 @@ impl ApiServer {
             address,
             url,
             store,
+            faults,
             kubeconfig,
             _dir: dir,
             shutdown,
@@ -215,6 +234,7 @@ pub struct ApiServerHandle {
     address: SocketAddr,
     url: String,
     store: Arc<Store>,
+    faults: Arc<faults::Faults>,
     kubeconfig: PathBuf,
     _dir: tempfile::TempDir,
     shutdown: tokio::sync::watch::Sender<bool>,
@@ -242,11 +262,49 @@ impl ApiServerHandle {
         kubeconfig::write(path, &self.url)
     }
 
-    /// A kube-rs client for this server, default namespace `default`.
-    ///
+    /// A kube-rs client for this server, default namespace `default`; its writes are
+    /// `canaryd-lab`'s in the write log.
     pub fn client(&self) -> Result<kube::Client, ClientError> {
-        let config = kube::Config::new(self.url.parse()?);
+        self.client_as(LAB_MANAGER)
+    }
+
+    /// A kube-rs client whose requests carry `writer` as their bearer token, which is all
+    /// the write log records of who wrote (the lab checks no credentials).
+    pub fn client_as(&self, writer: &str) -> Result<kube::Client, ClientError> {
+        let mut config = kube::Config::new(self.url.parse()?);
+        if let Ok(token) = axum::http::HeaderValue::from_str(&format!("Bearer {writer}")) {
+            config
+                .headers
+                .push((axum::http::header::AUTHORIZATION, token));
+        }
         Ok(kube::Client::try_from(config)?)
+    }
+
+    /// A kubeconfig like [`Self::kubeconfig_path`]'s whose user has the bearer token
+    /// `writer`: a daemon started with it is `writer` in the write log.
+    pub fn write_kubeconfig_as(&self, path: &Path, writer: &str) -> std::io::Result<()> {
+        kubeconfig::write_with_token(path, &self.url, Some(writer))
+    }
+
+    /// Every committed write of a VirtualService, Canary, Deployment or Lease so far, in
+    /// commit order (module `write_log`).
+    pub fn write_log(&self) -> Vec<WriteRecord> {
+        self.store.write_log_since(0)
+    }
+
+    /// The write log's records after the one numbered `seq`.
+    pub fn write_log_since(&self, seq: u64) -> Vec<WriteRecord> {
+        self.store.write_log_since(seq)
+    }
+
+    /// From now on, holds back the answers `delay` names (module `faults`); `None` ends it.
+    pub fn delay_responses(&self, delay: Option<Delay>) {
+        self.faults.set_delay(delay);
+    }
+
+    /// How many answers were held back so far.
+    pub fn delayed_responses(&self) -> u64 {
+        self.faults.delayed()
     }
 
     /// Creates every object of a (multi-document) YAML manifest, CRDs first served at once.
@@ -285,6 +343,7 @@ impl ApiServerHandle {
             };
             let options = WriteOptions {
                 manager: LAB_MANAGER.to_string(),
+                writer: LAB_MANAGER.to_string(),
                 dry_run: false,
                 field_validation: FieldValidation::Strict,
                 force: false,

@@ -955,3 +955,161 @@ async fn a_lease_changes_hands_only_with_the_current_resource_version() {
     let current = leases.get("canaryd-leader").await.unwrap();
     assert_eq!(current.spec.unwrap().holder_identity.as_deref(), Some("a"));
 }
+
+#[tokio::test]
+async fn the_write_log_records_who_wrote_what_in_commit_order_and_skips_no_ops() {
+    use canaryd_lab::apiserver::{Resulting, Verb};
+    let (server, _) = lab(ApiServerOptions::default()).await;
+    let vs = json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+        "metadata": {"name": "demoapp", "namespace": "prod"},
+        "spec": {"hosts": ["demoapp"], "http": [{"name": "primary", "route": [
+            {"destination": {"host": "prod.local"}, "weight": 100},
+            {"destination": {"host": "stage.local"}, "weight": 0}]}]}
+    });
+    let gvk = GroupVersionKind::gvk("networking.istio.io", "v1", "VirtualService");
+    let resource = kube::api::ApiResource::from_gvk_with_plural(&gvk, "virtualservices");
+    let as_writer = |writer: &str| -> Api<DynamicObject> {
+        Api::namespaced_with(server.client_as(writer).unwrap(), "prod", &resource)
+    };
+    let object: DynamicObject = serde_json::from_value(vs).unwrap();
+    as_writer("canaryd-a")
+        .create(&PostParams::default(), &object)
+        .await
+        .unwrap();
+    let weights = |stage: i64| {
+        Patch::Json::<()>(
+            serde_json::from_value(json!([
+                {"op": "replace", "path": "/spec/http/0/route/0/weight", "value": 100 - stage},
+                {"op": "replace", "path": "/spec/http/0/route/1/weight", "value": stage}
+            ]))
+            .unwrap(),
+        )
+    };
+    let params = PatchParams::default();
+    as_writer("canaryd-b")
+        .patch("demoapp", &params, &weights(30))
+        .await
+        .unwrap();
+    // The same weights again change nothing: no commit, no record.
+    as_writer("canaryd-a")
+        .patch("demoapp", &params, &weights(30))
+        .await
+        .unwrap();
+    let canaries = untyped_canaries(server.client_as("canaryd-a").unwrap());
+    let created: DynamicObject = serde_json::from_value(canary("flaskapp")).unwrap();
+    canaries
+        .create(&PostParams::default(), &created)
+        .await
+        .unwrap();
+    let status = json!({"status": {"phase": "Progressing", "step": 1, "stageWeight": 30,
+        "stageRevision": "abc"}});
+    canaries
+        .patch_status("flaskapp", &params, &Patch::Merge(&status))
+        .await
+        .unwrap();
+    canaries
+        .delete("flaskapp", &DeleteParams::default())
+        .await
+        .unwrap();
+
+    let log = server.write_log();
+    let summary: Vec<(u64, &str, Verb, &str, Option<&str>)> = log
+        .iter()
+        .map(|r| {
+            let who = r.writer.as_str();
+            (r.seq, who, r.verb, r.kind.as_str(), r.subresource)
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (1, "canaryd-a", Verb::Create, "VirtualService", None),
+            (2, "canaryd-b", Verb::Patch, "VirtualService", None),
+            (3, "canaryd-a", Verb::Create, "Canary", None),
+            (4, "canaryd-a", Verb::Patch, "Canary", Some("status")),
+            (5, "canaryd-a", Verb::Delete, "Canary", None),
+        ]
+    );
+    assert_eq!(log[0].weight(Some("primary"), "stage.local"), Some(0));
+    assert_eq!(log[1].weight(Some("primary"), "stage.local"), Some(30));
+    assert_eq!(log[1].weight(Some("primary"), "prod.local"), Some(70));
+    assert!(log
+        .windows(2)
+        .all(|w| w[0].resource_version < w[1].resource_version));
+    match &log[3].after {
+        Resulting::Canary {
+            phase,
+            step,
+            stage_weight,
+            stage_revision,
+            ..
+        } => assert_eq!(
+            (
+                phase.as_deref(),
+                *step,
+                *stage_weight,
+                stage_revision.as_deref()
+            ),
+            (Some("Progressing"), Some(1), Some(30), Some("abc"))
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(server.write_log_since(4).len(), 1);
+    // The lab's own client is `canaryd-lab`; a client without a token is `anonymous`.
+    let deployments: Api<Deployment> = Api::namespaced(server.client().unwrap(), "prod");
+    deployments
+        .create(&PostParams::default(), &deployment("web", "web:1"))
+        .await
+        .unwrap();
+    let last = server.write_log().pop().unwrap();
+    assert_eq!(
+        (last.writer.as_str(), last.kind.as_str()),
+        ("canaryd-lab", "Deployment")
+    );
+    assert!(
+        matches!(last.after, Resulting::Deployment { ref image, .. } if image.as_deref() == Some("web:1"))
+    );
+}
+
+#[tokio::test]
+async fn a_delay_holds_back_the_answers_it_names_until_it_is_cleared() {
+    use canaryd_lab::apiserver::Delay;
+    let (server, client) = lab(ApiServerOptions::default()).await;
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(server.client_as("canaryd-a").unwrap(), "default");
+    let deployments: Api<Deployment> = Api::namespaced(client, "prod");
+    let timed = |started: std::time::Instant| started.elapsed();
+    server.delay_responses(Some(
+        Delay::all(Duration::from_millis(800))
+            .of_resource("leases")
+            .of_writer("canaryd-a"),
+    ));
+    let started = std::time::Instant::now();
+    let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "canaryd"}, "spec": {"holderIdentity": "canaryd-a"}});
+    leases
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(lease).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        timed(started) >= Duration::from_millis(800),
+        "the Lease's answer waited"
+    );
+    let started = std::time::Instant::now();
+    deployments.list(&ListParams::default()).await.unwrap();
+    assert!(
+        timed(started) < Duration::from_millis(800),
+        "Deployments are not delayed"
+    );
+    // The write went through at once; only its answer waited.
+    assert_eq!(server.write_log().last().unwrap().kind, "Lease");
+    server.delay_responses(None);
+    let started = std::time::Instant::now();
+    leases.get("canaryd").await.unwrap();
+    assert!(timed(started) < Duration::from_millis(800));
+    assert_eq!(server.delayed_responses(), 1);
+}

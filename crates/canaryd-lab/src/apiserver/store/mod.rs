@@ -29,6 +29,7 @@ use super::patch::{self, PatchKind};
 use super::registry::{Registry, ResourceType};
 use super::scale;
 use super::selector::Selector;
+use super::write_log::{Commit, Verb, WriteLog, WriteRecord};
 use admission::ClusterIps;
 use storage::{resource_version_of, Storage};
 
@@ -62,6 +63,31 @@ struct Inner {
     registry: Registry,
     storage: Storage,
     cluster_ips: ClusterIps,
+    log: WriteLog,
+}
+
+impl Inner {
+    /// Logs the write when it committed (a no-op or a dry run does not move the counter).
+    fn log_commit(
+        &mut self,
+        before: u64,
+        writer: &str,
+        verb: Verb,
+        resource: &ResourceType,
+        scope: Scope,
+        object: &Value,
+    ) {
+        if self.storage.resource_version() == before {
+            return;
+        }
+        self.log.record(Commit {
+            writer,
+            verb,
+            kind: &resource.kind,
+            status: scope == Scope::StatusOnly,
+            object,
+        });
+    }
 }
 
 pub struct Store {
@@ -75,6 +101,7 @@ impl Store {
                 registry: Registry::with_builtins(),
                 storage: Storage::new(history_limit),
                 cluster_ips: ClusterIps::new(),
+                log: WriteLog::new(),
             }),
         }
     }
@@ -89,6 +116,16 @@ impl Store {
 
     pub fn lookup(&self, group: &str, version: &str, plural: &str) -> Option<ResourceType> {
         self.lock().registry.lookup(group, version, plural).cloned()
+    }
+
+    /// The write log from record `seq + 1` on (`0`: all of it).
+    pub fn write_log_since(&self, seq: u64) -> Vec<WriteRecord> {
+        self.lock().log.since(seq)
+    }
+
+    /// Also appends the write log's records to `path`, as JSON lines.
+    pub fn write_log_to(&self, path: &std::path::Path) -> std::io::Result<()> {
+        self.lock().log.also_to_file(path)
     }
 
     pub fn current_resource_version(&self) -> u64 {
@@ -131,13 +168,24 @@ impl Store {
         options: &WriteOptions,
     ) -> ApiResult<Written> {
         let mut inner = self.lock();
-        inner.create(
+        let before = inner.storage.resource_version();
+        let written = inner.create(
             resource,
             namespace,
             builtins::stored(resource, body),
             options,
             false,
-        )
+        )?;
+        let verb = Verb::Create;
+        inner.log_commit(
+            before,
+            &options.writer,
+            verb,
+            resource,
+            Scope::All,
+            &written.object,
+        );
+        Ok(written)
     }
 
     pub fn update(
@@ -165,7 +213,18 @@ impl Store {
             ));
         }
         let body = builtins::stored(resource, body);
-        inner.update(resource, current, body, scope, options, false)
+        let before = inner.storage.resource_version();
+        let written = inner.update(resource, current, body, scope, options, false)?;
+        let verb = Verb::Update;
+        inner.log_commit(
+            before,
+            &options.writer,
+            verb,
+            resource,
+            scope,
+            &written.object,
+        );
+        Ok(written)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -180,32 +239,18 @@ impl Store {
         options: &WriteOptions,
     ) -> ApiResult<Written> {
         let mut inner = self.lock();
-        let current = inner.storage.get(resource, namespace, name).cloned();
-        let missing = || ApiError::not_found(&resource.group, &resource.plural, name);
-        if kind == PatchKind::Apply {
-            if current.is_none() && scope == Scope::StatusOnly {
-                return Err(missing());
-            }
-            return inner.apply(
-                resource, namespace, name, current, patch_body, scope, options,
-            );
-        }
-        let current = current.ok_or_else(missing)?;
-        let mut patched = builtins::served(resource, current.clone());
-        match kind {
-            PatchKind::Merge => patch::merge_patch(&mut patched, patch_body),
-            PatchKind::Json => patch::json_patch(&mut patched, patch_body)?,
-            PatchKind::Strategic if resource.is_custom() => {
-                return Err(ApiError::unsupported_media_type(
-                    "the body of the request was in an unknown format - accepted media types include: \
-                     application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
-                ))
-            }
-            PatchKind::Strategic => patch::strategic_merge(&mut patched, patch_body),
-            PatchKind::Apply => unreachable!("apply patches return above"),
-        }
-        let patched = builtins::stored(resource, patched);
-        inner.update(resource, current, patched, scope, options, false)
+        let before = inner.storage.resource_version();
+        let written = inner.patch(resource, namespace, name, kind, patch_body, scope, options)?;
+        let verb = Verb::Patch;
+        inner.log_commit(
+            before,
+            &options.writer,
+            verb,
+            resource,
+            scope,
+            &written.object,
+        );
+        Ok(written)
     }
 
     /// Reads the `scale` view, lets `change` edit it, and writes the replica count back.
@@ -225,19 +270,75 @@ impl Store {
         let current = inner.storage.current(resource, namespace, name)?;
         let changed = change(scale::view(paths, &current))?;
         let updated = scale::write(paths, &current, &changed);
+        let before = inner.storage.resource_version();
         let written = inner.update(resource, current, updated, Scope::All, options, false)?;
+        let verb = Verb::Update;
+        inner.log_commit(
+            before,
+            &options.writer,
+            verb,
+            resource,
+            Scope::All,
+            &written.object,
+        );
         Ok(scale::view(paths, &written.object))
     }
 
+    /// `writer` is who asked, for the write log.
     pub fn delete(
         &self,
         resource: &ResourceType,
         namespace: &str,
         name: &str,
         preconditions: &Value,
+        writer: &str,
     ) -> ApiResult<Value> {
         let mut inner = self.lock();
-        inner.delete(resource, namespace, name, preconditions)
+        let before = inner.storage.resource_version();
+        let object = inner.delete(resource, namespace, name, preconditions)?;
+        inner.log_commit(before, writer, Verb::Delete, resource, Scope::All, &object);
+        Ok(object)
+    }
+}
+
+impl Inner {
+    #[allow(clippy::too_many_arguments)]
+    fn patch(
+        &mut self,
+        resource: &ResourceType,
+        namespace: &str,
+        name: &str,
+        kind: PatchKind,
+        patch_body: &Value,
+        scope: Scope,
+        options: &WriteOptions,
+    ) -> ApiResult<Written> {
+        let current = self.storage.get(resource, namespace, name).cloned();
+        let missing = || ApiError::not_found(&resource.group, &resource.plural, name);
+        if kind == PatchKind::Apply {
+            if current.is_none() && scope == Scope::StatusOnly {
+                return Err(missing());
+            }
+            return self.apply(
+                resource, namespace, name, current, patch_body, scope, options,
+            );
+        }
+        let current = current.ok_or_else(missing)?;
+        let mut patched = builtins::served(resource, current.clone());
+        match kind {
+            PatchKind::Merge => patch::merge_patch(&mut patched, patch_body),
+            PatchKind::Json => patch::json_patch(&mut patched, patch_body)?,
+            PatchKind::Strategic if resource.is_custom() => {
+                return Err(ApiError::unsupported_media_type(
+                    "the body of the request was in an unknown format - accepted media types include: \
+                     application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
+                ))
+            }
+            PatchKind::Strategic => patch::strategic_merge(&mut patched, patch_body),
+            PatchKind::Apply => unreachable!("apply patches return above"),
+        }
+        let patched = builtins::stored(resource, patched);
+        self.update(resource, current, patched, scope, options, false)
     }
 }
 
@@ -248,6 +349,7 @@ mod tests {
     fn options() -> WriteOptions {
         WriteOptions {
             manager: "test".into(),
+            writer: "test".into(),
             dry_run: false,
             field_validation: FieldValidation::Strict,
             force: false,

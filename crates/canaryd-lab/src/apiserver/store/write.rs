@@ -21,6 +21,8 @@ use crate::apiserver::registry::{Origin, ResourceType};
 #[derive(Debug, Clone)]
 pub struct WriteOptions {
     pub manager: String,
+    /// Who asked, for the write log (`write_log`): the request's bearer token.
+    pub writer: String,
     pub dry_run: bool,
     pub field_validation: FieldValidation,
     pub force: bool,

@@ -13,7 +13,7 @@ mod analyze;
 mod analyze_live;
 #[cfg(feature = "demo")]
 mod demo;
-mod operate;
+pub(crate) mod operate;
 mod validate;
 
 #[derive(Debug, Parser)]

@@ -6,12 +6,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use kube::api::Api;
+use kube::api::{Api, DynamicObject};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Client;
 
 use crate::api::{Canary, CanaryStatus};
-use crate::cluster::commands;
+use crate::cluster::{commands, decode};
 use crate::config::{Config, LogFormat};
 use crate::rollout::Verb;
 
@@ -37,15 +37,36 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
 }
 
 pub fn init_tracing(format: LogFormat, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let text = rust_log
+        .filter(|t| tracing_subscriber::EnvFilter::try_new(t).is_ok())
+        .unwrap_or_else(|| level.to_string());
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(log_filter(&text))
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
     };
+}
+
+/// The filter `text` (the config's `log.level`, or `RUST_LOG`), with kube's client held to
+/// errors: when kube-client cannot decode an answer it logs the whole body at WARN (target
+/// `kube_client::client`), which for a list of Canaries is every Canary, on every retry.
+/// canaryd's own messages carry the cause without the body. A filter that names
+/// `kube_client` itself is taken as written; the client's TLS warnings
+/// (`kube_client::client::tls`) stay at WARN.
+pub fn log_filter(text: &str) -> tracing_subscriber::EnvFilter {
+    if text.contains("kube_client") {
+        return tracing_subscriber::EnvFilter::new(text);
+    }
+    let quiet = "kube_client::client=error,kube_client::client::tls=warn";
+    let text = text.trim().trim_end_matches(',');
+    tracing_subscriber::EnvFilter::new(if text.is_empty() {
+        quiet.to_string()
+    } else {
+        format!("{text},{quiet}")
+    })
 }
 
 pub fn run_daemon(path: &Path) -> ExitCode {
@@ -78,12 +99,17 @@ pub fn run_daemon(path: &Path) -> ExitCode {
     })
 }
 
-async fn canaries(target: &Target) -> Result<Api<Canary>, kube::Error> {
+/// The target's Canaries, undecoded (see [`decode`]): a Canary whose spec or status does
+/// not decode can still be shown and take a command.
+async fn canaries(target: &Target) -> Result<Api<DynamicObject>, kube::Error> {
     let client = Client::try_default().await?;
-    Ok(match &target.namespace {
-        Some(ns) => Api::namespaced(client, ns),
-        None => Api::default_namespaced(client),
-    })
+    let namespace =
+        (target.namespace.clone()).unwrap_or_else(|| client.default_namespace().to_string());
+    Ok(Api::namespaced_with(
+        client,
+        &namespace,
+        &decode::api_resource(),
+    ))
 }
 
 pub fn command(target: &Target, verb: Verb) -> ExitCode {
@@ -110,6 +136,8 @@ pub fn command(target: &Target, verb: Verb) -> ExitCode {
     })
 }
 
+/// A Canary whose spec or status does not decode is shown as such (see [`Shown`]), not as
+/// a failure of the command.
 pub fn status(target: &Target, watch: bool) -> ExitCode {
     runtime().block_on(async {
         let api = match canaries(target).await {
@@ -118,8 +146,8 @@ pub fn status(target: &Target, watch: bool) -> ExitCode {
         };
         if !watch {
             return match api.get(&target.name).await {
-                Ok(c) => {
-                    print!("{}", describe(&c));
+                Ok(obj) => {
+                    print!("{}", Shown::of(&obj).describe());
                     ExitCode::SUCCESS
                 }
                 Err(kube::Error::Api(s)) if s.code == 404 => {
@@ -129,7 +157,7 @@ pub fn status(target: &Target, watch: bool) -> ExitCode {
             };
         }
         let config = watcher::Config::default().fields(&format!("metadata.name={}", target.name));
-        let mut last: Option<CanaryStatus> = None;
+        let mut last: Option<String> = None;
         let mut stream = watcher(api, config)
             .applied_objects()
             .default_backoff()
@@ -138,10 +166,12 @@ pub fn status(target: &Target, watch: bool) -> ExitCode {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
                 next = stream.next() => match next {
-                    Some(Ok(c)) => {
-                        let now = c.status.clone().unwrap_or_default();
+                    Some(Ok(obj)) => {
+                        let line = Shown::of(&obj).watch_line();
+                        // The line without its clock: a change is a change of what it says.
+                        let now = line.split_once("  ").map_or(line.as_str(), |(_, l)| l).to_string();
                         if last.as_ref() != Some(&now) {
-                            println!("{}", watch_line(&c));
+                            println!("{line}");
                             last = Some(now);
                         }
                     }
@@ -151,6 +181,77 @@ pub fn status(target: &Target, watch: bool) -> ExitCode {
             }
         }
     })
+}
+
+/// A stored Canary as `status` shows it: decoded, or what of it decodes and why the rest
+/// does not.
+pub enum Shown {
+    Canary(Box<Canary>),
+    /// The spec does not decode: the problem, the name and the status (when it decodes).
+    Invalid {
+        name: String,
+        namespace: String,
+        problem: String,
+        status: Box<CanaryStatus>,
+    },
+}
+
+impl Shown {
+    pub fn of(obj: &DynamicObject) -> Self {
+        // A status that does not decode is shown as none, with the reason as its message.
+        let status = decode::status(obj).unwrap_or_else(|problem| {
+            Some(CanaryStatus {
+                message: format!("status cannot be read: {problem}"),
+                ..CanaryStatus::default()
+            })
+        });
+        match decode::spec(obj) {
+            Ok(spec) => Shown::Canary(Box::new(Canary {
+                metadata: obj.metadata.clone(),
+                spec,
+                status,
+            })),
+            Err(problem) => Shown::Invalid {
+                name: obj.metadata.name.clone().unwrap_or_default(),
+                namespace: obj.metadata.namespace.clone().unwrap_or_default(),
+                problem,
+                status: Box::new(status.unwrap_or_default()),
+            },
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Shown::Canary(c) => describe(c),
+            Shown::Invalid {
+                name,
+                namespace,
+                problem,
+                status,
+            } => {
+                let mut out = format!(
+                    "Canary {namespace}/{name}: invalid, its spec cannot be read: {problem}\n"
+                );
+                for cond in &status.conditions {
+                    out += &format!(
+                        "  condition {}={}: {}\n",
+                        cond.type_, cond.status, cond.message
+                    );
+                }
+                out
+            }
+        }
+    }
+
+    pub fn watch_line(&self) -> String {
+        match self {
+            Shown::Canary(c) => watch_line(c),
+            Shown::Invalid { problem, .. } => format!(
+                "{}  invalid: {problem}",
+                jiff::Timestamp::now().strftime("%H:%M:%S")
+            ),
+        }
+    }
 }
 
 /// One line per change, for `status --watch`.
@@ -233,4 +334,57 @@ pub fn describe(c: &Canary) -> String {
         }
     }
     out
+}
+
+/// Everything logged while `f` runs under `filter`, as text (the tests' log capture).
+#[cfg(test)]
+pub(crate) fn logged(filter: tracing_subscriber::EnvFilter, f: impl FnOnce()) -> String {
+    use std::sync::{Arc, Mutex};
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Buffer {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buffer = Buffer::default();
+    let out = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(move || out.clone())
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::with_default(subscriber, f);
+    let text = buffer.0.lock().unwrap().clone();
+    String::from_utf8(text).unwrap()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn emit_all() {
+        tracing::warn!(target: "kube_client::client", "{{\"items\": [BODY]}}, SerdeError");
+        tracing::warn!(target: "kube_client::client::tls", "failed to reload CA bundle");
+        tracing::warn!(target: "canaryd::cluster::controller", "watch failed");
+        tracing::info!(target: "canaryd::cluster::controller", "caches synced; ready");
+    }
+
+    #[test]
+    fn the_default_filter_drops_kube_client_bodies_and_keeps_our_messages() {
+        for level in ["info", "info,kube=warn", "warn", "warn,"] {
+            let log = logged(log_filter(level), emit_all);
+            assert!(!log.contains("BODY"), "{level}: {log}");
+            assert!(log.contains("failed to reload CA bundle"), "{level}: {log}");
+            assert!(log.contains("watch failed"), "{level}: {log}");
+        }
+        assert!(logged(log_filter("info"), emit_all).contains("caches synced"));
+        // Asked for by name, it is shown.
+        let log = logged(log_filter("info,kube_client=warn"), emit_all);
+        assert!(log.contains("BODY"), "{log}");
+    }
 }

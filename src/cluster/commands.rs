@@ -44,8 +44,13 @@ pub fn verb_name(verb: Verb) -> &'static str {
     }
 }
 
-/// Writes a new command on the Canary; returns the annotation value.
-pub async fn send(api: &Api<Canary>, name: &str, verb: Verb) -> Result<String, kube::Error> {
+/// Writes a new command on the Canary; returns the annotation value. The Canary is written
+/// undecoded, so the answer decodes whatever its spec holds.
+pub async fn send(
+    api: &Api<kube::api::DynamicObject>,
+    name: &str,
+    verb: Verb,
+) -> Result<String, kube::Error> {
     let id = jiff::Timestamp::now().as_nanosecond();
     let value = format!("{}/{id}", verb_name(verb));
     let patch = json!({"metadata": {"annotations": {COMMAND_ANNOTATION: value}}});

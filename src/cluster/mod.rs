@@ -5,6 +5,7 @@
 pub mod boundaries;
 pub mod commands;
 pub mod controller;
+pub mod decode;
 pub mod gates;
 pub mod leader;
 pub mod reconcile;
@@ -46,14 +47,16 @@ pub struct Context {
     pub interval: Duration,
     /// The clock; tests pin it.
     pub now: fn() -> Timestamp,
-    /// Per Canary uid, the resourceVersion a status write of ours was based on. The cache
-    /// lags behind our own writes; a reconcile that still sees that version would decide
-    /// again on the old status (and fold the same telemetry twice), so it waits instead.
-    pub written: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
+    /// Per Canary uid, the resourceVersions our latest status writes were based on (two when
+    /// a weight write was confirmed). The cache lags behind our own writes; a reconcile that
+    /// still sees such a version would decide again on an old status (and fold the same
+    /// telemetry twice), so it waits instead.
+    pub written: Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<String>>>>,
     /// canaryd's own metrics (the admin server exports them).
     pub exported: Arc<crate::server::Metrics>,
-    /// Every Canary, to find which one owns a route (see [`boundaries::route_owner`]).
-    pub canaries: Store<crate::api::Canary>,
+    /// Every Canary as stored, undecoded (see [`decode`]), to find which one owns a route
+    /// (see [`boundaries::route_owner`]).
+    pub canaries: Store<kube::api::DynamicObject>,
     /// Which objects outside its namespace a Canary may drive, and the grants that allow it.
     pub references: crate::config::ReferencePolicy,
     pub grants: boundaries::Grants,
@@ -86,7 +89,8 @@ impl Context {
             now: Timestamp::now,
             written: Arc::default(),
             exported: Arc::new(crate::server::Metrics::unregistered()),
-            canaries: kube::runtime::reflector::store::Writer::default().as_reader(),
+            canaries: kube::runtime::reflector::store::Writer::new(decode::api_resource())
+                .as_reader(),
             // The secure default: cross-namespace references need grants, and none is seen.
             references: crate::config::ReferencePolicy::Granted,
             grants: boundaries::Grants::NotInstalled,

@@ -4,6 +4,27 @@
 //! 2. `rollout::decide` (pure): the new status and the actions, conditions included;
 //! 3. `act`: weights, prod's template, gates, webhooks, Events, each write with a timeout;
 //! 4. `write_status`: only after every action succeeded, so a failed one is decided again.
+//!
+//! **A round that moves traffic** runs in another order: intent, act, confirm.
+//! 1. The decided status is written first, with the weights being written and why in
+//!    `status.trafficIntent` (`from`, `to`, `at`, `reason`);
+//! 2. then the weight patch (and the round's other actions);
+//! 3. then the confirmation: the intent cleared and the route's new resourceVersion recorded.
+//!
+//! The invariant: **the status never lags behind the route.** Whatever the route shows, the
+//! status already says why, so a process that dies at any point (before the patch, after it,
+//! before the confirmation) leaves a status from which the next round, in this process or
+//! another, finishes the move (`rollout` writes `to` again while the route shows `from`)
+//! instead of reading the old weights as drift: a started rollback is completed, a step is
+//! neither repeated nor skipped, and no weight flaps. A route that shows neither `from` nor
+//! `to` was moved by someone else; drift handling then reacts, and traffic someone moved
+//! toward prod is never sent back to stage by canaryd (it pauses instead).
+//!
+//! Every write is fenced: the status patch `test`s the Canary's resourceVersion the decision
+//! was made on, the weight patch tests the VirtualService's and refuses a move toward stage
+//! over weights other than `from`. A deposed leader's late write, or one decided on a cache
+//! that lagged, fails with 422, and the next round decides again on what is stored. Failpoints
+//! (`crate::failpoint`, feature `failpoints`) mark the two windows between the writes.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -48,7 +69,7 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue
 }
 
 /// What the controller does after a failed reconcile: hold, and try again soon.
-pub fn error_policy(canary: Arc<Canary>, error: &Error, _ctx: Arc<Context>) -> Requeue {
+pub fn error_policy<K: Resource>(canary: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Requeue {
     tracing::warn!(
         canary = %canary.name_any(),
         namespace = canary.namespace().unwrap_or_default(),
@@ -67,16 +88,44 @@ async fn apply(canary: &Canary, ctx: &Context, deleting: bool) -> Result<Requeue
     let status = canary.status.clone().unwrap_or_default();
     let (obs, keys) = observe(canary, &status, ctx, now, deleting).await;
     let decision = rollout::decide(&canary.spec, &status, &obs, now);
-    act(canary, &decision, ctx, &keys).await?;
-    let mut new = decision.status;
-    ctx.notifier.sync(canary, &mut new, &decision.actions, now);
+    let mut new = decision.status.clone();
     if deleting {
+        act(canary, &decision, ctx, &keys).await?;
+        ctx.notifier.sync(canary, &mut new, &decision.actions, now);
         return Ok(Requeue::await_change());
     }
     new.observed_generation = canary.metadata.generation;
-    write_status(ctx, canary, &new).await?;
-    // Only once written: a failed write is decided again, and must not count twice.
+    let moves_traffic = decision
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::SetWeights { .. }));
+    if !moves_traffic {
+        act(canary, &decision, ctx, &keys).await?;
+        ctx.notifier.sync(canary, &mut new, &decision.actions, now);
+        write_status(ctx, canary, &new).await?;
+        // Only once written: a failed write is decided again, and must not count twice.
+        ctx.exported.record(canary, &new, &decision.actions, now);
+        return Ok(next_round(&canary.spec, &obs, &new, ctx, now));
+    }
+    // Traffic moves: intent, act, confirm (see the module doc). The decided status, with
+    // the weights in `trafficIntent`, is written first, so a process that dies after the
+    // weight patch leaves a status that says what it was doing, and the next round finishes
+    // it instead of undoing it.
+    ctx.notifier.sync(canary, &mut new, &decision.actions, now);
+    let intent_version = write_status(ctx, canary, &new).await?;
     ctx.exported.record(canary, &new, &decision.actions, now);
+    crate::failpoint::hit("intent-written");
+    let route_version = act(canary, &decision, ctx, &keys).await?;
+    if let (Some(route_version), Some(intent_version)) = (route_version, intent_version) {
+        let mut confirmed = new.clone();
+        confirmed.traffic_intent = None;
+        confirmed.traffic_version = Some(route_version);
+        let mut after = canary.clone();
+        after.status = Some(new.clone());
+        after.metadata.resource_version = Some(intent_version);
+        write_status(ctx, &after, &confirmed).await?;
+        new = confirmed;
+    }
     Ok(next_round(&canary.spec, &obs, &new, ctx, now))
 }
 
@@ -108,13 +157,8 @@ async fn observe(
         };
         return (obs, SigningKeys::default());
     }
-    let others = ctx.canaries.state();
-    let route_owner = boundaries::route_owner(
-        canary,
-        others.iter().map(|c| &**c),
-        ctx.references,
-        &ctx.grants,
-    );
+    let others = super::decode::readable(&ctx.canaries);
+    let route_owner = boundaries::route_owner(canary, &others, ctx.references, &ctx.grants);
     if route_owner.is_some() {
         let obs = Observations {
             route_owner,
@@ -254,22 +298,34 @@ fn next_round(
                 Requeue::requeue(wait.max(Duration::from_millis(200)))
             }
         }
-        _ => Requeue::requeue(interval),
+        // Waiting for a new stage revision to become ready: look again by its deadline.
+        _ => match &status.waiting_for_stage {
+            Some(w) => {
+                let left = spec.readiness.timeout.span();
+                let left = left.saturating_sub(now.duration_since(w.since));
+                let left = Duration::try_from(left).unwrap_or_default();
+                Requeue::requeue(interval.min(left).max(Duration::from_millis(200)))
+            }
+            None => Requeue::requeue(interval),
+        },
     }
 }
 
-/// Carries out the decision's actions in order; the first failure stops the round before
-/// the status is written, so the next round decides again.
+/// Carries out the decision's actions in order; the first failure stops the round. Returns
+/// the route's resourceVersion after a weight write.
 async fn act(
     canary: &Canary,
     decision: &Decision,
     ctx: &Context,
     keys: &SigningKeys,
-) -> Result<(), Error> {
+) -> Result<Option<String>, Error> {
+    let mut route_version = None;
     for action in &decision.actions {
-        act_once(canary, &decision.status, ctx, keys, action).await?;
+        if let Some(version) = act_once(canary, &decision.status, ctx, keys, action).await? {
+            route_version = Some(version);
+        }
     }
-    Ok(())
+    Ok(route_version)
 }
 
 async fn act_once(
@@ -278,7 +334,7 @@ async fn act_once(
     ctx: &Context,
     keys: &SigningKeys,
     action: &Action,
-) -> Result<(), Error> {
+) -> Result<Option<String>, Error> {
     let spec = &canary.spec;
     let ns = canary.namespace().unwrap_or_default();
     match action {
@@ -289,9 +345,14 @@ async fn act_once(
                 .clone()
                 .unwrap_or_else(|| ns.clone());
             let api = Api::namespaced(ctx.client.clone(), &vs_ns);
-            let set = traffic::set_weights(&api, &spec.virtual_service.name, spec, *stage);
-            ctx.write("the route's weights", set).await?;
+            // The weights the decision started from: a route someone else moved meanwhile
+            // is not written over (a move toward prod needs no such guard).
+            let from = status.traffic_intent.as_ref().map(|i| i.from);
+            let set = traffic::set_weights(&api, &spec.virtual_service.name, spec, from, *stage);
+            let written = ctx.write("the route's weights", set).await?;
             tracing::info!(canary = %canary.name_any(), namespace = %ns, stage = stage, prod = 100 - stage, "weights written");
+            crate::failpoint::hit("weights-written");
+            return Ok(written.metadata.resource_version);
         }
         Action::StartGate { id, kind } => start_gate(canary, status, ctx, keys, id.clone(), *kind),
         Action::UpdateProd { method } => {
@@ -342,7 +403,7 @@ async fn act_once(
             }
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 fn kind_name(kind: WebhookKind) -> &'static str {
@@ -608,7 +669,7 @@ async fn update_prod(
     }
 }
 
-/// True while the cache still holds the version our last status write was based on.
+/// True while the cache still holds a version one of our status writes was based on.
 fn is_stale(canary: &Canary, ctx: &Context) -> bool {
     let (Some(uid), Some(version)) = (&canary.metadata.uid, &canary.metadata.resource_version)
     else {
@@ -616,7 +677,7 @@ fn is_stale(canary: &Canary, ctx: &Context) -> bool {
     };
     let mut written = ctx.written.lock().expect("written lock");
     match written.get(uid) {
-        Some(based_on) if based_on == version => true,
+        Some(based_on) if based_on.contains(version) => true,
         Some(_) => {
             written.remove(uid);
             false
@@ -626,27 +687,43 @@ fn is_stale(canary: &Canary, ctx: &Context) -> bool {
 }
 
 /// Replaces the whole status (through the status subresource) when it changed, and
-/// remembers which version of the Canary the write was based on (see [`is_stale`]).
-async fn write_status(ctx: &Context, canary: &Canary, new: &CanaryStatus) -> Result<(), Error> {
+/// remembers which version of the Canary the write was based on (see [`is_stale`]). Returns
+/// the Canary's resourceVersion after the write (`None` when nothing was written).
+///
+/// The patch carries a `test` of the resourceVersion the decision was made on: a write
+/// decided on an old view (a replica that lost its lease while the new leader wrote, a
+/// cache that lagged) fails with 422 instead of overwriting a newer status, and the next
+/// round decides again on what is stored.
+async fn write_status(
+    ctx: &Context,
+    canary: &Canary,
+    new: &CanaryStatus,
+) -> Result<Option<String>, Error> {
     if canary.status.clone().unwrap_or_default() == *new {
-        return Ok(());
+        return Ok(None);
     }
     let api: Api<Canary> =
         Api::namespaced(ctx.client.clone(), &canary.namespace().unwrap_or_default());
-    let patch: json_patch::Patch = serde_json::from_value(json!([
-        {"op": "add", "path": "/status", "value": new}
-    ]))
-    .expect("a valid JSON patch");
+    let mut ops = Vec::new();
+    if let Some(version) = &canary.metadata.resource_version {
+        ops.push(json!({"op": "test", "path": "/metadata/resourceVersion", "value": version}));
+    }
+    ops.push(json!({"op": "add", "path": "/status", "value": new}));
+    let patch: json_patch::Patch =
+        serde_json::from_value(serde_json::Value::Array(ops)).expect("a valid JSON patch");
     let params = PatchParams::apply(FIELD_MANAGER);
     let name = canary.name_any();
     let patch = Patch::Json::<()>(patch);
-    ctx.write("the status", api.patch_status(&name, &params, &patch))
+    let stored = ctx
+        .write("the status", api.patch_status(&name, &params, &patch))
         .await?;
     if let (Some(uid), Some(version)) = (&canary.metadata.uid, &canary.metadata.resource_version) {
         ctx.written
             .lock()
             .expect("written lock")
-            .insert(uid.clone(), version.clone());
+            .entry(uid.clone())
+            .or_default()
+            .push(version.clone());
     }
-    Ok(())
+    Ok(stored.metadata.resource_version)
 }

@@ -185,7 +185,7 @@ fn echo(body: &Value) -> (StatusCode, Value) {
 /// The Canary as stored after a status patch.
 fn status_answer(body: &Value) -> (StatusCode, Value) {
     let mut c = serde_json::to_value(canary(CanaryStatus::default())).unwrap();
-    c["status"] = body[0]["value"].clone();
+    c["status"] = status_op(body)["value"].clone();
     (StatusCode::OK, c)
 }
 
@@ -277,8 +277,17 @@ fn weights_in(body: &Value) -> Vec<i64> {
         .collect()
 }
 
+/// The op of a status patch that writes the status (after its resourceVersion `test`).
+fn status_op(body: &Value) -> &Value {
+    body.as_array()
+        .unwrap()
+        .iter()
+        .find(|op| op["path"] == "/status")
+        .expect("a status patch writes /status")
+}
+
 fn status_in(body: &Value) -> CanaryStatus {
-    serde_json::from_value(body[0]["value"].clone()).unwrap()
+    serde_json::from_value(status_op(body)["value"].clone()).unwrap()
 }
 
 async fn run(
@@ -440,26 +449,49 @@ async fn an_advance_writes_exactly_the_next_weights() {
         ..Default::default()
     });
     let seen = Seen::default();
-    let script = vec![
-        get(VS_PATH),
-        patch(VS_PATH, |b| (StatusCode::OK, patched_vs(b, 30))),
-        event(),
-        patch(STATUS_PATH, status_answer),
-    ];
+    let script = moving_traffic(vec![event()]);
     let server = serve(handle, script, seen.clone(), objects());
     run(ctx, canary(progressing(1, 30)), server).await;
     let seen = seen.lock().unwrap();
-    assert_eq!(weights_in(&seen[1].2), vec![40, 60], "prod 40, stage 60");
-    assert!(seen[1].2[0]["op"] == "test", "guarded by test ops");
-    let status = status_in(&seen[3].2);
+    // Intent first: the status says where the weights go before they move.
+    let intent = status_in(&seen[0].2);
     assert_eq!(
-        (status.phase, status.step, status.stage_weight),
+        (intent.phase, intent.step, intent.stage_weight),
         (Phase::Progressing, 2, 60)
     );
+    let recorded = intent.traffic_intent.expect("the intent is in the status");
+    assert_eq!((recorded.from, recorded.to), (30, 60));
     assert_eq!(
-        status.last_decision.unwrap().verdict,
+        seen[0].2[0],
+        json!({"op": "test", "path": "/metadata/resourceVersion", "value": "5"}),
+        "the status write is fenced by the version it was decided on"
+    );
+    assert_eq!(weights_in(&seen[2].2), vec![40, 60], "prod 40, stage 60");
+    assert_eq!(
+        seen[2].2[0],
+        json!({"op": "test", "path": "/metadata/resourceVersion", "value": "21"}),
+        "the weight write is fenced by the version it was computed from"
+    );
+    let confirmed = status_in(&seen[4].2);
+    assert_eq!(confirmed.traffic_intent, None, "confirmed once written");
+    assert_eq!(confirmed.traffic_version.as_deref(), Some("21"));
+    assert_eq!(
+        confirmed.last_decision.unwrap().verdict,
         crate::api::Verdict::Advance
     );
+}
+
+/// A round that moves traffic: the status with the intent, the weights (read, patch), the
+/// round's other requests, then the confirming status write.
+fn moving_traffic(others: Vec<Expect>) -> Vec<Expect> {
+    let mut script = vec![
+        patch(STATUS_PATH, status_answer),
+        get(VS_PATH),
+        patch(VS_PATH, |b| (StatusCode::OK, patched_vs(b, 30))),
+    ];
+    script.extend(others);
+    script.push(patch(STATUS_PATH, status_answer));
+    script
 }
 
 #[tokio::test]
@@ -473,19 +505,20 @@ async fn a_rollback_writes_100_0_and_records_the_event() {
         ..Default::default()
     });
     let seen = Seen::default();
-    let script = vec![
-        get(VS_PATH),
-        patch(VS_PATH, |b| (StatusCode::OK, patched_vs(b, 30))),
-        event(),
-        patch(STATUS_PATH, status_answer),
-    ];
+    let script = moving_traffic(vec![event()]);
     let server = serve(handle, script, seen.clone(), objects());
     run(ctx, canary(progressing(1, 30)), server).await;
     let seen = seen.lock().unwrap();
-    assert_eq!(weights_in(&seen[1].2), vec![100, 0]);
-    assert_eq!(seen[2].2["reason"], "RolledBack");
-    assert_eq!(seen[2].2["type"], "Warning");
-    assert_eq!(status_in(&seen[3].2).phase, Phase::RolledBack);
+    let intent = status_in(&seen[0].2);
+    assert_eq!(
+        intent.phase,
+        Phase::RolledBack,
+        "the rollback is decided in the status before the weights move"
+    );
+    assert_eq!(weights_in(&seen[2].2), vec![100, 0]);
+    assert_eq!(seen[3].2["reason"], "RolledBack");
+    assert_eq!(seen[3].2["type"], "Warning");
+    assert_eq!(status_in(&seen[4].2).traffic_intent, None);
 }
 
 #[tokio::test]
@@ -508,15 +541,10 @@ async fn a_rollback_records_its_alert_in_the_status_and_alertmanager_gets_it() {
     Arc::get_mut(&mut ctx).unwrap().notifier =
         crate::notify::Notifier::new(&notifiers, Default::default(), Default::default()).unwrap();
     let seen = Seen::default();
-    let script = vec![
-        get(VS_PATH),
-        patch(VS_PATH, |b| (StatusCode::OK, patched_vs(b, 30))),
-        event(),
-        patch(STATUS_PATH, status_answer),
-    ];
+    let script = moving_traffic(vec![event()]);
     let server = serve(handle, script, seen.clone(), objects());
     run(ctx, canary(progressing(1, 30)), server).await;
-    let status = status_in(&seen.lock().unwrap()[3].2);
+    let status = status_in(&seen.lock().unwrap()[0].2);
     let alert = &status.notifications.alerts[0];
     assert_eq!(alert.alertname, "CanaryRolledBack");
     assert!(
@@ -557,6 +585,7 @@ async fn a_conflict_on_the_virtual_service_is_retried_on_a_fresh_read() {
         )
     };
     let script = vec![
+        patch(STATUS_PATH, status_answer),
         get(VS_PATH),
         patch(VS_PATH, conflict),
         get(VS_PATH),
@@ -567,8 +596,8 @@ async fn a_conflict_on_the_virtual_service_is_retried_on_a_fresh_read() {
     let server = serve(handle, script, seen.clone(), objects());
     run(ctx, canary(progressing(1, 30)), server).await;
     let seen = seen.lock().unwrap();
-    assert_eq!(weights_in(&seen[3].2), vec![40, 60]);
-    assert_eq!(status_in(&seen[5].2).stage_weight, 60);
+    assert_eq!(weights_in(&seen[4].2), vec![40, 60]);
+    assert_eq!(status_in(&seen[6].2).stage_weight, 60);
 }
 
 #[tokio::test]
@@ -625,6 +654,7 @@ async fn promotion_copies_the_template_then_waits_for_prod_to_be_ready() {
     });
     let seen = Seen::default();
     let script = vec![
+        patch(STATUS_PATH, status_answer),
         get(VS_PATH),
         patch(VS_PATH, |b| (StatusCode::OK, patched_vs(b, 100))),
         event(),
@@ -638,8 +668,8 @@ async fn promotion_copies_the_template_then_waits_for_prod_to_be_ready() {
     );
     run(ctx, canary(promoted_template), server).await;
     let seen = seen.lock().unwrap();
-    assert_eq!(weights_in(&seen[1].2), vec![100, 0]);
-    assert_eq!(status_in(&seen[3].2).phase, Phase::SwitchingBack);
+    assert_eq!(status_in(&seen[0].2).phase, Phase::SwitchingBack);
+    assert_eq!(weights_in(&seen[2].2), vec![100, 0]);
 }
 
 #[tokio::test]
@@ -813,12 +843,7 @@ async fn a_cache_that_has_not_seen_our_status_write_is_not_decided_on_again() {
         stage_weight: 30,
         ..Default::default()
     });
-    let script = vec![
-        get(VS_PATH),
-        patch(VS_PATH, |b| (StatusCode::OK, patched_vs(b, 30))),
-        event(),
-        patch(STATUS_PATH, status_answer),
-    ];
+    let script = moving_traffic(vec![event()]);
     let server = serve(handle, script, Seen::default(), objects());
     let stale = canary(progressing(1, 30));
     run(ctx.clone(), stale.clone(), server).await;
@@ -830,4 +855,141 @@ async fn a_cache_that_has_not_seen_our_status_write_is_not_decided_on_again() {
         action,
         kube::runtime::controller::Action::requeue(Duration::from_millis(200))
     );
+}
+
+/// The Canary as stored, after `edit`: what an older or looser CRD let in.
+fn stored(edit: impl FnOnce(&mut Value)) -> Arc<kube::api::DynamicObject> {
+    let mut v = serde_json::to_value(canary(CanaryStatus::default())).unwrap();
+    edit(&mut v);
+    Arc::new(serde_json::from_value(v).unwrap())
+}
+
+/// [`decode::reconcile`] of `obj`, and every expected request made.
+async fn run_stored(
+    ctx: Arc<Context>,
+    obj: Arc<kube::api::DynamicObject>,
+    server: tokio::task::JoinHandle<()>,
+) -> kube::runtime::controller::Action {
+    let action = decode::reconcile(obj, ctx)
+        .await
+        .expect("reconcile succeeds");
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("every expected request was made")
+        .unwrap();
+    action
+}
+
+fn bad_step_duration(v: &mut Value) {
+    v["spec"]["stepDuration"] = json!({"min": "5 parsecs", "max": "99999999999999999999999s"});
+}
+
+#[tokio::test]
+async fn a_spec_that_does_not_decode_is_a_condition_naming_the_field_written_once() {
+    let (ctx, handle) = context(World::default());
+    let seen = Seen::default();
+    let server = serve(
+        handle,
+        vec![patch(STATUS_PATH, status_answer)],
+        seen.clone(),
+        objects(),
+    );
+    let action = run_stored(ctx.clone(), stored(bad_step_duration), server).await;
+    assert_eq!(action, kube::runtime::controller::Action::await_change());
+    let status = status_in(&seen.lock().unwrap()[0].2);
+    let cond = &status.conditions[0];
+    assert_eq!(
+        (
+            cond.type_.as_str(),
+            cond.status.as_str(),
+            cond.reason.as_str()
+        ),
+        ("SpecValid", "False", "InvalidSpec")
+    );
+    assert!(
+        cond.message
+            .contains("spec.stepDuration.min: \"5 parsecs\" is not a duration"),
+        "{}",
+        cond.message
+    );
+    assert!(
+        status
+            .message
+            .starts_with("invalid spec, nothing done: spec.stepDuration"),
+        "{}",
+        status.message
+    );
+    assert_eq!(status.observed_generation, Some(1));
+    // With that status stored, the next round writes nothing (the mock has no more answers:
+    // any request would fail the round).
+    let again = stored(|v| {
+        bad_step_duration(v);
+        v["status"] = serde_json::to_value(&status).unwrap();
+    });
+    let action = decode::reconcile(again, ctx).await.expect("no request");
+    assert_eq!(action, kube::runtime::controller::Action::await_change());
+}
+
+#[tokio::test]
+async fn a_canary_being_deleted_whose_spec_does_not_decode_loses_the_finalizer() {
+    let (ctx, handle) = context(World::default());
+    let seen = Seen::default();
+    let gone = |_: &Value| {
+        let mut c = serde_json::to_value(canary(CanaryStatus::default())).unwrap();
+        c["metadata"]["finalizers"] = json!([]);
+        (StatusCode::OK, c)
+    };
+    let script = vec![patch(
+        "/apis/canaryd.dev/v1alpha1/namespaces/prod/canaries/flaskapp",
+        gone,
+    )];
+    let server = serve(handle, script, seen.clone(), objects());
+    let obj = stored(|v| {
+        bad_step_duration(v);
+        v["metadata"]["deletionTimestamp"] = json!("2026-11-29T11:59:00Z");
+    });
+    run_stored(ctx, obj, server).await;
+    let body = &seen.lock().unwrap()[0].2;
+    assert_eq!(
+        body,
+        &json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": [FINALIZER]},
+            {"op": "replace", "path": "/metadata/finalizers", "value": []}
+        ])
+    );
+}
+
+#[tokio::test]
+async fn a_status_that_does_not_decode_is_started_over_from_empty() {
+    let (ctx, handle) = context(World::default());
+    let seen = Seen::default();
+    let script = vec![event(), patch(STATUS_PATH, status_answer)];
+    let server = serve(handle, script, seen.clone(), objects());
+    let obj = stored(|v| v["status"] = json!({"phase": "Exploding", "step": "three"}));
+    run_stored(ctx, obj, server).await;
+    let status = status_in(&seen.lock().unwrap()[1].2);
+    assert_eq!((status.phase, status.stage_weight), (Phase::Testing, 0));
+}
+
+#[tokio::test]
+async fn an_older_canary_whose_spec_does_not_decode_owns_no_route() {
+    let (ctx, handle) = context(World::default());
+    let mut ctx = (*ctx).clone();
+    let mut canaries = Writer::new(decode::api_resource());
+    let older = stored(|v| {
+        bad_step_duration(v);
+        v["metadata"]["name"] = json!("older");
+        v["metadata"]["uid"] = json!("u0");
+        v["metadata"]["creationTimestamp"] = json!("2020-01-01T00:00:00Z");
+    });
+    for obj in [older, stored(|_| {})] {
+        canaries.apply_watcher_event(&watcher::Event::Apply((*obj).clone()));
+    }
+    ctx.canaries = canaries.as_reader();
+    let seen = Seen::default();
+    let script = vec![event(), patch(STATUS_PATH, status_answer)];
+    let server = serve(handle, script, seen.clone(), objects());
+    run_stored(Arc::new(ctx), stored(|_| {}), server).await;
+    let status = status_in(&seen.lock().unwrap()[1].2);
+    assert_eq!(status.phase, Phase::Testing, "{}", status.message);
 }

@@ -1,7 +1,7 @@
 //! The prod/stage split in the VirtualService: read it, and write only the two weights.
 //!
 //! Writes are JSON patches guarded by `test` ops on the destination hosts (see
-//! [`crate::api::virtual_service`]). A rejected patch (409 Conflict, or 422 when a `test` op
+//! [`crate::api::virtual_service`]) and on the resourceVersion they were computed from. A rejected patch (409 Conflict, or 422 when a `test` op
 //! fails because the routes moved) is retried on a fresh read; the answer of the API server
 //! is read back to verify that the weights are what canaryd asked for.
 
@@ -35,6 +35,16 @@ pub enum TrafficError {
         #[source]
         source: RouteError,
     },
+    #[error(
+        "VirtualService {name} routes {seen} % to stage, not the {from} % this write was \
+         decided on; not moving it to {wanted} % (someone else changed it; deciding again)"
+    )]
+    Moved {
+        name: String,
+        seen: i64,
+        from: u8,
+        wanted: u8,
+    },
     #[error("VirtualService {name} still routes {seen} % to stage after writing {wanted} %")]
     NotApplied { name: String, seen: i64, wanted: u8 },
 }
@@ -64,11 +74,19 @@ fn find_split(vs: &VirtualService, spec: &CanarySpec) -> Result<TrafficSplit, Ro
 }
 
 /// Writes `stage` percent to stage and the rest to prod; returns the VirtualService as the
-/// API server stored it.
+/// API server stored it (as read, when it already carries those weights).
+///
+/// `from` is the stage weight the decision started from. A move toward stage is written
+/// only over exactly that weight: if someone (a person, another replica that took over)
+/// moved the route since, the write is refused with [`TrafficError::Moved`] and the next
+/// round decides on what the route shows. A move toward prod is always written. The patch
+/// carries a `test` of the resourceVersion it was computed from, so nothing that lands
+/// between the read and the write is overwritten unseen.
 pub async fn set_weights(
     api: &Api<VirtualService>,
     name: &str,
     spec: &CanarySpec,
+    from: Option<u8>,
     stage: u8,
 ) -> Result<VirtualService, TrafficError> {
     let mut last_error = None;
@@ -81,9 +99,28 @@ pub async fn set_weights(
             name: name.into(),
             source,
         })?;
+        if split.stage_weight == i64::from(stage) && split.prod_weight == 100 - i64::from(stage) {
+            return Ok(vs);
+        }
+        if let Some(from) = from {
+            if i64::from(stage) > split.stage_weight && split.stage_weight != i64::from(from) {
+                return Err(TrafficError::Moved {
+                    name: name.into(),
+                    seen: split.stage_weight,
+                    from,
+                    wanted: stage,
+                });
+            }
+        }
+        let mut patch = split.weight_patch(&spec.prod.host, &spec.stage.host, stage);
+        if let (Some(ops), Some(version)) = (patch.as_array_mut(), &vs.metadata.resource_version) {
+            ops.insert(
+                0,
+                serde_json::json!({"op": "test", "path": "/metadata/resourceVersion", "value": version}),
+            );
+        }
         let patch: json_patch::Patch =
-            serde_json::from_value(split.weight_patch(&spec.prod.host, &spec.stage.host, stage))
-                .expect("weight_patch builds a valid JSON patch");
+            serde_json::from_value(patch).expect("weight_patch builds a valid JSON patch");
         let params = PatchParams::apply(FIELD_MANAGER);
         match api.patch(name, &params, &Patch::Json::<()>(patch)).await {
             Ok(written) => {

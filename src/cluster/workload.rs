@@ -41,10 +41,60 @@ pub fn is_ready(deployment: &Deployment) -> bool {
         && status.replicas.unwrap_or(0) == desired
 }
 
+/// Longest text [`why_not_ready`] takes from the Deployment's conditions (which anyone who
+/// may write the Deployment's status writes).
+const MAX_CONDITION_TEXT: usize = 200;
+
+/// Why the Deployment is not ready, in words for a message: whether its controller saw the
+/// spec, the replica counts, and its failing conditions (such as `ProgressDeadlineExceeded`,
+/// which a crash loop or an image that cannot be pulled ends in). `None` when it is ready.
+pub fn why_not_ready(deployment: &Deployment) -> Option<String> {
+    if is_ready(deployment) {
+        return None;
+    }
+    let Some(status) = &deployment.status else {
+        return Some("the Deployment controller has reported no status yet".into());
+    };
+    let generation = deployment.metadata.generation.unwrap_or(0);
+    if status.observed_generation.unwrap_or(0) < generation {
+        return Some("the Deployment controller has not seen the current spec yet".into());
+    }
+    let desired = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .unwrap_or(1);
+    let mut why = format!(
+        "{} of {desired} replicas updated, {} available",
+        status.updated_replicas.unwrap_or(0),
+        status.available_replicas.unwrap_or(0)
+    );
+    let old = status.replicas.unwrap_or(0) - status.updated_replicas.unwrap_or(0);
+    if old > 0 {
+        why.push_str(&format!(", {old} old still running"));
+    }
+    let failing =
+        status.conditions.iter().flatten().filter(|c| {
+            c.status != "True" || c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+        });
+    for c in failing {
+        let reason = c.reason.as_deref().unwrap_or("");
+        let message = c.message.as_deref().unwrap_or("");
+        let text = format!("{}={} {reason}: {message}", c.type_, c.status);
+        why.push_str("; ");
+        why.push_str(&crate::api::limits::bounded(
+            text.trim(),
+            MAX_CONDITION_TEXT,
+        ));
+    }
+    Some(why)
+}
+
 pub fn observe(deployment: &Deployment) -> Workload {
     Workload {
         revision: revision(deployment),
         ready: is_ready(deployment),
+        why_not_ready: why_not_ready(deployment),
     }
 }
 
@@ -125,6 +175,38 @@ mod tests {
         d.status.as_mut().unwrap().available_replicas = Some(2);
         d.status.as_mut().unwrap().replicas = Some(3);
         assert!(!is_ready(&d), "an old replica is still running");
+    }
+
+    #[test]
+    fn a_deployment_that_is_not_ready_says_why() {
+        let mut d = deployment("stage", "demoapp:crashloop", "stage");
+        assert_eq!(why_not_ready(&d), None);
+        d.metadata.generation = Some(3);
+        assert_eq!(
+            why_not_ready(&d).unwrap(),
+            "the Deployment controller has not seen the current spec yet"
+        );
+        d.status = Some(
+            serde_json::from_value(json!({
+                "observedGeneration": 3, "replicas": 4, "updatedReplicas": 2,
+                "availableReplicas": 2, "conditions": [
+                    {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"},
+                    {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+                     "message": format!("ReplicaSet \"flaskapp-1\" has timed out progressing.{}", "!".repeat(500))}
+                ]
+            }))
+            .unwrap(),
+        );
+        let why = why_not_ready(&d).unwrap();
+        assert!(
+            why.starts_with(
+                "2 of 2 replicas updated, 2 available, 2 old still running; Progressing=False \
+                 ProgressDeadlineExceeded: ReplicaSet \"flaskapp-1\" has timed out progressing."
+            ),
+            "{why}"
+        );
+        assert!(why.len() < 300, "a condition's text is cut: {}", why.len());
+        assert!(!why.contains("MinimumReplicasAvailable"), "{why}");
     }
 
     #[test]

@@ -17,7 +17,8 @@ use crate::analysis::{evaluate_look, AnalysisError, LookContext};
 use crate::api::limits::{bounded, MAX_HISTORY_TEXT, MAX_TEXT};
 use crate::api::{
     AnalysisSpec, AnalysisState, CanarySpec, CanaryStatus, Condition, DecisionRecord, HistoryEntry,
-    NoDataAction, PendingGate, Phase, PromotionMode, TrafficDriftPolicy, Verdict,
+    NoDataAction, PendingGate, Phase, PromotionMode, ReadinessAction, StageWait,
+    TrafficDriftPolicy, TrafficIntent, Verdict,
 };
 
 /// How a look's counts are judged: [`evaluate_look`] in [`decide`]; tests pin the verdict.
@@ -64,6 +65,47 @@ pub(crate) fn decide_with(
     r.finish(status)
 }
 
+/// The status of a Canary whose spec is invalid, or cannot even be decoded: the condition
+/// `SpecValid=False` (reason `InvalidSpec`) and the message say why; nothing else changes,
+/// and nothing is done until the spec changes.
+pub fn hold_invalid_spec(status: &mut CanaryStatus, problem: &str, now: Timestamp) {
+    set_condition(status, "SpecValid", false, "InvalidSpec", problem, now);
+    status.message = bounded(&format!("invalid spec, nothing done: {problem}"), MAX_TEXT);
+}
+
+/// Sets condition `type_`; its transition time moves only when its status does.
+fn set_condition(
+    status: &mut CanaryStatus,
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: &str,
+    now: Timestamp,
+) {
+    let value = if ok { "True" } else { "False" };
+    let message = bounded(message, MAX_TEXT);
+    let message = message.as_str();
+    let conditions = &mut status.conditions;
+    match conditions.iter_mut().find(|c| c.type_ == type_) {
+        Some(c) if c.status == value && c.reason == reason && c.message == message => {}
+        Some(c) => {
+            if c.status != value {
+                c.last_transition_time = Some(now);
+            }
+            c.status = value.into();
+            c.reason = reason.into();
+            c.message = message.into();
+        }
+        None => conditions.push(Condition {
+            type_: type_.into(),
+            status: value.into(),
+            reason: reason.into(),
+            message: message.into(),
+            last_transition_time: Some(now),
+        }),
+    }
+}
+
 struct Round<'a> {
     spec: &'a CanarySpec,
     obs: &'a Observations,
@@ -86,8 +128,7 @@ impl Round<'_> {
     fn preconditions_hold(&mut self) -> bool {
         if let Some(problem) = &self.obs.spec_problem {
             if !self.obs.deleted {
-                self.condition("SpecValid", false, "InvalidSpec", problem);
-                self.say(format!("invalid spec, nothing done: {problem}"));
+                hold_invalid_spec(&mut self.status, problem, self.now);
             }
             return false;
         }
@@ -145,31 +186,11 @@ impl Round<'_> {
     }
 
     fn condition(&mut self, type_: &str, ok: bool, reason: &str, message: &str) {
-        let value = if ok { "True" } else { "False" };
-        let message = bounded(message, MAX_TEXT);
-        let message = message.as_str();
-        let conditions = &mut self.status.conditions;
-        match conditions.iter_mut().find(|c| c.type_ == type_) {
-            Some(c) if c.status == value && c.reason == reason && c.message == message => {}
-            Some(c) => {
-                if c.status != value {
-                    c.last_transition_time = Some(self.now);
-                }
-                c.status = value.into();
-                c.reason = reason.into();
-                c.message = message.into();
-            }
-            None => conditions.push(Condition {
-                type_: type_.into(),
-                status: value.into(),
-                reason: reason.into(),
-                message: message.into(),
-                last_transition_time: Some(self.now),
-            }),
-        }
+        set_condition(&mut self.status, type_, ok, reason, message, self.now);
     }
 
     fn step(&mut self) {
+        self.finish_traffic_intent();
         if let Some(cmd) = &self.obs.command {
             let key = command_key(&cmd.id);
             if self.status.last_command.as_deref() != Some(key.as_str()) {
@@ -253,7 +274,8 @@ impl Round<'_> {
     // -- inactive phases -------------------------------------------------------------
 
     fn inactive(&mut self) {
-        let (Some(stage), Some(prod)) = (&self.obs.stage, &self.obs.prod) else {
+        let obs = self.obs;
+        let (Some(stage), Some(prod)) = (&obs.stage, &obs.prod) else {
             let missing = if self.obs.stage.is_none() {
                 "stage"
             } else {
@@ -264,6 +286,12 @@ impl Round<'_> {
         };
         if self.status.prod_revision.as_deref() != Some(prod.revision.as_str()) {
             self.status.prod_revision = Some(prod.revision.clone());
+        }
+        if stage.revision == prod.revision
+            || self.status.rolled_back_revision.as_deref() == Some(stage.revision.as_str())
+        {
+            // Nothing to wait for: no readiness clock.
+            self.status.waiting_for_stage = None;
         }
         if stage.revision == prod.revision {
             if self.status.phase == Phase::Idle {
@@ -278,10 +306,7 @@ impl Round<'_> {
             return;
         }
         if !stage.ready {
-            self.say(format!(
-                "stage revision {} is not available yet; waiting",
-                short(&stage.revision)
-            ));
+            self.stage_not_ready(stage);
             return;
         }
         let revision = stage.revision.clone();
@@ -302,6 +327,7 @@ impl Round<'_> {
         s.paused_from = None;
         s.prod_update_requested_at = None;
         s.rolled_back_revision = None;
+        s.waiting_for_stage = None;
         self.set_weight(self.spec.steps[0]);
         self.start_gate(GateKind::PreTraffic);
         let msg = format!(
@@ -311,6 +337,71 @@ impl Round<'_> {
         self.event(false, "RolloutStarted", msg.clone());
         self.notify(NotifyEvent::RolloutStarted, msg.clone());
         self.say(msg);
+    }
+
+    /// Stage runs a new revision that is not ready (in `Idle`, or in `Testing` once it went
+    /// unready): starts the readiness clock for that revision (a new revision restarts it)
+    /// and, once `spec.readiness.timeout` has passed, rolls the revision back or pauses.
+    /// Returns true when it acted.
+    fn stage_not_ready(&mut self, stage: &Workload) -> bool {
+        let since = match &self.status.waiting_for_stage {
+            Some(w) if w.revision == stage.revision => w.since,
+            _ => {
+                self.status.waiting_for_stage = Some(StageWait {
+                    revision: stage.revision.clone(),
+                    since: self.now,
+                });
+                self.now
+            }
+        };
+        let policy = self.spec.readiness;
+        let why = stage.why_not_ready.as_deref().unwrap_or("not ready");
+        if self.now.duration_since(since) < policy.timeout.span() {
+            let next = if self.status.phase == Phase::Testing {
+                "the first traffic step waits for it"
+            } else {
+                "the rollout starts once it is"
+            };
+            self.say(format!(
+                "stage revision {} is not ready yet ({why}); {next}, up to {} from {since} \
+                 (readiness.timeout)",
+                short(&stage.revision),
+                policy.timeout
+            ));
+            return false;
+        }
+        let why = format!(
+            "stage revision {} did not become ready within {}: {why}",
+            short(&stage.revision),
+            policy.timeout
+        );
+        if !self.status.phase.is_active() {
+            self.begin_attempt(stage.revision.clone(), since);
+        }
+        self.status.waiting_for_stage = None;
+        match policy.action {
+            ReadinessAction::Rollback => self.rollback(why),
+            ReadinessAction::Pause => self.pause(format!("{why} (readiness.action: pause)")),
+        }
+        true
+    }
+
+    /// The status of an attempt at rolling out `revision` that never got past waiting for
+    /// stage to be ready (since `since`), so that the rollback or pause that ends it records,
+    /// notifies and counts that revision and not the previous rollout.
+    fn begin_attempt(&mut self, revision: String, since: Timestamp) {
+        let s = &mut self.status;
+        // A pause then continues here, waiting for stage again.
+        s.phase = Phase::Idle;
+        s.stage_revision = Some(revision);
+        s.rollout_started_at = Some(since);
+        s.step = 0;
+        s.step_started_at = Some(since);
+        s.analysis = None;
+        s.last_decision = None;
+        s.no_data_since = None;
+        s.paused_from = None;
+        s.prod_update_requested_at = None;
     }
 
     // -- changes that cut across phases ---------------------------------------------
@@ -345,6 +436,31 @@ impl Round<'_> {
         true
     }
 
+    /// A weight write recorded in the status (`trafficIntent`) that the route does not show
+    /// yet was cut short (a crash, a timeout, a lost leadership) or is still on its way:
+    /// write it again, so a restart finishes a started step or rollback instead of reading
+    /// the old weights as someone else's change. Once the route shows it, the intent is done.
+    /// A route that moved elsewhere meanwhile (not the old weight, nor, for a move toward
+    /// prod, anywhere above the new one) was changed by someone else: the intent is dropped
+    /// and drift handling reacts.
+    fn finish_traffic_intent(&mut self) {
+        let (Some(intent), Ok(seen)) = (self.status.traffic_intent.clone(), &self.obs.traffic)
+        else {
+            return;
+        };
+        if seen.stage_weight == intent.to {
+            self.status.traffic_intent = None;
+            self.status.traffic_version = Some(seen.version.clone());
+        } else if seen.stage_weight == intent.from
+            || (intent.to < intent.from && seen.stage_weight > intent.to)
+        {
+            self.status.stage_weight = intent.to;
+            self.actions.push(Action::SetWeights { stage: intent.to });
+        } else {
+            self.status.traffic_intent = None;
+        }
+    }
+
     fn check_drift(&mut self) {
         let Ok(seen) = &self.obs.traffic else {
             return;
@@ -370,6 +486,20 @@ impl Round<'_> {
             "the VirtualService routes {} % to stage but canaryd set {ours} %; someone else changed the weights",
             seen.stage_weight
         );
+        if seen.stage_weight < ours && self.spec.traffic_drift == TrafficDriftPolicy::Reassert {
+            // Someone moved users toward prod (an emergency, a person taking over): canaryd
+            // never sends them back to stage on its own. It pauses where the route is.
+            self.status.stage_weight = seen.stage_weight;
+            if self.status.phase == Phase::Paused {
+                self.event(true, "TrafficDrift", format!("{what}; staying paused"));
+            } else {
+                self.pause(format!(
+                    "{what}; traffic moved toward prod is never moved back to stage by canaryd \
+                     (resume continues at the step's weight, abort rolls back)"
+                ));
+            }
+            return;
+        }
         match self.spec.traffic_drift {
             TrafficDriftPolicy::Reassert => {
                 self.event(
@@ -389,8 +519,10 @@ impl Round<'_> {
     }
 
     fn on_deleted(&mut self) {
-        if self.status.phase.is_active() || self.status.stage_weight != 0 {
-            self.set_weight(0);
+        let routed = self.obs.traffic.as_ref().is_ok_and(|t| t.stage_weight != 0);
+        if self.status.phase.is_active() || self.status.stage_weight != 0 || routed {
+            self.status.stage_weight = 0;
+            self.actions.push(Action::SetWeights { stage: 0 });
             self.event(
                 false,
                 "Deleted",
@@ -424,7 +556,10 @@ impl Round<'_> {
                 );
                 self.enter_promoting(true);
             }
-            (Verb::Promote, Phase::Paused) if from != Phase::SwitchingBack => {
+            // Not from a pause in Idle: stage was never ready, nor tested.
+            (Verb::Promote, Phase::Paused)
+                if !matches!(from, Phase::SwitchingBack | Phase::Idle) =>
+            {
                 self.event(
                     false,
                     "PromoteCommand",
@@ -459,6 +594,13 @@ impl Round<'_> {
         self.status.paused_from = None;
         self.status.no_data_since = None;
         self.status.pending_gate = None;
+        self.status.waiting_for_stage = None;
+        if from == Phase::Idle {
+            // Paused because stage did not become ready: wait for it again, on a fresh clock.
+            self.status.phase = Phase::Idle;
+            self.say("resumed: waiting again for stage to become ready".into());
+            return;
+        }
         self.status.step_started_at = Some(self.now);
         let weight = self.current_step_weight();
         self.set_weight(weight);
@@ -483,19 +625,31 @@ impl Round<'_> {
     // -- active phases ----------------------------------------------------------------
 
     fn testing(&mut self) {
+        // Stage was ready when the rollout started; one that went unready since (a crash
+        // loop that looked ready at first) gets no traffic, on the readiness deadline.
+        let obs = self.obs;
+        let unready = obs.stage.as_ref().filter(|s| !s.ready);
         match self.take_gate_result() {
-            Some(g) if g.passed => {
-                self.advance(format!("pre-traffic checks passed: {}", g.message))
+            Some(g) if !g.passed => {
+                return self.rollback(format!("pre-traffic checks failed: {}", g.message))
             }
-            Some(g) => self.rollback(format!("pre-traffic checks failed: {}", g.message)),
-            None if self.elapsed_in_step() > self.spec.step_duration.max.span() => {
-                self.pause(format!(
-                    "the pre-traffic checks gave no result within {}",
-                    self.spec.step_duration.max
-                ))
-            }
-            None if self.status.pending_gate.is_none() => self.start_gate(GateKind::PreTraffic),
+            // Passed while stage was not ready: they run again once it is.
+            Some(_) if unready.is_some() => {}
+            Some(g) => return self.advance(format!("pre-traffic checks passed: {}", g.message)),
             None => {}
+        }
+        if let Some(stage) = unready {
+            self.stage_not_ready(stage);
+            return;
+        }
+        self.status.waiting_for_stage = None;
+        if self.elapsed_in_step() > self.spec.step_duration.max.span() {
+            self.pause(format!(
+                "the pre-traffic checks gave no result within {}",
+                self.spec.step_duration.max
+            ));
+        } else if self.status.pending_gate.is_none() {
+            self.start_gate(GateKind::PreTraffic);
         }
     }
 
@@ -611,8 +765,37 @@ impl Round<'_> {
                         short(&stage_rev)
                     ));
                 }
+            } else {
+                self.prod_readiness_deadline(&stage_rev);
             }
         }
+    }
+
+    /// Prod was asked to run stage's revision and does not run it ready within
+    /// `spec.readiness.timeout`: pause, whatever `readiness.action` says. Stage keeps all the
+    /// traffic, the safe side: a rollback would send users to a prod that is mid-update.
+    fn prod_readiness_deadline(&mut self, stage_rev: &str) {
+        let Some(requested) = self.status.prod_update_requested_at else {
+            return;
+        };
+        let timeout = self.spec.readiness.timeout;
+        if self.now.duration_since(requested) < timeout.span() {
+            return;
+        }
+        let obs = self.obs;
+        let why = match &obs.prod {
+            None => "the prod Deployment is gone".to_string(),
+            Some(p) if p.revision != stage_rev => format!("prod runs {}", short(&p.revision)),
+            Some(p) => p
+                .why_not_ready
+                .clone()
+                .unwrap_or_else(|| "not ready".into()),
+        };
+        self.pause(format!(
+            "prod did not run stage revision {} ready within {timeout} of the promotion: \
+             {why}; stage keeps all traffic",
+            short(stage_rev)
+        ));
     }
 
     fn switching_back(&mut self) {
@@ -921,6 +1104,37 @@ impl Round<'_> {
         for action in &mut self.actions {
             if let Action::Notify { cause, .. } = action {
                 *cause = self.cause;
+            }
+        }
+        // One weight write per round, the last one decided: a rollback decided after a
+        // finished intent must not first send the intent's weight.
+        let is_weights = |a: &Action| matches!(a, Action::SetWeights { .. });
+        if let Some(last) = self.actions.iter().rposition(is_weights) {
+            let Action::SetWeights { stage: to } = self.actions[last] else {
+                unreachable!("rposition found a weight write")
+            };
+            let mut index = 0;
+            self.actions.retain(|a| {
+                index += 1;
+                !is_weights(a) || index - 1 == last
+            });
+            // A write finished again keeps its first record (from where, when, why).
+            let same = self
+                .status
+                .traffic_intent
+                .as_ref()
+                .is_some_and(|i| i.to == to);
+            if !same {
+                let from = match &self.obs.traffic {
+                    Ok(t) => t.stage_weight,
+                    Err(_) => before.stage_weight,
+                };
+                self.status.traffic_intent = Some(TrafficIntent {
+                    from,
+                    to,
+                    at: self.now,
+                    reason: bounded(&self.status.message, MAX_HISTORY_TEXT),
+                });
             }
         }
         let s = &mut self.status;

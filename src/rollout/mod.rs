@@ -21,7 +21,7 @@ use crate::analysis::LookCounts;
 pub use crate::analysis::LookOutcome;
 use crate::api::{GateKind, WebhookKind};
 
-pub use lifecycle::decide;
+pub use lifecycle::{decide, hold_invalid_spec};
 
 /// How many history entries the status keeps.
 pub const HISTORY_LIMIT: usize = 20;
@@ -54,6 +54,9 @@ pub struct Workload {
     pub revision: String,
     /// Rolled out: observedGeneration current, updated and available replicas as desired.
     pub ready: bool,
+    /// Why it is not ready, in a few words (replica counts, the controller's failing
+    /// conditions); `None` when it is ready or nothing more is known.
+    pub why_not_ready: Option<String>,
 }
 
 /// Everything observed in one reconcile round.

@@ -9,7 +9,8 @@ use super::*;
 use crate::analysis::{AnalysisError, LookContext};
 use crate::api::{
     AnalysisSpec, AnalysisState, CanarySpec, CanaryStatus, CheckSpec, HumanDuration, NoDataAction,
-    Phase, PromotionMode, TrafficDriftPolicy, Verdict, WebhookKind, WebhookSpec, WebhookTarget,
+    Phase, PromotionMode, ReadinessAction, StageWait, TrafficDriftPolicy, Verdict, WebhookKind,
+    WebhookSpec, WebhookTarget,
 };
 
 fn seed_spec() -> CanarySpec {
@@ -67,6 +68,7 @@ fn ready(rev: &str) -> Option<Workload> {
     Some(Workload {
         revision: rev.into(),
         ready: true,
+        why_not_ready: None,
     })
 }
 
@@ -132,14 +134,19 @@ impl Sim {
             self.now,
             &judging_as(outcome),
         );
+        self.status = d.status;
         for a in &d.actions {
             match a {
-                Action::SetWeights { stage } => self.set_vs(*stage),
+                Action::SetWeights { stage } => {
+                    self.set_vs(*stage);
+                    // The reconciler confirms a weight write it made in the same round.
+                    self.status.traffic_intent = None;
+                    self.status.traffic_version = Some(self.vs_version.to_string());
+                }
                 Action::UpdateProd { .. } => self.prod = self.stage.clone(),
                 _ => {}
             }
         }
-        self.status = d.status;
         d.actions
     }
 
@@ -400,6 +407,7 @@ fn a_new_stage_revision_mid_rollout_restarts_from_zero() {
     sim.stage = Some(Workload {
         revision: "v3".into(),
         ready: false,
+        why_not_ready: None,
     });
     let a = sim.idle_round();
     assert_eq!(set_weights(&a), vec![0], "traffic back to prod at once");
@@ -497,8 +505,10 @@ fn deleting_the_canary_restores_prod() {
     sim.pass_step();
     let mut obs = sim.obs();
     obs.deleted = true;
-    let a = sim.round(obs.clone());
+    let a = sim.round(obs);
     assert_eq!(set_weights(&a), vec![0]);
+    let mut obs = sim.obs();
+    obs.deleted = true;
     assert!(sim.round(obs).is_empty());
 
     let mut idle = Sim::new(seed_spec());
@@ -660,6 +670,100 @@ fn foreign_weight_changes_are_reasserted_once_or_pause() {
     let a = sim.idle_round();
     assert_eq!(sim.phase_weight(), (Phase::Paused, 30));
     assert!(set_weights(&a).is_empty());
+    assert!(sim.idle_round().is_empty(), "one reaction per change");
+}
+
+#[test]
+fn a_rollback_cut_short_by_a_crash_is_finished_not_undone() {
+    let mut sim = Sim::new(seed_spec());
+    sim.start_and_pass_pre_traffic("v2");
+    sim.wait(120);
+    // Decided and recorded: RolledBack, weights 0 ... then the process died.
+    let d = decide(
+        &sim.spec,
+        &sim.status,
+        &{
+            let mut obs = sim.obs();
+            obs.command = Some(Command {
+                id: "abort-1".into(),
+                verb: Verb::Abort,
+            });
+            obs
+        },
+        sim.now,
+    );
+    assert_eq!(set_weights(&d.actions), vec![0]);
+    let recorded = d.status;
+    assert_eq!(recorded.phase, Phase::RolledBack);
+    let intent = recorded
+        .traffic_intent
+        .clone()
+        .expect("the intent is recorded");
+    assert_eq!((intent.from, intent.to), (30, 0));
+    // The restarted daemon sees "RolledBack" with the route still at 30 % to stage.
+    sim.status = recorded;
+    assert_eq!(sim.vs_weight, 30);
+    let a = sim.idle_round();
+    assert_eq!(set_weights(&a), vec![0], "the rollback is finished");
+    assert!(!has(&a, |a| matches!(
+        a,
+        Action::RecordEvent {
+            reason: "TrafficDrift",
+            ..
+        }
+    )));
+    assert_eq!(sim.phase_weight(), (Phase::RolledBack, 0));
+    assert!(sim.idle_round().is_empty(), "and then nothing more");
+}
+
+#[test]
+fn an_advance_cut_short_by_a_crash_is_finished_once_without_a_flap() {
+    let mut sim = Sim::new(seed_spec());
+    sim.start_and_pass_pre_traffic("v2");
+    let d = {
+        sim.wait(120);
+        let mut obs = sim.obs();
+        obs.look = Some(Look {
+            step: sim.status.step,
+            window_end: sim.now,
+            result: LookResult::Counts(Default::default()),
+        });
+        decide_with(
+            &sim.spec,
+            &sim.status,
+            &obs,
+            sim.now,
+            &judging_as(Some(outcome(Verdict::Advance, "fine".into(), true))),
+        )
+    };
+    assert_eq!(set_weights(&d.actions), vec![60]);
+    sim.status = d.status;
+    // The route still shows 30 %: the old weights are not written back, 60 % is written
+    // once, and the step is not advanced again.
+    let a = sim.idle_round();
+    assert_eq!(set_weights(&a), vec![60]);
+    assert_eq!((sim.status.step, sim.status.stage_weight), (2, 60));
+    assert!(sim.idle_round().is_empty());
+    assert_eq!((sim.status.step, sim.status.stage_weight), (2, 60));
+}
+
+#[test]
+fn traffic_moved_toward_prod_by_someone_else_is_never_moved_back() {
+    let mut sim = Sim::new(seed_spec());
+    sim.start_and_pass_pre_traffic("v2");
+    assert_eq!(sim.phase_weight(), (Phase::Progressing, 30));
+    sim.set_vs(10);
+    let a = sim.idle_round();
+    assert!(
+        set_weights(&a).is_empty(),
+        "10 % is not written back to 30 %"
+    );
+    assert_eq!(sim.phase_weight(), (Phase::Paused, 10));
+    assert!(
+        sim.status.message.contains("never moved back to stage"),
+        "{}",
+        sim.status.message
+    );
     assert!(sim.idle_round().is_empty(), "one reaction per change");
 }
 
@@ -962,9 +1066,10 @@ fn spec_variant() -> impl Strategy<Value = CanarySpec> {
         any::<bool>(),
         any::<bool>(),
         any::<bool>(),
+        any::<bool>(),
     )
         .prop_map(
-            |(steps, mode, every_step, pause_on_drift, rollback_on_no_data)| {
+            |(steps, mode, every_step, pause_on_drift, rollback_on_no_data, pause_on_unready)| {
                 let mut spec = seed_spec();
                 spec.steps = steps;
                 spec.promotion.mode = mode;
@@ -981,6 +1086,9 @@ fn spec_variant() -> impl Strategy<Value = CanarySpec> {
                 }
                 if rollback_on_no_data {
                     spec.analysis.no_data.action = NoDataAction::Rollback;
+                }
+                if pause_on_unready {
+                    spec.readiness.action = ReadinessAction::Pause;
                 }
                 spec
             },
@@ -1003,10 +1111,12 @@ fn observe(c: &Choice, status: &CanaryStatus, vs_weight: (u8, u64)) -> Observati
             Some(r) => Some(Workload {
                 revision: rev(r),
                 ready: c.stage_ready,
+                why_not_ready: None,
             }),
             None => Some(Workload {
                 revision: status.stage_revision.clone().unwrap_or_else(|| rev(1)),
                 ready: c.stage_ready,
+                why_not_ready: None,
             }),
         },
         prod: Some(Workload {
@@ -1016,6 +1126,7 @@ fn observe(c: &Choice, status: &CanaryStatus, vs_weight: (u8, u64)) -> Observati
                 (None, _) => status.prod_revision.clone().unwrap_or_else(|| rev(0)),
             },
             ready: c.prod_ready,
+            why_not_ready: None,
         }),
         traffic: Ok(match c.weight {
             Some(w) => Traffic {
@@ -1113,12 +1224,46 @@ proptest! {
                 prop_assert!(written.contains(&0) || (status.stage_weight == 0 && obs.traffic.as_ref().is_ok_and(|t| t.stage_weight == 0)));
             }
 
-            // Feeding the same observations again changes nothing.
             // The reconciler started every gate it was asked to: now it runs.
             obs.gate_running = new.pending_gate.is_some();
-            let again = decide_with(&spec, new, &obs, now, &judge);
+            let mut confirmed = new.clone();
+            let mut after = obs.clone();
+            if let (Some(w), Ok(seen)) = (written.last(), &obs.traffic) {
+                // Crash consistency: the intent is in the status before the weights move. A
+                // process that died before writing them finds the same write to finish, and
+                // nothing else: no step repeated, skipped or undone.
+                let intent = new.traffic_intent.as_ref().expect("a weight write records its intent");
+                prop_assert_eq!(intent.to, *w);
+                let retry = decide_with(&spec, new, &obs, now, &judge);
+                let again_written = set_weights(&retry.actions);
+                if seen.stage_weight == *w {
+                    // The route already showed them: nothing left to write.
+                    prop_assert!(again_written.iter().all(|x| x == w));
+                } else {
+                    prop_assert_eq!(again_written, vec![*w]);
+                }
+                prop_assert_eq!(
+                    (retry.status.phase, retry.status.step, retry.status.stage_weight),
+                    (new.phase, new.step, new.stage_weight)
+                );
+                // The reconciler confirms the write; the route shows it.
+                let version = (vs.1 + 1).to_string();
+                confirmed.traffic_intent = None;
+                confirmed.traffic_version = Some(version.clone());
+                after.traffic = Ok(Traffic { stage_weight: *w, version });
+            }
+            // Feeding the same observations again changes nothing. With a weight write, the
+            // route showing it may let the rollout go on once (SwitchingBack -> Succeeded);
+            // after that, repeats change nothing.
+            let settled = if written.is_empty() {
+                confirmed
+            } else {
+                decide_with(&spec, &confirmed, &after, now, &judge).status
+            };
+            after.gate_running = settled.pending_gate.is_some();
+            let again = decide_with(&spec, &settled, &after, now, &judge);
             prop_assert!(again.actions.is_empty(), "repeat produced {:?}", again.actions);
-            prop_assert_eq!(&again.status, new);
+            prop_assert_eq!(&again.status, &settled);
 
             if let Some(w) = written.last() {
                 vs = (*w, vs.1 + 1);
@@ -1145,6 +1290,362 @@ fn a_long_command_id_is_carried_out_once_and_not_copied_into_the_status() {
     );
     sim.command("resume/1", Verb::Resume);
     assert_eq!(sim.status.last_command.as_deref(), Some("resume/1"));
+}
+
+// -- the readiness deadline ---------------------------------------------------------------
+
+/// A Deployment running `rev` whose pods never become available.
+fn stuck(rev: &str) -> Option<Workload> {
+    Some(Workload {
+        revision: rev.into(),
+        ready: false,
+        why_not_ready: Some(
+            "2 of 2 replicas updated, 0 available; Progressing=False ProgressDeadlineExceeded"
+                .into(),
+        ),
+    })
+}
+
+fn event(actions: &[Action], reason: &str) -> Option<(bool, String)> {
+    actions.iter().find_map(|a| match a {
+        Action::RecordEvent {
+            warning,
+            reason: r,
+            message,
+        } if *r == reason => Some((*warning, message.clone())),
+        _ => None,
+    })
+}
+
+/// A finished rollout of v2, then v3 released to stage and never ready.
+fn waiting_for_v3(spec: CanarySpec) -> Sim {
+    let mut sim = Sim::new(spec);
+    sim.start_and_pass_pre_traffic("v2");
+    while sim.status.phase == Phase::Progressing {
+        sim.pass_step();
+    }
+    sim.idle_round();
+    sim.gate_result(true);
+    sim.idle_round();
+    assert_eq!(sim.status.phase, Phase::Succeeded);
+    sim.wait(3600);
+    sim.stage = stuck("v3");
+    let a = sim.idle_round();
+    assert!(a.is_empty(), "{a:?}");
+    assert_eq!(sim.status.phase, Phase::Succeeded, "no rollout starts");
+    sim
+}
+
+#[test]
+fn a_stage_revision_that_never_becomes_ready_is_rolled_back_at_the_deadline() {
+    let mut sim = waiting_for_v3(seed_spec());
+    let since = sim.now;
+    assert_eq!(
+        sim.status.waiting_for_stage,
+        Some(StageWait {
+            revision: "v3".into(),
+            since
+        })
+    );
+    assert!(
+        sim.status
+            .message
+            .contains("stage revision v3 is not ready yet (2 of 2 replicas updated"),
+        "{}",
+        sim.status.message
+    );
+
+    // Before the deadline, nothing happens, however often canaryd looks.
+    for _ in 0..9 {
+        sim.wait(60);
+        assert!(sim.idle_round().is_empty());
+    }
+    assert_eq!(sim.status.phase, Phase::Succeeded);
+
+    sim.wait(60);
+    let a = sim.idle_round();
+    let s = &sim.status;
+    assert_eq!(sim.phase_weight(), (Phase::RolledBack, 0));
+    assert_eq!(s.rolled_back_revision.as_deref(), Some("v3"));
+    assert_eq!(s.stage_revision.as_deref(), Some("v3"));
+    assert_eq!(s.waiting_for_stage, None);
+    assert_eq!(
+        s.rollout_started_at,
+        Some(since),
+        "the attempt began at the release"
+    );
+    assert_eq!(
+        s.message,
+        "rolled back at 0 % to stage: stage revision v3 did not become ready within 10m: 2 of 2 \
+         replicas updated, 0 available; Progressing=False ProgressDeadlineExceeded"
+    );
+    let decision = s.last_decision.as_ref().unwrap();
+    assert_eq!((decision.verdict, decision.step), (Verdict::Rollback, 0));
+    assert!(
+        decision.metrics.is_empty(),
+        "nothing of v2's rollout is kept"
+    );
+    let (warning, message) = event(&a, "RolledBack").expect("a RolledBack Event");
+    assert!(warning);
+    assert!(
+        message.contains("did not become ready within 10m"),
+        "{message}"
+    );
+    assert!(notified(&a, NotifyEvent::RolledBack), "the alert");
+    assert!(has(&a, |a| *a
+        == Action::CallWebhooks {
+            kind: WebhookKind::Rollback
+        }));
+    assert!(set_weights(&a).is_empty(), "stage never had traffic");
+    assert_eq!(sim.status.history.last().unwrap().phase, Phase::RolledBack);
+
+    // Not tried again, ready or not, until a new revision or a resume.
+    sim.wait(3600);
+    assert!(sim.idle_round().is_empty());
+    sim.stage = ready("v3");
+    assert!(sim.idle_round().is_empty());
+    assert_eq!(sim.status.phase, Phase::RolledBack);
+    sim.command("resume/1", Verb::Resume);
+    assert_eq!(sim.status.phase, Phase::Testing, "resume retries v3");
+}
+
+#[test]
+fn a_stage_that_becomes_ready_in_time_starts_the_rollout() {
+    let mut sim = Sim::new(seed_spec());
+    sim.stage = stuck("v2");
+    sim.idle_round();
+    assert_eq!(sim.status.phase, Phase::Idle);
+    assert!(sim.status.waiting_for_stage.is_some());
+    sim.wait(599);
+    assert!(sim.idle_round().is_empty());
+    sim.stage = ready("v2");
+    let a = sim.idle_round();
+    assert_eq!(sim.phase_weight(), (Phase::Testing, 0));
+    assert!(notified(&a, NotifyEvent::RolloutStarted));
+    assert_eq!(sim.status.waiting_for_stage, None);
+    sim.gate_result(true);
+    assert_eq!(sim.phase_weight(), (Phase::Progressing, 30));
+}
+
+#[test]
+fn a_new_stage_revision_restarts_the_readiness_clock() {
+    let mut sim = Sim::new(seed_spec());
+    sim.stage = stuck("v2");
+    sim.idle_round();
+    sim.wait(500);
+    sim.stage = stuck("v3");
+    sim.idle_round();
+    let since = sim.now;
+    assert_eq!(
+        sim.status.waiting_for_stage,
+        Some(StageWait {
+            revision: "v3".into(),
+            since
+        })
+    );
+    sim.wait(200); // 11m40s after v2 appeared, 3m20s after v3
+    assert!(sim.idle_round().is_empty());
+    assert_eq!(sim.status.phase, Phase::Idle);
+    sim.wait(400);
+    sim.idle_round();
+    assert_eq!(sim.status.phase, Phase::RolledBack);
+    assert_eq!(sim.status.rolled_back_revision.as_deref(), Some("v3"));
+
+    // Stage back on prod's revision: nothing to wait for.
+    let mut sim = Sim::new(seed_spec());
+    sim.stage = stuck("v2");
+    sim.idle_round();
+    sim.stage = ready("v1");
+    sim.idle_round();
+    assert_eq!(sim.status.waiting_for_stage, None);
+    sim.wait(3600);
+    sim.idle_round();
+    assert_eq!(sim.status.phase, Phase::Idle);
+}
+
+#[test]
+fn with_readiness_action_pause_an_unready_stage_pauses_for_a_person() {
+    let mut spec = seed_spec();
+    spec.readiness.action = ReadinessAction::Pause;
+    spec.readiness.timeout = HumanDuration::from_secs(120);
+    let mut sim = waiting_for_v3(spec);
+    sim.wait(121);
+    let a = sim.idle_round();
+    assert_eq!(sim.phase_weight(), (Phase::Paused, 0));
+    assert_eq!(sim.status.paused_from, Some(Phase::Idle));
+    assert_eq!(sim.status.rolled_back_revision, None);
+    assert!(
+        sim.status.message.starts_with(
+            "paused at 0 % to stage: stage revision v3 did not become ready within 2m: 2 of 2"
+        ),
+        "{}",
+        sim.status.message
+    );
+    assert!(event(&a, "Paused").is_some_and(|(warning, _)| warning));
+    assert!(notified(&a, NotifyEvent::Paused));
+    assert!(!notified(&a, NotifyEvent::RolledBack));
+    assert!(sim.idle_round().is_empty(), "a pause waits for a person");
+
+    // Promote cannot skip a stage that was never ready.
+    let a = sim.command("promote/1", Verb::Promote);
+    assert!(event(&a, "CommandIgnored").is_some(), "{a:?}");
+    assert_eq!(sim.status.phase, Phase::Paused);
+
+    // Resume waits again, on a fresh clock; a stage ready by then starts the rollout.
+    sim.wait(30);
+    let a = sim.command("resume/1", Verb::Resume);
+    assert!(set_weights(&a).is_empty(), "{a:?}");
+    assert_eq!(sim.phase_weight(), (Phase::Idle, 0));
+    assert_eq!(
+        sim.status.waiting_for_stage.as_ref().map(|w| w.since),
+        Some(sim.now)
+    );
+    sim.wait(100);
+    assert!(sim.idle_round().is_empty());
+    sim.stage = ready("v3");
+    sim.idle_round();
+    assert_eq!(sim.phase_weight(), (Phase::Testing, 0));
+
+    // Abort ends such a pause as a rollback of that revision.
+    let mut spec = seed_spec();
+    spec.readiness.action = ReadinessAction::Pause;
+    let mut sim = waiting_for_v3(spec);
+    sim.wait(601);
+    sim.idle_round();
+    assert_eq!(sim.status.phase, Phase::Paused);
+    sim.command("abort/1", Verb::Abort);
+    assert_eq!(sim.status.phase, Phase::RolledBack);
+    assert_eq!(sim.status.rolled_back_revision.as_deref(), Some("v3"));
+}
+
+#[test]
+fn a_stage_that_goes_unready_while_testing_gets_no_traffic_and_meets_the_deadline() {
+    let mut sim = Sim::new(seed_spec());
+    sim.stage = ready("v2");
+    sim.idle_round();
+    assert_eq!(sim.status.phase, Phase::Testing);
+    // It looked ready, then its pods started crashing; the checks still passed.
+    sim.stage = stuck("v2");
+    sim.wait(5);
+    let a = sim.gate_result(true);
+    assert_eq!(sim.phase_weight(), (Phase::Testing, 0));
+    assert!(set_weights(&a).is_empty());
+    assert!(
+        sim.status.pending_gate.is_none(),
+        "the passed checks are dropped"
+    );
+    assert!(
+        sim.status
+            .message
+            .contains("the first traffic step waits for it"),
+        "{}",
+        sim.status.message
+    );
+    // Ready again in time: the checks run again, and their pass starts the traffic.
+    sim.wait(60);
+    sim.stage = ready("v2");
+    let a = sim.idle_round();
+    assert!(has(&a, |a| matches!(
+        a,
+        Action::StartGate {
+            kind: GateKind::PreTraffic,
+            ..
+        }
+    )));
+    assert_eq!(sim.status.waiting_for_stage, None);
+    sim.gate_result(true);
+    assert_eq!(sim.phase_weight(), (Phase::Progressing, 30));
+
+    // Unready for good: rolled back at the deadline, counted from when it went unready.
+    let mut sim = Sim::new(seed_spec());
+    sim.stage = ready("v2");
+    sim.idle_round();
+    sim.wait(30);
+    sim.stage = stuck("v2");
+    sim.idle_round();
+    sim.wait(599);
+    sim.idle_round();
+    assert_eq!(sim.status.phase, Phase::Testing);
+    sim.wait(1);
+    let a = sim.idle_round();
+    assert_eq!(sim.phase_weight(), (Phase::RolledBack, 0));
+    assert!(sim
+        .status
+        .message
+        .contains("stage revision v2 did not become ready within 10m"));
+    assert!(notified(&a, NotifyEvent::RolledBack));
+    assert_eq!(
+        sim.status.rollout_started_at,
+        Some(t0()),
+        "the rollout's own start"
+    );
+}
+
+#[test]
+fn prod_not_running_the_revision_ready_after_promotion_pauses_with_stage_at_100() {
+    for action in [ReadinessAction::Rollback, ReadinessAction::Pause] {
+        let mut spec = seed_spec();
+        spec.readiness.action = action;
+        let mut sim = Sim::new(spec);
+        sim.start_and_pass_pre_traffic("v2");
+        while sim.status.phase == Phase::Progressing {
+            sim.pass_step();
+        }
+        assert_eq!(sim.phase_weight(), (Phase::Promoting, 100));
+        // The update was requested, but prod's new pods never become available.
+        sim.prod = Some(Workload {
+            revision: "v2".into(),
+            ready: false,
+            why_not_ready: Some("1 of 2 replicas updated, 1 available, 1 old still running".into()),
+        });
+        sim.wait(300);
+        assert!(sim.idle_round().is_empty());
+        sim.wait(301);
+        let a = sim.idle_round();
+        assert_eq!(sim.phase_weight(), (Phase::Paused, 100), "{action:?}");
+        assert!(set_weights(&a).is_empty(), "stage keeps all traffic");
+        assert_eq!(sim.vs_weight, 100);
+        assert_eq!(sim.status.paused_from, Some(Phase::Promoting));
+        assert_eq!(
+            sim.status.message,
+            "paused at 100 % to stage: prod did not run stage revision v2 ready within 10m of \
+             the promotion: 1 of 2 replicas updated, 1 available, 1 old still running; stage \
+             keeps all traffic"
+        );
+        assert!(event(&a, "Paused").is_some_and(|(warning, _)| warning));
+        assert!(notified(&a, NotifyEvent::Paused));
+
+        // Resume asks for prod's update again, on a fresh clock.
+        sim.wait(60);
+        let a = sim.command(&format!("resume/{action:?}"), Verb::Resume);
+        assert!(has(&a, |a| matches!(a, Action::UpdateProd { .. })));
+        assert_eq!(sim.phase_weight(), (Phase::Promoting, 100));
+    }
+
+    // Prod still on the old revision (a pipeline that never ran) says so.
+    let mut spec = seed_spec();
+    spec.promotion.mode = PromotionMode::Webhook;
+    spec.promotion.webhook = Some(WebhookTarget {
+        url: "http://pipeline/".into(),
+        timeout: HumanDuration::from_secs(5),
+        secret_ref: None,
+    });
+    let mut sim = Sim::new(spec);
+    sim.start_and_pass_pre_traffic("v2");
+    while sim.status.phase == Phase::Progressing {
+        sim.pass_step();
+    }
+    sim.prod = ready("v1");
+    sim.wait(601);
+    sim.idle_round();
+    assert_eq!(sim.phase_weight(), (Phase::Paused, 100));
+    assert!(
+        sim.status
+            .message
+            .contains("within 10m of the promotion: prod runs v1"),
+        "{}",
+        sim.status.message
+    );
 }
 
 // -- the largest valid Canary keeps its status small ------------------------------------

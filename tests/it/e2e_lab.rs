@@ -303,3 +303,88 @@ async fn kubectl_sees_the_rollout_and_can_abort_it() {
     assert_eq!(phase, "RolledBack");
     assert_eq!(lab.stage_weight().await.unwrap(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stage_that_never_becomes_ready_is_rolled_back_at_its_deadline_with_one_alert() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let lab = lab().await;
+    let patch = serde_json::json!({"spec": {"readiness": {"timeout": "8s"}}});
+    lab.canaries()
+        .patch(
+            "flaskapp",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+    let daemon = lab.spawn_daemon(BINARY.as_ref(), "canaryd-0").unwrap();
+    let released = std::time::Instant::now();
+    lab.release(canaryd_lab::scenario::CRASHLOOP_IMAGE)
+        .await
+        .unwrap();
+    let end = until(&lab, &daemon, |c| phase(c) == Some(Phase::RolledBack)).await;
+    let waited = released.elapsed();
+    let status = end.status.clone().unwrap();
+    assert!(
+        status.message.contains("did not become ready within 8s")
+            && status.message.contains("ProgressDeadlineExceeded"),
+        "{}",
+        status.message
+    );
+    assert!(status.stage_revision.is_some());
+    assert_eq!(status.rolled_back_revision, status.stage_revision);
+    assert_eq!(status.waiting_for_stage, None);
+    assert!(
+        waited >= Duration::from_secs(8),
+        "rolled back after {waited:?}"
+    );
+    assert!(
+        journey(&end)
+            .iter()
+            .all(|(p, w)| *w == 0 && *p != Phase::Testing),
+        "no test and no traffic: {:?}",
+        journey(&end)
+    );
+    assert_eq!(lab.stage_weight().await.unwrap(), 0);
+    assert_eq!(lab.prod_image().await.unwrap(), "demoapp:v1");
+
+    let events: Api<Event> = Api::namespaced(lab.client.clone(), "prod");
+    let rolled_back: Vec<Event> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("RolledBack"))
+        .collect();
+    assert_eq!(rolled_back.len(), 1, "{rolled_back:?}");
+    assert_eq!(rolled_back[0].type_.as_deref(), Some("Warning"));
+
+    let is_rollback = |a: &serde_json::Value| a["labels"]["alertname"] == "CanaryRolledBack";
+    let alerts = lab
+        .alerts_when(Duration::from_secs(30), |alerts| {
+            alerts.iter().any(is_rollback)
+        })
+        .await
+        .expect("Alertmanager is installed (tests/setup.sh)");
+    // A few more rounds of the daemon must not add a second one.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let alerts = lab
+        .alertmanager
+        .as_ref()
+        .unwrap()
+        .alerts()
+        .await
+        .unwrap_or(alerts);
+    let fired: Vec<_> = alerts.iter().filter(|a| is_rollback(a)).collect();
+    assert_eq!(fired.len(), 1, "{alerts:#?}");
+    assert_eq!(
+        fired[0]["labels"]["stage_revision"].as_str(),
+        status.stage_revision.as_deref()
+    );
+    let description = fired[0]["annotations"]["description"].as_str().unwrap();
+    assert!(
+        description.contains("did not become ready within 8s"),
+        "{description}"
+    );
+}

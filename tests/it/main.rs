@@ -3,14 +3,17 @@
 
 mod analyze_aa;
 mod analyze_cli;
+mod chaos;
 mod cli;
 mod dashboards_prometheus;
 mod demo_signals;
 mod deploy_install;
 mod e2e_lab;
+mod lenient_decoding;
 mod notify_alert_rules;
 mod notify_alertmanager;
 mod notify_webhook;
+mod readyz_restarts;
 mod security;
 mod telemetry_analyze_live;
 mod telemetry_client;

@@ -45,6 +45,10 @@ pub struct CanarySpec {
     /// pauses for a human, or applies the noData policy).
     #[serde(default)]
     pub step_duration: StepDuration,
+    /// How long a new revision may take to become ready (stage before and during its test at
+    /// 0 %, prod after its promotion), and what is done when stage does not.
+    #[serde(default)]
+    pub readiness: ReadinessPolicy,
     /// How stage is compared with prod at every step.
     #[serde(default)]
     pub analysis: AnalysisSpec,
@@ -217,6 +221,43 @@ impl Default for StepDuration {
             max: default_step_max(),
         }
     }
+}
+
+/// The deadline for a new revision to become ready: all replicas updated and available.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReadinessPolicy {
+    /// How long a new stage revision may stay not ready, and prod after its promotion not
+    /// run stage's revision ready, before canaryd acts (default 10m).
+    #[serde(default = "default_ready_timeout")]
+    pub timeout: HumanDuration,
+    /// What is done when stage is not ready in time. Prod after its promotion always pauses.
+    #[serde(default)]
+    pub action: ReadinessAction,
+}
+
+fn default_ready_timeout() -> HumanDuration {
+    HumanDuration::from_secs(600)
+}
+
+impl Default for ReadinessPolicy {
+    fn default() -> Self {
+        Self {
+            timeout: default_ready_timeout(),
+            action: ReadinessAction::default(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ReadinessAction {
+    /// Roll the revision back (the default): it is not tried again until stage gets another
+    /// revision or an operator resumes it.
+    #[default]
+    Rollback,
+    /// Pause for a person.
+    Pause,
 }
 
 /// The comparison of stage against prod. The same section is read by `canaryd analyze`.
@@ -583,6 +624,10 @@ pub struct CanaryStatus {
     /// When canaryd asked for prod to be brought to stage's revision (during `Promoting`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prod_update_requested_at: Option<Timestamp>,
+    /// A new stage revision canaryd waits for to become ready, and since when (the clock of
+    /// `spec.readiness.timeout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for_stage: Option<StageWait>,
     /// Checks or webhooks canaryd started and waits for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_gate: Option<PendingGate>,
@@ -596,6 +641,11 @@ pub struct CanaryStatus {
     /// foreign change of the weights gets exactly one reaction.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traffic_version: Option<String>,
+    /// Weights canaryd decided and is writing, recorded before the write; cleared once the
+    /// route shows them. A restarted daemon finishes this write instead of taking the route's
+    /// old weights for someone else's change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_intent: Option<TrafficIntent>,
     /// The analysis of the current rollout so far (a few numbers per metric); reset when a
     /// new rollout starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -611,6 +661,20 @@ pub struct CanaryStatus {
     /// Notifications not yet delivered and alerts still firing.
     #[serde(default, skip_serializing_if = "NotificationStatus::is_empty")]
     pub notifications: NotificationStatus,
+}
+
+/// A weight write in flight: from which stage weight to which, when and why.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficIntent {
+    /// The stage weight the route showed when the write was decided.
+    pub from: u8,
+    /// The stage weight being written.
+    pub to: u8,
+    pub at: Timestamp,
+    /// Why, in a few words (the decision's message).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
@@ -665,6 +729,14 @@ impl std::fmt::Display for Phase {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// A stage revision that is not ready yet, and when canaryd first saw it so.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StageWait {
+    pub revision: String,
+    pub since: Timestamp,
 }
 
 /// A gate canaryd started (checks, webhooks) and whose result it waits for.

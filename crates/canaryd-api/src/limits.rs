@@ -50,6 +50,9 @@ pub const MAX_BODY_CONTAINS: usize = 1024;
 pub const MAX_PROMQL: usize = 4096;
 /// A duration as written (`30s`, `1h 30m`).
 pub const MAX_DURATION_TEXT: usize = 32;
+/// Digits of one number in a duration: enough for a year in seconds (31557600s), and few
+/// enough that no duration of [`MAX_DURATION_TEXT`] characters overflows.
+pub const MAX_DURATION_DIGITS: usize = 9;
 /// HTTP methods a check may use.
 pub const CHECK_METHODS: [&str; 3] = ["GET", "HEAD", "POST"];
 
@@ -65,6 +68,10 @@ pub const MAX_LATENCY_MS: f64 = 3_600_000.0;
 pub const MAX_CHECK_TIMEOUT: Duration = Duration::from_secs(60);
 /// `spec.webhooks[].timeout` and `spec.promotion.webhook.timeout`.
 pub const MAX_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(300);
+/// Any duration, in a spec or the daemon's config: one year as humantime counts it (`1y`,
+/// 365.25 days). The duration parser refuses longer ones; the schema's pattern cannot add up
+/// a duration's parts, so this bound is the parser's alone.
+pub const MAX_DURATION: Duration = Duration::from_secs(31_557_600);
 
 // -- status -----------------------------------------------------------------------------
 

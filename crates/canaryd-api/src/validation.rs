@@ -383,6 +383,13 @@ fn validate_durations(spec: &CanarySpec, errors: &mut Vec<SpecError>) {
             "allow some time without data, for example 10m",
         ));
     }
+    if spec.readiness.timeout.0.is_zero() {
+        errors.push(err(
+            "spec.readiness.timeout",
+            "is zero",
+            "give a new revision time to become ready, for example 10m",
+        ));
+    }
 }
 
 fn validate_analysis(spec: &CanarySpec, errors: &mut Vec<SpecError>) {
@@ -661,6 +668,27 @@ stage: {host: flaskapp.stage.svc.cluster.local, deployment: {namespace: stage, n
         assert!(text.contains("spec.analysis.alpha: is 0.5; use a probability"));
         assert!(text.contains("spec.analysis.metrics[0].margin: is 1; use a rate ratio above 1"));
         assert!(text.contains("spec.stepDuration.min: (1h) is longer than max (30m)"));
+    }
+
+    #[test]
+    fn the_readiness_deadline_defaults_to_10m_rollback_and_must_not_be_zero() {
+        let mut spec = seed_spec();
+        assert_eq!(spec.readiness.timeout, HumanDuration::from_secs(600));
+        assert_eq!(spec.readiness.action, ReadinessAction::Rollback);
+        let written: CanarySpec = serde_yaml_ng::from_str(
+            "virtualService: {name: vs}\nprod: {host: p, deployment: {name: a}}\n\
+             stage: {host: s, deployment: {name: b}}\nreadiness: {timeout: 90s, action: pause}",
+        )
+        .unwrap();
+        assert_eq!(written.readiness.timeout, HumanDuration::from_secs(90));
+        assert_eq!(written.readiness.action, ReadinessAction::Pause);
+        spec.readiness.timeout = HumanDuration::from_secs(0);
+        let text = describe(&validate(&spec, "prod").unwrap_err());
+        assert_eq!(
+            text,
+            "spec.readiness.timeout: is zero; give a new revision time to become ready, for \
+             example 10m"
+        );
     }
 
     #[test]

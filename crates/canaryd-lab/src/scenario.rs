@@ -1,6 +1,13 @@
-//! How each app image behaves in the simulated mesh (error rate, latency distribution), and
-//! the demo's release scenarios. Pure data and sampling; it never generates traffic on its
-//! own (that is [`super::mesh`]) and never talks to the cluster.
+//! How each app image behaves in the simulated mesh (error rate, latency distribution) and
+//! in the simulated Deployment controller (whether its pods ever become available), and the
+//! demo's release scenarios. Pure data and sampling; it never generates traffic on its own
+//! (that is [`super::mesh`]) and never talks to the cluster.
+//!
+//! Images: `demoapp:v1` is the baseline (1 % errors, about 60 ms), `demoapp:v2` is as healthy
+//! as v1, `demoapp:v3` fails 5 % of requests, `demoapp:v4` is 60 % slower, and
+//! [`CRASHLOOP_IMAGE`] (`demoapp:crashloop`) never becomes available: its rollout never
+//! finishes, as with a crash loop or an image that cannot be pulled, and the old pods keep
+//! serving. Any other image behaves like the baseline.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -10,6 +17,21 @@ use rand_distr::{Distribution, LogNormal};
 
 /// The image the demo's prod runs before any release; unknown images behave like it.
 pub const BASELINE_IMAGE: &str = "demoapp:v1";
+
+/// An image whose pods never become ready (a crash loop, an image that cannot be pulled): the
+/// lab's Deployment controller ([`super::workloads`]) never reports its rollout finished, and
+/// reports it stuck (`ProgressDeadlineExceeded`) once the rollout delay has passed.
+pub const CRASHLOOP_IMAGE: &str = "demoapp:crashloop";
+
+/// Whether pods of `image` ever become available: all but [`CRASHLOOP_IMAGE`] do, matched by
+/// the last path segment without digest (`registry.local/demoapp:crashloop@sha256:..`) and
+/// with the tag cut at its first dot (`demoapp:crashloop.2`), as behaviours are.
+pub fn becomes_available(image: &str) -> bool {
+    let short = image.split('@').next().unwrap_or(image);
+    let short = short.rsplit('/').next().unwrap_or(short);
+    let family = short.split('.').next().unwrap_or(short);
+    family != CRASHLOOP_IMAGE
+}
 
 /// How one version of the app answers requests.
 #[derive(Clone, Debug, PartialEq)]
@@ -226,6 +248,23 @@ mod tests {
             0.01,
             "exact first"
         );
+    }
+
+    #[test]
+    fn only_the_crashloop_image_never_becomes_available() {
+        assert!(!becomes_available(CRASHLOOP_IMAGE));
+        assert!(!becomes_available(
+            "registry.local/team/demoapp:crashloop@sha256:ab"
+        ));
+        assert!(!becomes_available("demoapp:crashloop.2"));
+        for image in [
+            BASELINE_IMAGE,
+            "demoapp:v2",
+            "demoapp:v3.1",
+            "somethingelse:latest",
+        ] {
+            assert!(becomes_available(image), "{image}");
+        }
     }
 
     #[test]

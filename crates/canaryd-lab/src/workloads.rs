@@ -1,7 +1,10 @@
 //! Simulated Deployment rollouts: the lab has no kubelet and no Deployment controller, so
 //! this plays the controller's part. When a Deployment's spec changes it reports the rollout
 //! as progressing at once and, after a configurable delay, as finished (all replicas updated,
-//! ready and available), through the status subresource, as the real controller would. It
+//! ready and available), through the status subresource, as the real controller would. A
+//! template with an image whose pods never become available ([`scenario::becomes_available`])
+//! is reported stuck instead after the delay: new pods not available, the old ones still
+//! serving, `Progressing=False` with `ProgressDeadlineExceeded`; only a new spec moves it. It
 //! creates no ReplicaSets or Pods and never touches a Deployment's spec.
 
 use std::collections::{HashMap, HashSet};
@@ -18,6 +21,8 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
+
+use super::scenario;
 
 /// The field manager of every status this simulation writes.
 pub const FIELD_MANAGER: &str = "canaryd-lab-deployment-controller";
@@ -192,6 +197,56 @@ pub fn complete_status(deployment: &Deployment, now: Timestamp) -> DeploymentSta
     }
 }
 
+/// Whether every container of the Deployment's pod template runs an image whose pods
+/// become available (see [`scenario::becomes_available`]).
+pub fn becomes_available(deployment: &Deployment) -> bool {
+    deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .is_none_or(|pod| {
+            pod.containers
+                .iter()
+                .filter_map(|c| c.image.as_deref())
+                .all(scenario::becomes_available)
+        })
+}
+
+/// The status of a rollout whose new pods never become available (a crash loop): every
+/// replica of the new template exists and none is available, the old pods keep serving, and
+/// the controller gave up waiting, as after `progressDeadlineSeconds`.
+pub fn stuck_status(deployment: &Deployment, now: Timestamp) -> DeploymentStatus {
+    let replicas = desired_replicas(deployment);
+    let old_available = deployment
+        .status
+        .as_ref()
+        .and_then(|s| s.available_replicas)
+        .unwrap_or(0)
+        .min(replicas);
+    DeploymentStatus {
+        observed_generation: deployment.metadata.generation,
+        replicas: Some(replicas + old_available),
+        updated_replicas: Some(replicas),
+        ready_replicas: Some(old_available),
+        available_replicas: Some(old_available),
+        unavailable_replicas: Some(replicas),
+        conditions: Some(vec![
+            available(old_available, replicas, now),
+            condition(
+                "Progressing",
+                false,
+                "ProgressDeadlineExceeded",
+                format!(
+                    "ReplicaSet \"{}\" has timed out progressing.",
+                    replica_set_name(deployment)
+                ),
+                now,
+            ),
+        ]),
+        ..DeploymentStatus::default()
+    }
+}
+
 struct Pending {
     due: Instant,
     revision: Revision,
@@ -208,6 +263,8 @@ pub async fn run(client: Client, delay: Duration) {
     let mut latest: HashMap<ObjectRef<Deployment>, Deployment> = HashMap::new();
     let mut finished: HashMap<ObjectRef<Deployment>, Revision> = HashMap::new();
     let mut pending: HashMap<ObjectRef<Deployment>, Pending> = HashMap::new();
+    // Rollouts reported stuck: their pods never become available until the spec changes.
+    let mut stuck: HashMap<ObjectRef<Deployment>, Revision> = HashMap::new();
     // What a re-list has shown so far; whatever it did not show was deleted meanwhile.
     let mut listed: HashSet<ObjectRef<Deployment>> = HashSet::new();
     loop {
@@ -219,7 +276,11 @@ pub async fn run(client: Client, delay: Duration) {
                     let revision = Revision::of(&d);
                     if !needs_rollout(&d, finished.get(&key)) {
                         finished.insert(key.clone(), revision);
+                        stuck.remove(&key);
+                    } else if stuck.get(&key) == Some(&revision) {
+                        // Stays stuck until its spec changes.
                     } else if pending.get(&key).map(|p| &p.revision) != Some(&revision) {
+                        stuck.remove(&key);
                         if write_status(&client, &d, progressing_status(&d, Timestamp::now())).await {
                             tracing::info!(deployment = %key, "lab: rollout started");
                         }
@@ -233,12 +294,14 @@ pub async fn run(client: Client, delay: Duration) {
                     latest.remove(&key);
                     finished.remove(&key);
                     pending.remove(&key);
+                    stuck.remove(&key);
                 }
                 Some(Ok(watcher::Event::Init)) => listed.clear(),
                 Some(Ok(watcher::Event::InitDone)) => {
                     latest.retain(|key, _| listed.contains(key));
                     finished.retain(|key, _| listed.contains(key));
                     pending.retain(|key, _| listed.contains(key));
+                    stuck.retain(|key, _| listed.contains(key));
                 }
                 Some(Err(error)) => tracing::warn!(%error, "lab: watching Deployments failed; retrying"),
                 None => return,
@@ -249,7 +312,15 @@ pub async fn run(client: Client, delay: Duration) {
                 for key in due {
                     let Some(d) = latest.get(&key) else { continue };
                     let revision = Revision::of(d);
-                    if write_status(&client, d, complete_status(d, Timestamp::now())).await {
+                    if !becomes_available(d) {
+                        if write_status(&client, d, stuck_status(d, Timestamp::now())).await {
+                            tracing::info!(deployment = %key, "lab: rollout stuck (pods never become available)");
+                            pending.remove(&key);
+                            stuck.insert(key, revision);
+                        } else if let Some(p) = pending.get_mut(&key) {
+                            p.due = now + Duration::from_secs(1);
+                        }
+                    } else if write_status(&client, d, complete_status(d, Timestamp::now())).await {
                         tracing::info!(deployment = %key, "lab: rollout finished");
                         pending.remove(&key);
                         finished.insert(key, revision);
@@ -401,6 +472,37 @@ mod tests {
         assert_eq!(condition(&fresh, "Available").status, "False");
         assert_eq!(fresh.unavailable_replicas, Some(2));
         assert_eq!(complete_status(&v1, now).unavailable_replicas, Some(0));
+    }
+
+    #[test]
+    fn a_crashloop_image_is_reported_stuck_with_the_old_pods_serving() {
+        let now = Timestamp::UNIX_EPOCH;
+        let v1 = deployment(1, "demoapp:v1");
+        assert!(becomes_available(&v1));
+        let v1 = with_status(v1.clone(), complete_status(&v1, now));
+        let bad = with_status(
+            deployment(2, scenario::CRASHLOOP_IMAGE),
+            v1.status.clone().unwrap(),
+        );
+        assert!(!becomes_available(&bad));
+        let status = stuck_status(&bad, now);
+        assert_eq!(
+            (
+                status.replicas,
+                status.updated_replicas,
+                status.available_replicas
+            ),
+            (Some(4), Some(2), Some(2))
+        );
+        let progressing = condition(&status, "Progressing");
+        assert_eq!(progressing.status, "False");
+        assert_eq!(
+            progressing.reason.as_deref(),
+            Some("ProgressDeadlineExceeded")
+        );
+        let stuck = with_status(bad.clone(), status);
+        assert!(!rollout_complete(&stuck), "never finished");
+        assert!(needs_rollout(&stuck, None));
     }
 
     proptest! {

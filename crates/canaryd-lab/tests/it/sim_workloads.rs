@@ -130,3 +130,49 @@ async fn a_changed_deployment_is_reported_rolled_out_after_the_delay() {
 
     controller.abort();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_crashloop_image_is_reported_stuck_and_stays_so_until_the_next_release() {
+    let crashloop = canaryd_lab::scenario::CRASHLOOP_IMAGE;
+    let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let controller = tokio::spawn(workloads::run(Client::new(service, "default"), DELAY));
+    let start = Instant::now();
+
+    let (request, send) = handle.next_request().await.unwrap();
+    assert!(!is_watch(&request));
+    let old_status = json!({"observedGeneration": 1, "replicas": 3, "updatedReplicas": 3, "readyReplicas": 3, "availableReplicas": 3});
+    respond(
+        send,
+        json!({"apiVersion": "apps/v1", "kind": "DeploymentList", "metadata": {"resourceVersion": "10"},
+               "items": [deployment(2, crashloop, old_status)]}),
+    );
+    let progressing = next_status_patch(&mut handle, deployment(2, crashloop, json!({}))).await;
+    assert_eq!(progressing["updatedReplicas"], 0);
+    let (request, watch) = handle.next_request().await.unwrap();
+    assert!(is_watch(&request));
+
+    let stuck = next_status_patch(&mut handle, deployment(2, crashloop, json!({}))).await;
+    assert_eq!(Instant::now() - start, DELAY);
+    assert_eq!(stuck["updatedReplicas"], 3);
+    assert_eq!(stuck["availableReplicas"], 3, "the old pods still serve");
+    assert_eq!(stuck["replicas"], 6);
+    let progressing = stuck["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Progressing")
+        .unwrap()
+        .clone();
+    assert_eq!(progressing["status"], "False");
+    assert_eq!(progressing["reason"], "ProgressDeadlineExceeded");
+
+    // Its own write comes back through the watch: nothing more is written, ever.
+    let event = json!({"type": "MODIFIED", "object": deployment(2, crashloop, stuck.clone())});
+    watch.send_response(Response::new(Body::from(format!("{event}\n").into_bytes())));
+    let (request, _quiet_watch) = handle.next_request().await.unwrap();
+    assert!(is_watch(&request), "{}", request.uri());
+    let quiet = tokio::time::timeout(DELAY * 20, handle.next_request()).await;
+    assert!(quiet.is_err(), "a stuck rollout was written again");
+
+    controller.abort();
+}

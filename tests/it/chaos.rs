@@ -44,7 +44,7 @@
 //!
 //! Short version (default run, a few minutes): [`chaos_short`]. Long version (ignored, 120
 //! rollouts unless `CANARYD_CHAOS_ROLLOUTS` says otherwise):
-//! `CANARYD_CHAOS_ROLLOUTS=120 cargo test --features canaryd/failpoints -p canaryd --test it chaos -- --ignored --nocapture`.
+//! `CANARYD_CHAOS_ROLLOUTS=120 cargo test --features canaryd/failpoints -p canaryd --test it chaos_long -- --ignored --nocapture`.
 //! `CANARYD_CHAOS_SEED=<n>` replays a run's random choices (the seed is printed first).
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -117,15 +117,17 @@ impl Election {
                     tracing::warn!(lease = %self.lease_name, limit = ?round_limit, "renewing the lease took longer than half the renewDeadline; giving up this round")
                 }
             }
-            if flag.is_leader() != leading {
-                leading = !leading;
-                tracing::info!(leader = leading, identity = %self.identity, "leadership changed");
-            }
+            self.note_change(&flag, &mut leading);
             tokio::time::sleep(retry).await;
-            if flag.is_leader() != leading {
-                leading = !leading;
-                tracing::info!(leader = leading, identity = %self.identity, "leadership changed");
-            }
+            // A term can lapse while this task sleeps (or the process is stopped).
+            self.note_change(&flag, &mut leading);
+        }
+    }
+
+    fn note_change(&self, flag: &Leadership, leading: &mut bool) {
+        if flag.is_leader() != *leading {
+            *leading = !*leading;
+            tracing::info!(leader = *leading, identity = %self.identity, "leadership changed");
         }
     }
 

@@ -295,9 +295,15 @@ async fn run(
     canary: Canary,
     server: tokio::task::JoinHandle<()>,
 ) -> kube::runtime::controller::Action {
-    let action = reconcile::reconcile(Arc::new(canary), ctx)
-        .await
-        .expect("reconcile succeeds");
+    finished(reconcile::reconcile(Arc::new(canary), ctx), server).await
+}
+
+/// The outcome of `round`, once it succeeded and every expected request was made.
+async fn finished(
+    round: impl std::future::Future<Output = Result<kube::runtime::controller::Action, super::Error>>,
+    server: tokio::task::JoinHandle<()>,
+) -> kube::runtime::controller::Action {
+    let action = round.await.expect("reconcile succeeds");
     tokio::time::timeout(Duration::from_secs(10), server)
         .await
         .expect("every expected request was made")
@@ -870,14 +876,7 @@ async fn run_stored(
     obj: Arc<kube::api::DynamicObject>,
     server: tokio::task::JoinHandle<()>,
 ) -> kube::runtime::controller::Action {
-    let action = decode::reconcile(obj, ctx)
-        .await
-        .expect("reconcile succeeds");
-    tokio::time::timeout(Duration::from_secs(10), server)
-        .await
-        .expect("every expected request was made")
-        .unwrap();
-    action
+    finished(decode::reconcile(obj, ctx), server).await
 }
 
 fn bad_step_duration(v: &mut Value) {

@@ -455,7 +455,7 @@ impl Round<'_> {
             || (intent.to < intent.from && seen.stage_weight > intent.to)
         {
             self.status.stage_weight = intent.to;
-            self.actions.push(Action::SetWeights { stage: intent.to });
+            self.write_weights(intent.to);
         } else {
             self.status.traffic_intent = None;
         }
@@ -507,7 +507,7 @@ impl Round<'_> {
                     "TrafficDrift",
                     format!("{what}; writing {ours} % back"),
                 );
-                self.actions.push(Action::SetWeights { stage: ours });
+                self.write_weights(ours);
             }
             TrafficDriftPolicy::Pause if self.status.phase != Phase::Paused => {
                 self.pause(format!("{what}; paused (spec.trafficDrift: pause)"));
@@ -522,7 +522,7 @@ impl Round<'_> {
         let routed = self.obs.traffic.as_ref().is_ok_and(|t| t.stage_weight != 0);
         if self.status.phase.is_active() || self.status.stage_weight != 0 || routed {
             self.status.stage_weight = 0;
-            self.actions.push(Action::SetWeights { stage: 0 });
+            self.write_weights(0);
             self.event(
                 false,
                 "Deleted",
@@ -916,7 +916,7 @@ impl Round<'_> {
         self.status.paused_from = None;
         self.record_decision(Verdict::Rollback, why.clone());
         if weight != 0 || self.obs.traffic.as_ref().is_ok_and(|t| t.stage_weight != 0) {
-            self.actions.push(Action::SetWeights { stage: 0 });
+            self.write_weights(0);
         }
         self.status.stage_weight = 0;
         let msg = format!("rolled back at {weight} % to stage: {why}");
@@ -952,11 +952,19 @@ impl Round<'_> {
             .unwrap_or_default()
     }
 
+    /// The round's weight write: one per round, the last one decided (a rollback decided
+    /// after a finished intent must not first send the intent's weight).
+    fn write_weights(&mut self, stage: u8) {
+        self.actions
+            .retain(|a| !matches!(a, Action::SetWeights { .. }));
+        self.actions.push(Action::SetWeights { stage });
+    }
+
     fn set_weight(&mut self, stage: u8) {
         let stage = stage.min(100);
         if self.status.stage_weight != stage {
             self.status.stage_weight = stage;
-            self.actions.push(Action::SetWeights { stage });
+            self.write_weights(stage);
         }
     }
 
@@ -1106,18 +1114,11 @@ impl Round<'_> {
                 *cause = self.cause;
             }
         }
-        // One weight write per round, the last one decided: a rollback decided after a
-        // finished intent must not first send the intent's weight.
-        let is_weights = |a: &Action| matches!(a, Action::SetWeights { .. });
-        if let Some(last) = self.actions.iter().rposition(is_weights) {
-            let Action::SetWeights { stage: to } = self.actions[last] else {
-                unreachable!("rposition found a weight write")
-            };
-            let mut index = 0;
-            self.actions.retain(|a| {
-                index += 1;
-                !is_weights(a) || index - 1 == last
-            });
+        let to = self.actions.iter().find_map(|a| match a {
+            Action::SetWeights { stage } => Some(*stage),
+            _ => None,
+        });
+        if let Some(to) = to {
             // A write finished again keeps its first record (from where, when, why).
             let same = self
                 .status

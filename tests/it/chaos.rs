@@ -55,7 +55,7 @@ use canaryd::api::{Canary, Phase};
 use canaryd_lab::apiserver::{Delay, Resulting, WriteRecord};
 use canaryd_lab::harness::{Daemon, Lab, LabOptions, LEASE_NAMESPACE};
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom as _;
 use rand::{RngExt as _, SeedableRng as _};
@@ -355,9 +355,7 @@ async fn run(plan: Plan) {
     let steps: Vec<u8> = canaries.get("flaskapp").await.unwrap().spec.steps.clone();
     // The lab's noData.after (20 s) is shorter than an outage and Prometheus's restart can
     // take on a busy machine; a pause is allowed, but the run is about the faults.
-    let patch = serde_json::json!({"spec": {"analysis": {"noData": {"after": "40s"}}}});
-    canaries
-        .patch("flaskapp", &PatchParams::default(), &Patch::Merge(&patch))
+    lab.edit_canary(serde_json::json!({"analysis": {"noData": {"after": "40s"}}}))
         .await
         .unwrap();
     let pct = plan.failpoint_chance;

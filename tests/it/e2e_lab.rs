@@ -136,13 +136,7 @@ async fn prometheus_down_during_a_step_holds_the_weights_until_it_is_back() {
     let mut lab = lab().await;
     // The lab's noData.after (20 s) would pause the rollout when the outage and Prometheus's
     // restart together take longer than that; this test is about holding, not pausing.
-    let patch = serde_json::json!({"spec": {"analysis": {"noData": {"after": "2m"}}}});
-    lab.canaries()
-        .patch(
-            "flaskapp",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(&patch),
-        )
+    lab.edit_canary(serde_json::json!({"analysis": {"noData": {"after": "2m"}}}))
         .await
         .unwrap();
     let daemon = lab.spawn_daemon(BINARY.as_ref(), "canaryd-0").unwrap();
@@ -308,13 +302,7 @@ async fn kubectl_sees_the_rollout_and_can_abort_it() {
 async fn a_stage_that_never_becomes_ready_is_rolled_back_at_its_deadline_with_one_alert() {
     let _one = ONE_AT_A_TIME.lock().await;
     let lab = lab().await;
-    let patch = serde_json::json!({"spec": {"readiness": {"timeout": "8s"}}});
-    lab.canaries()
-        .patch(
-            "flaskapp",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(&patch),
-        )
+    lab.edit_canary(serde_json::json!({"readiness": {"timeout": "8s"}}))
         .await
         .unwrap();
     let daemon = lab.spawn_daemon(BINARY.as_ref(), "canaryd-0").unwrap();

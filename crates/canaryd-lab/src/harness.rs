@@ -373,6 +373,17 @@ impl Lab {
         Api::namespaced(self.client.clone(), "prod")
     }
 
+    /// Merges `spec` (a JSON merge patch of the seed Canary's spec) into the seed Canary, as
+    /// `kubectl patch --type merge` would: a test's own settings on top of the lab's.
+    pub async fn edit_canary(&self, spec: serde_json::Value) -> Result<(), LabError> {
+        let patch = json!({ "spec": spec });
+        self.canaries()
+            .patch("flaskapp", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|e| fail("edit the Canary")(e.to_string()))?;
+        Ok(())
+    }
+
     /// Follows the Canary until `done` holds, calling `each` on every change; fails after
     /// `timeout` with the last status.
     pub async fn follow(

@@ -134,16 +134,21 @@ fn available(available: i32, replicas: i32, now: Timestamp) -> DeploymentConditi
     }
 }
 
-/// The status the controller reports once it has seen a new spec: the new ReplicaSet has no
-/// pods yet and the old pods (if any) still serve.
-pub fn progressing_status(deployment: &Deployment, now: Timestamp) -> DeploymentStatus {
-    let replicas = desired_replicas(deployment);
-    let old_available = deployment
+/// The old pods that still serve while a new template rolls out (at most `replicas`).
+fn still_available(deployment: &Deployment, replicas: i32) -> i32 {
+    deployment
         .status
         .as_ref()
         .and_then(|s| s.available_replicas)
         .unwrap_or(0)
-        .min(replicas);
+        .min(replicas)
+}
+
+/// The status the controller reports once it has seen a new spec: the new ReplicaSet has no
+/// pods yet and the old pods (if any) still serve.
+pub fn progressing_status(deployment: &Deployment, now: Timestamp) -> DeploymentStatus {
+    let replicas = desired_replicas(deployment);
+    let old_available = still_available(deployment, replicas);
     DeploymentStatus {
         observed_generation: deployment.metadata.generation,
         replicas: Some(replicas),
@@ -217,12 +222,7 @@ pub fn becomes_available(deployment: &Deployment) -> bool {
 /// the controller gave up waiting, as after `progressDeadlineSeconds`.
 pub fn stuck_status(deployment: &Deployment, now: Timestamp) -> DeploymentStatus {
     let replicas = desired_replicas(deployment);
-    let old_available = deployment
-        .status
-        .as_ref()
-        .and_then(|s| s.available_replicas)
-        .unwrap_or(0)
-        .min(replicas);
+    let old_available = still_available(deployment, replicas);
     DeploymentStatus {
         observed_generation: deployment.metadata.generation,
         replicas: Some(replicas + old_available),

@@ -68,25 +68,28 @@ struct Inner {
 
 impl Inner {
     /// Logs the write when it committed (a no-op or a dry run does not move the counter).
-    fn log_commit(
+    /// Runs one write and records it in the write log when it committed (a write that
+    /// changed nothing leaves the resourceVersion, and the log, as they were).
+    fn logged<T>(
         &mut self,
-        before: u64,
         writer: &str,
         verb: Verb,
-        resource: &ResourceType,
-        scope: Scope,
-        object: &Value,
-    ) {
-        if self.storage.resource_version() == before {
-            return;
+        (resource, scope): (&ResourceType, Scope),
+        write: impl FnOnce(&mut Self) -> ApiResult<T>,
+        object: impl Fn(&T) -> &Value,
+    ) -> ApiResult<T> {
+        let before = self.storage.resource_version();
+        let written = write(self)?;
+        if self.storage.resource_version() != before {
+            self.log.record(Commit {
+                writer,
+                verb,
+                kind: &resource.kind,
+                status: scope == Scope::StatusOnly,
+                object: object(&written),
+            });
         }
-        self.log.record(Commit {
-            writer,
-            verb,
-            kind: &resource.kind,
-            status: scope == Scope::StatusOnly,
-            object,
-        });
+        Ok(written)
     }
 }
 
@@ -168,24 +171,14 @@ impl Store {
         options: &WriteOptions,
     ) -> ApiResult<Written> {
         let mut inner = self.lock();
-        let before = inner.storage.resource_version();
-        let written = inner.create(
-            resource,
-            namespace,
-            builtins::stored(resource, body),
-            options,
-            false,
-        )?;
-        let verb = Verb::Create;
-        inner.log_commit(
-            before,
+        let body = builtins::stored(resource, body);
+        inner.logged(
             &options.writer,
-            verb,
-            resource,
-            Scope::All,
-            &written.object,
-        );
-        Ok(written)
+            Verb::Create,
+            (resource, Scope::All),
+            |inner| inner.create(resource, namespace, body, options, false),
+            |w| &w.object,
+        )
     }
 
     pub fn update(
@@ -213,18 +206,13 @@ impl Store {
             ));
         }
         let body = builtins::stored(resource, body);
-        let before = inner.storage.resource_version();
-        let written = inner.update(resource, current, body, scope, options, false)?;
-        let verb = Verb::Update;
-        inner.log_commit(
-            before,
+        inner.logged(
             &options.writer,
-            verb,
-            resource,
-            scope,
-            &written.object,
-        );
-        Ok(written)
+            Verb::Update,
+            (resource, scope),
+            |inner| inner.update(resource, current, body, scope, options, false),
+            |w| &w.object,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -239,18 +227,13 @@ impl Store {
         options: &WriteOptions,
     ) -> ApiResult<Written> {
         let mut inner = self.lock();
-        let before = inner.storage.resource_version();
-        let written = inner.patch(resource, namespace, name, kind, patch_body, scope, options)?;
-        let verb = Verb::Patch;
-        inner.log_commit(
-            before,
+        inner.logged(
             &options.writer,
-            verb,
-            resource,
-            scope,
-            &written.object,
-        );
-        Ok(written)
+            Verb::Patch,
+            (resource, scope),
+            |inner| inner.patch(resource, namespace, name, kind, patch_body, scope, options),
+            |w| &w.object,
+        )
     }
 
     /// Reads the `scale` view, lets `change` edit it, and writes the replica count back.
@@ -270,17 +253,13 @@ impl Store {
         let current = inner.storage.current(resource, namespace, name)?;
         let changed = change(scale::view(paths, &current))?;
         let updated = scale::write(paths, &current, &changed);
-        let before = inner.storage.resource_version();
-        let written = inner.update(resource, current, updated, Scope::All, options, false)?;
-        let verb = Verb::Update;
-        inner.log_commit(
-            before,
+        let written = inner.logged(
             &options.writer,
-            verb,
-            resource,
-            Scope::All,
-            &written.object,
-        );
+            Verb::Update,
+            (resource, Scope::All),
+            |inner| inner.update(resource, current, updated, Scope::All, options, false),
+            |w| &w.object,
+        )?;
         Ok(scale::view(paths, &written.object))
     }
 
@@ -294,10 +273,13 @@ impl Store {
         writer: &str,
     ) -> ApiResult<Value> {
         let mut inner = self.lock();
-        let before = inner.storage.resource_version();
-        let object = inner.delete(resource, namespace, name, preconditions)?;
-        inner.log_commit(before, writer, Verb::Delete, resource, Scope::All, &object);
-        Ok(object)
+        inner.logged(
+            writer,
+            Verb::Delete,
+            (resource, Scope::All),
+            |inner| inner.delete(resource, namespace, name, preconditions),
+            |object| object,
+        )
     }
 }
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the demo and the tests need on a fresh Debian machine: the real Prometheus,
-# Alertmanager (and promtool), kubectl and python3. Nothing is started here: the demo and the
-# tests start private instances on loopback ports.
+# Alertmanager (and promtool), kubectl, python3 and lua5.4. Nothing is started here: the demo
+# and the tests start private instances on loopback ports.
 set -euo pipefail
 
 need=()
@@ -10,6 +10,8 @@ command -v prometheus-alertmanager >/dev/null 2>&1 || command -v alertmanager >/
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # The independent Standard Webhooks verifier (tests/standard_webhooks_verify.py).
 command -v python3 >/dev/null 2>&1 || need+=(python3)
+# Runs the Argo CD health check of a Canary (tests/it/argocd_health.rs).
+command -v lua5.4 >/dev/null 2>&1 || need+=(lua5.4)
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}" >&2

@@ -190,7 +190,7 @@ async fn hold_unreadable(
     }
     let mut new = status.clone();
     crate::rollout::hold_invalid_spec(&mut new, problem, (ctx.now)());
-    new.observed_generation = obj.metadata.generation;
+    crate::rollout::observed(&mut new, obj.metadata.generation);
     if new != status {
         let patch: json_patch::Patch =
             serde_json::from_value(json!([{"op": "add", "path": "/status", "value": new}]))

@@ -137,7 +137,7 @@ pub enum Error {
     #[error(transparent)]
     Traffic(#[from] traffic::TrafficError),
     #[error("promotion: {0}")]
-    CopyTemplate(#[from] workload::NoSpec),
+    Promotion(#[from] workload::PromotionError),
     #[error("promotion: spec.promotion.webhook is missing; set it, or use another promotion.mode")]
     NoPromotionWebhook,
     #[error("promotion webhook: {0}")]
@@ -158,7 +158,7 @@ impl Error {
         match self {
             Error::Api(_) => "api",
             Error::Traffic(_) => "traffic",
-            Error::CopyTemplate(_)
+            Error::Promotion(_)
             | Error::NoPromotionWebhook
             | Error::PromotionWebhook(_)
             | Error::SigningKey(_) => "promotion",

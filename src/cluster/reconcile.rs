@@ -44,7 +44,9 @@ use serde_json::json;
 use super::gates::{ContainerImage, GateJob, GateKey, Origin, WebhookCall, WebhookPayload};
 use super::{boundaries, commands, traffic, workload, Context, Error, FIELD_MANAGER, FINALIZER};
 use crate::api::validation::{describe, validate};
-use crate::api::{Canary, CanarySpec, CanaryStatus, GateKind, Phase, SecretKeyRef, WebhookKind};
+use crate::api::{
+    Canary, CanarySpec, CanaryStatus, GateKind, Phase, PromotionMode, SecretKeyRef, WebhookKind,
+};
 use crate::rollout::{self, Action, Decision, Look, LookResult, Observations, UpdateMethod};
 
 /// Entry point for the kube-rs Controller.
@@ -94,7 +96,7 @@ async fn apply(canary: &Canary, ctx: &Context, deleting: bool) -> Result<Requeue
         ctx.notifier.sync(canary, &mut new, &decision.actions, now);
         return Ok(Requeue::await_change());
     }
-    new.observed_generation = canary.metadata.generation;
+    rollout::observed(&mut new, canary.metadata.generation);
     let moves_traffic = decision
         .actions
         .iter()
@@ -171,7 +173,16 @@ async fn observe(
     let deployment = |env: &crate::api::Environment| {
         let at = ObjectRef::<Deployment>::new(&env.deployment.name)
             .within(&env_ns(&env.deployment.namespace));
-        ctx.deployments.get(&at).map(|d| workload::observe(&d))
+        ctx.deployments.get(&at)
+    };
+    let (stage, prod) = (deployment(&spec.stage), deployment(&spec.prod));
+    let promotion_problem = match (&stage, &prod, spec.promotion.mode) {
+        (Some(s), Some(p), PromotionMode::Images | PromotionMode::Manual) => {
+            workload::images_patch(s, p, &spec.revision)
+                .err()
+                .map(|e| e.to_string())
+        }
+        _ => None,
     };
     let vs_ns = env_ns(&spec.virtual_service.namespace);
     let vs_ref = ObjectRef::new(&spec.virtual_service.name).within(&vs_ns);
@@ -196,8 +207,9 @@ async fn observe(
         spec_problem: None,
         reference_problem: None,
         route_owner: None,
-        stage: deployment(&spec.stage),
-        prod: deployment(&spec.prod),
+        stage: stage.map(|d| workload::observe(&d, &spec.revision)),
+        prod: prod.map(|d| workload::observe(&d, &spec.revision)),
+        promotion_problem,
         traffic,
         look,
         gate: pending.as_ref().and_then(|key| ctx.gates.take(key)),
@@ -615,11 +627,14 @@ async fn update_prod(
         Api::namespaced(ctx.client.clone(), &env_ns(&spec.prod.deployment.namespace));
     let stage = stage_api.get(&spec.stage.deployment.name).await?;
     match method {
-        UpdateMethod::CopyTemplate => {
+        UpdateMethod::Images | UpdateMethod::CopyWholeTemplate => {
             let mut last = None;
             for _ in 0..3 {
                 let prod = prod_api.get(&spec.prod.deployment.name).await?;
-                let patch = workload::copy_template_patch(&stage, &prod)?;
+                let patch = match method {
+                    UpdateMethod::Images => workload::images_patch(&stage, &prod, &spec.revision)?,
+                    _ => workload::copy_template_patch(&stage, &prod)?,
+                };
                 let patch: json_patch::Patch =
                     serde_json::from_value(patch).expect("a valid JSON patch");
                 let params = PatchParams::apply(FIELD_MANAGER);
@@ -627,7 +642,7 @@ async fn update_prod(
                 let write = prod_api.patch(&spec.prod.deployment.name, &params, &patch);
                 match ctx.write("prod's pod template", write).await {
                     Ok(_) => {
-                        tracing::info!(canary = %canary.name_any(), revision = %workload::revision(&stage), "prod given stage's pod template");
+                        tracing::info!(canary = %canary.name_any(), release = %workload::revision(&stage, &spec.revision), ?method, "prod brought to stage's release");
                         return Ok(());
                     }
                     Err(Error::Api(kube::Error::Api(s))) if s.code == 409 || s.code == 422 => {

@@ -62,7 +62,20 @@ pub fn observe(vs: &VirtualService, spec: &CanarySpec) -> Result<Traffic, RouteE
     Ok(Traffic {
         stage_weight: split.stage_weight.clamp(0, 100) as u8,
         version: vs.metadata.resource_version.clone().unwrap_or_default(),
+        last_writer: last_writer(vs),
     })
+}
+
+/// The field manager of the VirtualService's most recent write when it is not canaryd's
+/// (from `managedFields`): who to name when someone else keeps changing the weights.
+fn last_writer(vs: &VirtualService) -> Option<String> {
+    let entries = vs.metadata.managed_fields.as_ref()?;
+    let latest = entries
+        .iter()
+        .max_by_key(|e| e.time.as_ref().map(|t| t.0))?;
+    let manager = latest.manager.as_deref()?;
+    (manager != super::FIELD_MANAGER)
+        .then(|| crate::api::limits::bounded(manager, crate::api::limits::MAX_NAME * 2))
 }
 
 fn find_split(vs: &VirtualService, spec: &CanarySpec) -> Result<TrafficSplit, RouteError> {

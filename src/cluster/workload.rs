@@ -1,26 +1,27 @@
-//! Deployments as the lifecycle sees them: a revision (a stable hash of the pod template's
-//! spec) and readiness; and the promotion patch that brings prod to stage's template.
+//! Deployments as the lifecycle sees them: a revision (the images the pod template runs,
+//! plus what `spec.revision` names: `canaryd_api::release`) and readiness; and the promotion
+//! patches that bring prod to stage's release.
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Container, PodTemplateSpec};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
+use crate::api::release;
+use crate::api::RevisionSpec;
 use crate::rollout::Workload;
 
-/// A stable hash of the pod template's spec.
-///
-/// The template's metadata (labels, annotations) is left out: prod keeps its own labels when
-/// it is promoted, and labels do not change what runs. serde_json orders object keys, so the
-/// same spec always hashes the same.
-pub fn revision(deployment: &Deployment) -> String {
-    let spec = deployment
+/// The release the Deployment's pod template runs (`demoapp:v2`).
+pub fn revision(deployment: &Deployment, rule: &RevisionSpec) -> String {
+    release::revision(template(deployment), rule)
+}
+
+fn template(deployment: &Deployment) -> &PodTemplateSpec {
+    static EMPTY: std::sync::OnceLock<PodTemplateSpec> = std::sync::OnceLock::new();
+    deployment
         .spec
         .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .map(|s| serde_json::to_value(s).unwrap_or(Value::Null))
-        .unwrap_or(Value::Null);
-    let digest = Sha256::digest(spec.to_string().as_bytes());
-    hex::encode(&digest[..8])
+        .map(|s| &s.template)
+        .unwrap_or_else(|| EMPTY.get_or_init(PodTemplateSpec::default))
 }
 
 /// Rolled out: the controller saw the current generation and every replica is updated and
@@ -90,29 +91,199 @@ pub fn why_not_ready(deployment: &Deployment) -> Option<String> {
     Some(why)
 }
 
-pub fn observe(deployment: &Deployment) -> Workload {
+pub fn observe(deployment: &Deployment, rule: &RevisionSpec) -> Workload {
     Workload {
-        revision: revision(deployment),
+        revision: revision(deployment, rule),
         ready: is_ready(deployment),
         why_not_ready: why_not_ready(deployment),
     }
 }
 
-/// A Deployment without a spec: its pod template cannot be copied.
+/// Why prod cannot be given stage's release by a patch.
 #[derive(Debug, thiserror::Error)]
-#[error("the {0} Deployment has no spec")]
-pub struct NoSpec(pub &'static str);
+pub enum PromotionError {
+    #[error("the {0} Deployment has no spec")]
+    NoSpec(&'static str),
+    #[error(
+        "{side} has no {kind} named \"{name}\" and the other has one; promotion mode images \
+         sets images by container name, so both must have the same containers: add it to \
+         {side}'s chart, or promote with mode webhook"
+    )]
+    ContainerMismatch {
+        side: &'static str,
+        kind: &'static str,
+        name: String,
+    },
+    #[error(
+        "spec.revision.metadata names \"{0}\", a label of prod's selector; prod cannot take \
+         stage's value without leaving its own pods: name an annotation or another label"
+    )]
+    SelectorKey(String),
+}
 
-/// The JSON patch that gives prod stage's pod template while prod keeps its own template
-/// labels (its selector must keep matching). Guarded by a `test` on prod's resourceVersion,
-/// so a prod changed meanwhile is re-read rather than overwritten.
-pub fn copy_template_patch(stage: &Deployment, prod: &Deployment) -> Result<Value, NoSpec> {
+/// The JSON patch that gives prod stage's images (containers and init containers, matched by
+/// name) and the values `rule` names, and changes nothing else of prod: its env, resources,
+/// replicas, config references, service account and labels stay its own. Guarded by a `test`
+/// on prod's resourceVersion, so a prod changed meanwhile is re-read rather than overwritten.
+pub fn images_patch(
+    stage: &Deployment,
+    prod: &Deployment,
+    rule: &RevisionSpec,
+) -> Result<Value, PromotionError> {
+    let stage_pod = stage
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .ok_or(PromotionError::NoSpec("stage"))?;
+    let prod_spec = prod.spec.as_ref().ok_or(PromotionError::NoSpec("prod"))?;
+    let prod_pod = prod_spec
+        .template
+        .spec
+        .as_ref()
+        .ok_or(PromotionError::NoSpec("prod"))?;
+    let version = prod.metadata.resource_version.clone().unwrap_or_default();
+    let mut ops =
+        vec![json!({"op": "test", "path": "/metadata/resourceVersion", "value": version})];
+    let lists: [(&str, &str, &[Container], &[Container]); 2] = [
+        (
+            "containers",
+            "container",
+            &stage_pod.containers,
+            &prod_pod.containers,
+        ),
+        (
+            "initContainers",
+            "init container",
+            stage_pod.init_containers.as_deref().unwrap_or_default(),
+            prod_pod.init_containers.as_deref().unwrap_or_default(),
+        ),
+    ];
+    for (field, kind, stage_list, prod_list) in lists {
+        matched(stage_list, prod_list, "prod", kind)?;
+        matched(prod_list, stage_list, "stage", kind)?;
+        for (i, p) in prod_list.iter().enumerate() {
+            let s = stage_list
+                .iter()
+                .find(|s| s.name == p.name)
+                .expect("matched above");
+            let path = format!("/spec/template/spec/{field}/{i}");
+            if s.image != p.image {
+                ops.push(json!({"op": "add", "path": format!("{path}/image"), "value": s.image}));
+            }
+            env_ops(&rule.env, s, p, &path, &mut ops);
+        }
+    }
+    metadata_ops(&rule.metadata, template(stage), prod, &mut ops)?;
+    Ok(Value::Array(ops))
+}
+
+/// Every container of `from` has a namesake in `to`, else `side` (the owner of `to`) misses it.
+fn matched(
+    from: &[Container],
+    to: &[Container],
+    side: &'static str,
+    kind: &'static str,
+) -> Result<(), PromotionError> {
+    match from.iter().find(|c| !to.iter().any(|t| t.name == c.name)) {
+        Some(c) => Err(PromotionError::ContainerMismatch {
+            side,
+            kind,
+            name: c.name.clone(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Stage's literal values of the env vars `names`, set in prod's container of the same name
+/// (added when prod's lacks it).
+fn env_ops(
+    names: &[String],
+    stage: &Container,
+    prod: &Container,
+    path: &str,
+    ops: &mut Vec<Value>,
+) {
+    let prod_env = prod.env.as_deref().unwrap_or_default();
+    for name in names {
+        let Some(value) = stage
+            .env
+            .iter()
+            .flatten()
+            .find(|e| &e.name == name)
+            .map(|e| e.value.clone().unwrap_or_default())
+        else {
+            continue;
+        };
+        match prod_env.iter().position(|e| &e.name == name) {
+            Some(j) if prod_env[j].value.as_deref() == Some(value.as_str()) => {}
+            Some(j) => ops.push(json!({"op": "replace", "path": format!("{path}/env/{j}"),
+                "value": {"name": name, "value": value}})),
+            None if prod.env.is_none() => ops
+                .push(json!({"op": "add", "path": format!("{path}/env"),
+                "value": [{"name": name, "value": value}]})),
+            None => ops.push(json!({"op": "add", "path": format!("{path}/env/-"),
+                "value": {"name": name, "value": value}})),
+        }
+    }
+}
+
+/// Stage's values of the pod-template annotations or labels `keys`, set in prod's template.
+fn metadata_ops(
+    keys: &[String],
+    stage: &PodTemplateSpec,
+    prod: &Deployment,
+    ops: &mut Vec<Value>,
+) -> Result<(), PromotionError> {
+    let prod_meta = template(prod).metadata.clone().unwrap_or_default();
+    let selector = prod
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.match_labels.clone())
+        .unwrap_or_default();
+    let stage_meta = stage.metadata.clone().unwrap_or_default();
+    for key in keys {
+        let escaped = key.replace('~', "~0").replace('/', "~1");
+        let (map, value, prod_map) = match stage_meta.annotations.as_ref().and_then(|a| a.get(key))
+        {
+            Some(v) => ("annotations", v, &prod_meta.annotations),
+            None => match stage_meta.labels.as_ref().and_then(|l| l.get(key)) {
+                Some(v) => {
+                    if selector.contains_key(key) {
+                        return Err(PromotionError::SelectorKey(key.clone()));
+                    }
+                    ("labels", v, &prod_meta.labels)
+                }
+                None => continue,
+            },
+        };
+        if prod_map.as_ref().and_then(|m| m.get(key)) == Some(value) {
+            continue;
+        }
+        if prod_map.is_none() {
+            ops.push(
+                json!({"op": "add", "path": format!("/spec/template/metadata/{map}"),
+                "value": {key: value}}),
+            );
+        } else {
+            ops.push(
+                json!({"op": "add", "path": format!("/spec/template/metadata/{map}/{escaped}"),
+                "value": value}),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The JSON patch that gives prod stage's whole pod template while prod keeps its own
+/// template labels (its selector must keep matching): stage's env, config references,
+/// service account and resources replace prod's. Guarded like [`images_patch`].
+pub fn copy_template_patch(stage: &Deployment, prod: &Deployment) -> Result<Value, PromotionError> {
     let stage_template = stage
         .spec
         .as_ref()
         .map(|s| &s.template)
-        .ok_or(NoSpec("stage"))?;
-    let prod_spec = prod.spec.as_ref().ok_or(NoSpec("prod"))?;
+        .ok_or(PromotionError::NoSpec("stage"))?;
+    let prod_spec = prod.spec.as_ref().ok_or(PromotionError::NoSpec("prod"))?;
     let mut template = serde_json::to_value(stage_template).expect("a pod template serializes");
     let prod_labels = serde_json::to_value(
         prod_spec
@@ -153,14 +324,14 @@ mod tests {
     }
 
     #[test]
-    fn revision_follows_the_pod_spec_not_labels() {
+    fn revision_is_the_image_not_the_environment() {
+        let rule = RevisionSpec::default();
         let a = deployment("prod", "demoapp:v1", "prod");
         let b = deployment("stage", "demoapp:v1", "stage");
         let c = deployment("stage", "demoapp:v2", "stage");
-        assert_eq!(revision(&a), revision(&b));
-        assert_ne!(revision(&b), revision(&c));
-        assert_eq!(revision(&c), revision(&c.clone()));
-        assert_eq!(revision(&a).len(), 16);
+        assert_eq!(revision(&a, &rule), revision(&b, &rule));
+        assert_ne!(revision(&b, &rule), revision(&c, &rule));
+        assert_eq!(revision(&c, &rule), "demoapp:v2");
     }
 
     #[test]
@@ -209,8 +380,132 @@ mod tests {
         assert!(!why.contains("MinimumReplicasAvailable"), "{why}");
     }
 
+    /// prod and stage as two Helm releases of one chart differ on purpose: env, config
+    /// references, resources, service account, replicas, labels.
+    fn environment(ns: &str, image: &str, version: &str) -> Deployment {
+        serde_json::from_value(json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "flaskapp", "namespace": ns, "generation": 2, "resourceVersion": "7"},
+            "spec": {
+                "replicas": if ns == "prod" { 6 } else { 1 },
+                "selector": {"matchLabels": {"app": "flaskapp", "env": ns}},
+                "template": {
+                    "metadata": {"labels": {"app": "flaskapp", "env": ns},
+                                 "annotations": {"app.kubernetes.io/version": version}},
+                    "spec": {
+                        "serviceAccountName": format!("flaskapp-{ns}"),
+                        "initContainers": [{"name": "migrate", "image": image.replace("demoapp", "migrate"),
+                            "env": [{"name": "DATABASE_URL", "value": format!("postgres://{ns}-db/app")}]}],
+                        "containers": [
+                            {"name": "app", "image": image,
+                             "env": [{"name": "DATABASE_URL", "value": format!("postgres://{ns}-db/app")},
+                                     {"name": "FEATURE_X", "value": (ns == "stage").to_string()}],
+                             "envFrom": [{"configMapRef": {"name": format!("flaskapp-{ns}")}}],
+                             "resources": {"limits": {"cpu": if ns == "prod" { "2" } else { "250m" }}}},
+                            {"name": "sidecar", "image": "logshipper:3"}
+                        ]
+                    }
+                }
+            }
+        }))
+        .unwrap()
+    }
+
+    fn promoted(stage: &Deployment, prod: &Deployment, rule: &RevisionSpec) -> Deployment {
+        let patch: json_patch::Patch =
+            serde_json::from_value(images_patch(stage, prod, rule).unwrap()).unwrap();
+        let mut doc = serde_json::to_value(prod).unwrap();
+        json_patch::patch(&mut doc, &patch).unwrap();
+        serde_json::from_value(doc).unwrap()
+    }
+
     #[test]
-    fn promotion_copies_stage_template_and_keeps_prod_labels() {
+    fn images_promotion_sets_images_and_keeps_everything_else_of_prod() {
+        let rule = RevisionSpec::default();
+        let prod = environment("prod", "demoapp:v1", "1.0.0");
+        let stage = environment("stage", "demoapp:v2", "2.0.0");
+        assert_eq!(
+            revision(&prod, &rule),
+            "app=demoapp:v1, sidecar=logshipper:3, init:migrate=migrate:v1"
+        );
+        let after = promoted(&stage, &prod, &rule);
+        assert_eq!(revision(&after, &rule), revision(&stage, &rule));
+        // Field by field, everything but the images is prod's own.
+        let (mut expected, mut got) = (
+            serde_json::to_value(&prod).unwrap(),
+            serde_json::to_value(&after).unwrap(),
+        );
+        for v in [&mut expected, &mut got] {
+            v["spec"]["template"]["spec"]["containers"][0]["image"] = json!("-");
+            v["spec"]["template"]["spec"]["initContainers"][0]["image"] = json!("-");
+        }
+        assert_eq!(got, expected, "only the images changed");
+        let pod = after.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        assert_eq!(pod.containers[0].image.as_deref(), Some("demoapp:v2"));
+        assert_eq!(
+            pod.init_containers.as_ref().unwrap()[0].image.as_deref(),
+            Some("migrate:v2")
+        );
+        assert_eq!(
+            pod.containers[0].env.as_ref().unwrap()[0].value.as_deref(),
+            Some("postgres://prod-db/app"),
+            "prod keeps its database"
+        );
+    }
+
+    #[test]
+    fn images_promotion_copies_the_values_the_revision_names() {
+        let rule = RevisionSpec {
+            metadata: vec!["app.kubernetes.io/version".into()],
+            env: vec!["FEATURE_X".into()],
+        };
+        let prod = environment("prod", "demoapp:v1", "1.0.0");
+        let stage = environment("stage", "demoapp:v2", "2.0.0");
+        let after = promoted(&stage, &prod, &rule);
+        assert_eq!(revision(&after, &rule), revision(&stage, &rule));
+        let pod = after.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let env = pod.containers[0].env.as_ref().unwrap();
+        assert_eq!(env[0].value.as_deref(), Some("postgres://prod-db/app"));
+        assert_eq!(env[1].value.as_deref(), Some("true"));
+        assert_eq!(after.spec.as_ref().unwrap().replicas, Some(6));
+    }
+
+    #[test]
+    fn a_container_on_one_side_only_is_an_error_not_a_guess() {
+        let prod = environment("prod", "demoapp:v1", "1");
+        let mut stage = environment("stage", "demoapp:v2", "2");
+        let pod = stage.spec.as_mut().unwrap().template.spec.as_mut().unwrap();
+        pod.containers[1].name = "metrics".into();
+        let err = images_patch(&stage, &prod, &RevisionSpec::default()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "prod has no container named \"metrics\" and the other has one; promotion mode \
+             images sets images by container name, so both must have the same containers: add \
+             it to prod's chart, or promote with mode webhook"
+        );
+        let rule = RevisionSpec {
+            metadata: vec!["env".into()],
+            env: vec![],
+        };
+        let mut stage = environment("stage", "demoapp:v2", "2");
+        stage
+            .spec
+            .as_mut()
+            .unwrap()
+            .template
+            .metadata
+            .as_mut()
+            .unwrap()
+            .annotations = None;
+        assert!(matches!(
+            images_patch(&stage, &prod, &rule),
+            Err(PromotionError::SelectorKey(k)) if k == "env"
+        ));
+    }
+
+    #[test]
+    fn whole_template_promotion_copies_stage_template_and_keeps_prod_labels() {
+        let rule = RevisionSpec::default();
         let stage = deployment("stage", "demoapp:v2", "stage");
         let prod = deployment("prod", "demoapp:v1", "prod");
         let patch: json_patch::Patch =
@@ -218,7 +513,7 @@ mod tests {
         let mut doc = serde_json::to_value(&prod).unwrap();
         json_patch::patch(&mut doc, &patch).unwrap();
         let promoted: Deployment = serde_json::from_value(doc).unwrap();
-        assert_eq!(revision(&promoted), revision(&stage));
+        assert_eq!(revision(&promoted, &rule), revision(&stage, &rule));
         let tpl = &promoted.spec.as_ref().unwrap().template;
         assert_eq!(
             tpl.metadata.as_ref().unwrap().labels.as_ref().unwrap()["env"],

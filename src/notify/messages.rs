@@ -110,8 +110,8 @@ pub fn slack(n: &PendingNotification, about: &About) -> Value {
         json!({"type": "header", "text": {"type": "plain_text", "text": title}}),
         json!({"type": "section", "text": {"type": "mrkdwn", "text": n.message}}),
         json!({"type": "section", "fields": [
-            {"type": "mrkdwn", "text": format!("*Stage revision*\n{}", n.stage_revision.as_deref().unwrap_or("unknown"))},
-            {"type": "mrkdwn", "text": format!("*Prod revision*\n{}", about.prod_revision.as_deref().unwrap_or("unknown"))},
+            {"type": "mrkdwn", "text": format!("*Stage release*\n{}", shown(n.stage_revision.as_deref()))},
+            {"type": "mrkdwn", "text": format!("*Prod release*\n{}", shown(about.prod_revision.as_deref()))},
             {"type": "mrkdwn", "text": format!("*Phase*\n{}", about.phase)},
             {"type": "mrkdwn", "text": format!("*Stage weight*\n{} %", about.stage_weight)},
         ]}),
@@ -147,10 +147,10 @@ pub fn alert(a: &AlertState, about: &About, ends_at: Timestamp) -> Value {
     };
     let summary = if a.alertname == ROLLED_BACK {
         format!(
-            "Canary {}/{} rolled back stage revision {}",
+            "Canary {}/{} rolled back {}",
             about.namespace,
             about.canary,
-            a.stage_revision.as_deref().unwrap_or("unknown")
+            shown(a.stage_revision.as_deref())
         )
     } else {
         format!(
@@ -208,4 +208,9 @@ pub fn link(template: &Option<String>, namespace: &str, canary: &str) -> Option<
         t.replace("{namespace}", namespace)
             .replace("{canary}", canary)
     })
+}
+
+/// A release as a person reads it (digests shortened), or "unknown".
+fn shown(revision: Option<&str>) -> String {
+    revision.map_or_else(|| "unknown".into(), crate::api::release::shorten)
 }

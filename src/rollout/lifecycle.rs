@@ -15,9 +15,10 @@ use jiff::Timestamp;
 use super::*;
 use crate::analysis::{evaluate_look, AnalysisError, LookContext};
 use crate::api::limits::{bounded, MAX_HISTORY_TEXT, MAX_TEXT};
+use crate::api::release;
 use crate::api::{
     AnalysisSpec, AnalysisState, CanarySpec, CanaryStatus, Condition, DecisionRecord, HistoryEntry,
-    NoDataAction, PendingGate, Phase, PromotionMode, ReadinessAction, StageWait,
+    NoDataAction, PendingGate, Phase, PromotionMode, ReadinessAction, StageWait, TrafficContest,
     TrafficDriftPolicy, TrafficIntent, Verdict,
 };
 
@@ -71,9 +72,10 @@ pub(crate) fn decide_with(
 pub fn hold_invalid_spec(status: &mut CanaryStatus, problem: &str, now: Timestamp) {
     set_condition(status, "SpecValid", false, "InvalidSpec", problem, now);
     status.message = bounded(&format!("invalid spec, nothing done: {problem}"), MAX_TEXT);
+    summarize(status, now);
 }
 
-/// Sets condition `type_`; its transition time moves only when its status does.
+/// Sets condition `type_` to True or False; see [`set_condition_to`].
 fn set_condition(
     status: &mut CanaryStatus,
     type_: &str,
@@ -83,6 +85,19 @@ fn set_condition(
     now: Timestamp,
 ) {
     let value = if ok { "True" } else { "False" };
+    set_condition_to(status, type_, value, reason, message, now);
+}
+
+/// Sets condition `type_` to `value` ("True", "False" or "Unknown"); its transition time
+/// moves only when its status does.
+fn set_condition_to(
+    status: &mut CanaryStatus,
+    type_: &str,
+    value: &str,
+    reason: &str,
+    message: &str,
+    now: Timestamp,
+) {
     let message = bounded(message, MAX_TEXT);
     let message = message.as_str();
     let conditions = &mut status.conditions;
@@ -102,7 +117,101 @@ fn set_condition(
             reason: reason.into(),
             message: message.into(),
             last_transition_time: Some(now),
+            observed_generation: status.observed_generation,
         }),
+    }
+}
+
+/// The conditions tools wait on, derived from the phase and the precondition conditions:
+/// `Ready` (kstatus: True when Idle or Succeeded, False when the rollout needs a person or
+/// the Canary can do nothing, Unknown while a rollout runs), `Reconciling` and `Stalled`
+/// (what kstatus and Flux read), `Promoted` (the last rollout ended with prod on the new
+/// release) and `RolledBack`, for `kubectl wait --for=condition=...`.
+fn summarize(status: &mut CanaryStatus, now: Timestamp) {
+    let blocked = status
+        .conditions
+        .iter()
+        .find(|c| {
+            matches!(
+                (c.type_.as_str(), c.status.as_str()),
+                ("SpecValid" | "ReferencesAllowed", "False") | ("Conflict", "True")
+            )
+        })
+        .map(|c| (c.reason.clone(), c.message.clone()));
+    let message = status.message.clone();
+    let (ready, reason): (&str, String) = match (&blocked, status.phase) {
+        (Some((reason, _)), _) => ("False", reason.clone()),
+        (None, Phase::Idle | Phase::Succeeded) => ("True", status.phase.as_str().into()),
+        (None, Phase::RolledBack | Phase::Paused) => ("False", status.phase.as_str().into()),
+        (None, _) => ("Unknown", "Progressing".into()),
+    };
+    let ready_message = blocked
+        .as_ref()
+        .map_or(message.as_str(), |(_, m)| m.as_str());
+    set_condition_to(status, "Ready", ready, &reason, ready_message, now);
+    let active = blocked.is_none() && ready == "Unknown";
+    let (reconciling_reason, stalled, stalled_reason) = match (&blocked, status.phase) {
+        (Some((reason, _)), _) => ("Blocked", true, reason.clone()),
+        (None, Phase::RolledBack | Phase::Paused) => {
+            ("Finished", true, status.phase.as_str().into())
+        }
+        (None, _) if active => ("Progressing", false, "Progressing".into()),
+        (None, _) => ("Finished", false, status.phase.as_str().into()),
+    };
+    set_condition(
+        status,
+        "Reconciling",
+        active,
+        reconciling_reason,
+        ready_message,
+        now,
+    );
+    set_condition(
+        status,
+        "Stalled",
+        stalled,
+        &stalled_reason,
+        ready_message,
+        now,
+    );
+    let release = status
+        .stage_revision
+        .as_deref()
+        .map(release::shorten)
+        .unwrap_or_else(|| "-".into());
+    let (promoted, why) = match status.phase {
+        Phase::Succeeded => (true, format!("prod runs {release} with all traffic")),
+        Phase::RolledBack => (false, format!("{release} was rolled back")),
+        Phase::Idle => (false, "no rollout yet".into()),
+        Phase::Paused => (false, format!("the rollout of {release} is paused")),
+        _ => (false, format!("the rollout of {release} is in progress")),
+    };
+    let promoted_reason = if promoted {
+        "Promoted"
+    } else {
+        status.phase.as_str()
+    };
+    set_condition(status, "Promoted", promoted, promoted_reason, &why, now);
+    let rolled_back = status.phase == Phase::RolledBack;
+    let reason = if rolled_back {
+        "RolledBack"
+    } else {
+        status.phase.as_str()
+    };
+    let why = if rolled_back {
+        message.as_str()
+    } else {
+        "not rolled back"
+    };
+    set_condition(status, "RolledBack", rolled_back, reason, why, now);
+}
+
+/// Records that the status was decided on `generation` of the Canary: in
+/// `status.observedGeneration` and in every condition (metav1.Condition's field).
+pub fn observed(status: &mut CanaryStatus, generation: Option<i64>) {
+    status.observed_generation = generation;
+    for c in &mut status.conditions {
+        c.observed_generation = generation;
     }
 }
 
@@ -117,8 +226,8 @@ struct Round<'a> {
     cause: Cause,
 }
 
-fn short(rev: &str) -> &str {
-    &rev[..rev.len().min(10)]
+fn short(rev: &str) -> String {
+    release::shorten(rev)
 }
 
 impl Round<'_> {
@@ -328,6 +437,7 @@ impl Round<'_> {
         s.prod_update_requested_at = None;
         s.rolled_back_revision = None;
         s.waiting_for_stage = None;
+        self.clear_contest();
         self.set_weight(self.spec.steps[0]);
         self.start_gate(GateKind::PreTraffic);
         let msg = format!(
@@ -502,6 +612,17 @@ impl Round<'_> {
         }
         match self.spec.traffic_drift {
             TrafficDriftPolicy::Reassert => {
+                if let Some(writer) = self.contested(seen.last_writer.clone()) {
+                    let message = format!(
+                        "{what}; {writer} changed the weights back {CONTESTED_AFTER} times within \
+                         {}: paused instead of fighting it. Make {writer} leave the route's \
+                         weights to canaryd (README: GitOps and pipelines), then resume",
+                        humantime::format_duration(CONTESTED_WINDOW)
+                    );
+                    self.condition("TrafficContested", true, "ForeignWriter", &message);
+                    self.pause(message);
+                    return;
+                }
                 self.event(
                     true,
                     "TrafficDrift",
@@ -515,6 +636,52 @@ impl Round<'_> {
             TrafficDriftPolicy::Pause => {
                 self.event(true, "TrafficDrift", format!("{what}; staying paused"));
             }
+        }
+    }
+
+    /// Counts one foreign change of the weights in `status.trafficContest` (a new window
+    /// after [`CONTESTED_WINDOW`]); returns who keeps changing them once that happened
+    /// [`CONTESTED_AFTER`] times within the window.
+    fn contested(&mut self, writer: Option<String>) -> Option<String> {
+        let window = jiff::SignedDuration::try_from(CONTESTED_WINDOW).expect("a small duration");
+        let contest = match self.status.traffic_contest.take() {
+            Some(c) if self.now.duration_since(c.since) <= window => TrafficContest {
+                count: c.count + 1,
+                since: c.since,
+                writer: writer.or(c.writer),
+            },
+            _ => TrafficContest {
+                count: 1,
+                since: self.now,
+                writer,
+            },
+        };
+        let name = contest
+            .writer
+            .as_deref()
+            .map_or("another writer".to_string(), |w| {
+                format!("field manager \"{w}\"")
+            });
+        let reached = contest.count >= CONTESTED_AFTER;
+        self.status.traffic_contest = Some(contest);
+        reached.then_some(name)
+    }
+
+    /// A person resumed, or a new rollout started: foreign writes are counted afresh.
+    fn clear_contest(&mut self) {
+        self.status.traffic_contest = None;
+        if self
+            .status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "TrafficContested")
+        {
+            self.condition(
+                "TrafficContested",
+                false,
+                "NotContested",
+                "nobody else has changed the weights since the last resume or rollout",
+            );
         }
     }
 
@@ -595,6 +762,7 @@ impl Round<'_> {
         self.status.no_data_since = None;
         self.status.pending_gate = None;
         self.status.waiting_for_stage = None;
+        self.clear_contest();
         if from == Phase::Idle {
             // Paused because stage did not become ready: wait for it again, on a fresh clock.
             self.status.phase = Phase::Idle;
@@ -879,9 +1047,10 @@ impl Round<'_> {
     fn request_prod_update(&mut self, by_operator: bool) {
         let rev = self.status.stage_revision.clone().unwrap_or_default();
         let method = match self.spec.promotion.mode {
-            PromotionMode::CopyTemplate => Some(UpdateMethod::CopyTemplate),
+            PromotionMode::Images => Some(UpdateMethod::Images),
+            PromotionMode::CopyWholeTemplate => Some(UpdateMethod::CopyWholeTemplate),
             PromotionMode::Webhook => Some(UpdateMethod::Webhook),
-            PromotionMode::Manual if by_operator => Some(UpdateMethod::CopyTemplate),
+            PromotionMode::Manual if by_operator => Some(UpdateMethod::Images),
             PromotionMode::Manual => None,
         };
         let Some(method) = method else {
@@ -891,6 +1060,12 @@ impl Round<'_> {
             ));
             return;
         };
+        if let (UpdateMethod::Images, Some(problem)) = (method, &self.obs.promotion_problem) {
+            return self.pause(format!(
+                "prod cannot be brought to {}: {problem}; stage keeps all traffic",
+                short(&rev)
+            ));
+        }
         self.status.prod_update_requested_at = Some(self.now);
         self.actions.push(Action::UpdateProd { method });
         let msg = format!("promoting prod to {}", short(&rev));
@@ -1151,6 +1326,7 @@ impl Round<'_> {
             let excess = s.history.len().saturating_sub(HISTORY_LIMIT);
             s.history.drain(..excess);
         }
+        summarize(&mut self.status, self.now);
         Decision {
             status: self.status,
             actions: self.actions,

@@ -21,7 +21,13 @@ use crate::analysis::LookCounts;
 pub use crate::analysis::LookOutcome;
 use crate::api::{GateKind, WebhookKind};
 
-pub use lifecycle::{decide, hold_invalid_spec};
+pub use lifecycle::{decide, hold_invalid_spec, observed};
+
+/// How many times someone else may change the weights back within [`CONTESTED_WINDOW`]
+/// before canaryd stops writing them and pauses (instead of fighting a GitOps tool).
+pub const CONTESTED_AFTER: u32 = 3;
+/// The window of [`CONTESTED_AFTER`].
+pub const CONTESTED_WINDOW: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// How many history entries the status keeps.
 pub const HISTORY_LIMIT: usize = 20;
@@ -50,7 +56,8 @@ pub fn command_key(id: &str) -> String {
 /// One Deployment as the lifecycle sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Workload {
-    /// Stable hash of the pod template.
+    /// The release it runs: its images, plus what `spec.revision` names
+    /// (`canaryd_api::release`).
     pub revision: String,
     /// Rolled out: observedGeneration current, updated and available replicas as desired.
     pub ready: bool,
@@ -86,6 +93,9 @@ pub struct Observations {
     /// Whether every webhook signing key could be read and is long enough; `None` when no
     /// webhook is signed.
     pub signing: Option<Result<(), String>>,
+    /// Why prod cannot be given stage's images by a patch (a container on one side only),
+    /// when promotion would set them; promotion then pauses with this reason.
+    pub promotion_problem: Option<String>,
     /// An operator command found on the Canary.
     pub command: Option<Command>,
     /// The Canary is being deleted.
@@ -98,6 +108,8 @@ pub struct Traffic {
     pub stage_weight: u8,
     /// The VirtualService's resourceVersion: each change of it is a new version.
     pub version: String,
+    /// The field manager of its last write, when that was not canaryd (managedFields).
+    pub last_writer: Option<String>,
 }
 
 impl Default for Observations {
@@ -114,6 +126,7 @@ impl Default for Observations {
             gate: None,
             gate_running: false,
             signing: None,
+            promotion_problem: None,
             command: None,
             deleted: false,
         }
@@ -191,8 +204,10 @@ pub enum Action {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UpdateMethod {
-    /// Copy stage's pod template into the prod Deployment.
-    CopyTemplate,
+    /// Set prod's images (and the values `spec.revision` names) to stage's.
+    Images,
+    /// Copy stage's whole pod template into the prod Deployment.
+    CopyWholeTemplate,
     /// Call the promotion webhook (the user's pipeline updates prod).
     Webhook,
 }

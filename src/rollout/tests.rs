@@ -113,6 +113,7 @@ impl Sim {
             traffic: Ok(Traffic {
                 stage_weight: self.vs_weight,
                 version: self.vs_version.to_string(),
+                last_writer: None,
             }),
             // The reconciler runs every gate it is asked to start.
             gate_running: self.status.pending_gate.is_some(),
@@ -297,7 +298,7 @@ fn the_seed_release_goes_0_30_60_100_then_promotes_prod_and_switches_back() {
     assert_eq!(sim.phase_weight(), (Phase::Promoting, 100));
     assert!(has(&a, |a| *a
         == Action::UpdateProd {
-            method: UpdateMethod::CopyTemplate
+            method: UpdateMethod::Images
         }));
     assert!(notified(&a, NotifyEvent::Promoted));
 
@@ -590,7 +591,7 @@ fn manual_promotion_waits_for_a_person() {
     let a = sim.command("go", Verb::Promote);
     assert!(has(&a, |a| *a
         == Action::UpdateProd {
-            method: UpdateMethod::CopyTemplate
+            method: UpdateMethod::Images
         }));
 }
 
@@ -671,6 +672,222 @@ fn foreign_weight_changes_are_reasserted_once_or_pause() {
     assert_eq!(sim.phase_weight(), (Phase::Paused, 30));
     assert!(set_weights(&a).is_empty());
     assert!(sim.idle_round().is_empty(), "one reaction per change");
+}
+
+#[test]
+fn a_writer_that_keeps_changing_the_weights_back_pauses_the_rollout_naming_it() {
+    let mut sim = Sim::new(seed_spec());
+    sim.start_and_pass_pre_traffic("v2");
+    let foreign = |sim: &mut Sim| {
+        sim.set_vs(50);
+        let mut obs = sim.obs();
+        if let Ok(t) = &mut obs.traffic {
+            t.last_writer = Some("argocd-controller".into());
+        }
+        sim.round(obs)
+    };
+    for _ in 1..CONTESTED_AFTER {
+        sim.wait(60);
+        assert_eq!(set_weights(&foreign(&mut sim)), vec![30], "written back");
+    }
+    sim.wait(60);
+    let a = foreign(&mut sim);
+    assert!(set_weights(&a).is_empty(), "no fight");
+    assert_eq!(sim.status.phase, Phase::Paused);
+    assert!(notified(&a, NotifyEvent::Paused));
+    let c = condition(&sim.status, "TrafficContested");
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", "ForeignWriter")
+    );
+    assert!(
+        c.message
+            .contains("field manager \"argocd-controller\" changed the weights back 3 times"),
+        "{}",
+        c.message
+    );
+    // Resumed by a person: counted afresh, the condition clears.
+    sim.command("resume-1", Verb::Resume);
+    assert_eq!(sim.status.phase, Phase::Progressing);
+    assert_eq!(condition(&sim.status, "TrafficContested").status, "False");
+
+    // Changes far apart are not a fight.
+    let mut sim = Sim::new(seed_spec());
+    sim.start_and_pass_pre_traffic("v2");
+    for _ in 0..=CONTESTED_AFTER {
+        sim.wait(CONTESTED_WINDOW.as_secs() as i64 / 2 + 1);
+        assert_eq!(set_weights(&foreign(&mut sim)), vec![30]);
+    }
+    assert_ne!(sim.status.phase, Phase::Paused);
+}
+
+fn condition<'a>(status: &'a CanaryStatus, type_: &str) -> &'a crate::api::Condition {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .unwrap_or_else(|| panic!("no {type_} in {:?}", status.conditions))
+}
+
+/// (status, reason) of Ready, Reconciling, Stalled, Promoted and RolledBack.
+fn summary(status: &CanaryStatus) -> [(String, String); 5] {
+    ["Ready", "Reconciling", "Stalled", "Promoted", "RolledBack"].map(|t| {
+        let c = condition(status, t);
+        (c.status.clone(), c.reason.clone())
+    })
+}
+
+fn sr(pairs: [(&str, &str); 5]) -> [(String, String); 5] {
+    pairs.map(|(a, b)| (a.to_string(), b.to_string()))
+}
+
+#[test]
+fn ready_promoted_and_rolled_back_follow_every_transition() {
+    let mut sim = Sim::new(seed_spec());
+    sim.idle_round();
+    assert_eq!(
+        summary(&sim.status),
+        sr([
+            ("True", "Idle"),
+            ("False", "Finished"),
+            ("False", "Idle"),
+            ("False", "Idle"),
+            ("False", "Idle")
+        ])
+    );
+    sim.stage = ready("v2");
+    sim.idle_round();
+    let in_progress = sr([
+        ("Unknown", "Progressing"),
+        ("True", "Progressing"),
+        ("False", "Progressing"),
+        ("False", "Testing"),
+        ("False", "Testing"),
+    ]);
+    assert_eq!(summary(&sim.status), in_progress);
+    sim.gate_result(true);
+    assert_eq!(condition(&sim.status, "Ready").status, "Unknown");
+    assert_eq!(condition(&sim.status, "Promoted").reason, "Progressing");
+    sim.wait(120);
+    sim.look(Verdict::Rollback, true);
+    assert_eq!(
+        summary(&sim.status),
+        sr([
+            ("False", "RolledBack"),
+            ("False", "Finished"),
+            ("True", "RolledBack"),
+            ("False", "RolledBack"),
+            ("True", "RolledBack")
+        ])
+    );
+    let rolled_back_at = condition(&sim.status, "RolledBack").last_transition_time;
+
+    // The next release: promoted.
+    sim.wait(60);
+    sim.start_and_pass_pre_traffic("v3");
+    assert_eq!(condition(&sim.status, "RolledBack").status, "False");
+    assert_ne!(
+        condition(&sim.status, "RolledBack").last_transition_time,
+        rolled_back_at
+    );
+    while sim.status.phase == Phase::Progressing {
+        sim.pass_step();
+    }
+    sim.idle_round();
+    sim.gate_result(true);
+    sim.idle_round();
+    assert_eq!(sim.status.phase, Phase::Succeeded);
+    assert_eq!(
+        summary(&sim.status),
+        sr([
+            ("True", "Succeeded"),
+            ("False", "Finished"),
+            ("False", "Succeeded"),
+            ("True", "Promoted"),
+            ("False", "Succeeded")
+        ])
+    );
+    assert_eq!(
+        condition(&sim.status, "Promoted").message,
+        "prod runs v3 with all traffic"
+    );
+
+    // Paused: needs a person.
+    sim.start_and_pass_pre_traffic("v4");
+    sim.wait(31 * 60);
+    sim.look(Verdict::Continue, true);
+    assert_eq!(sim.status.phase, Phase::Paused);
+    assert_eq!(
+        summary(&sim.status),
+        sr([
+            ("False", "Paused"),
+            ("False", "Finished"),
+            ("True", "Paused"),
+            ("False", "Paused"),
+            ("False", "Paused")
+        ])
+    );
+
+    // An invalid spec: Ready False with its reason, whatever the phase.
+    let mut status = sim.status.clone();
+    hold_invalid_spec(&mut status, "spec.steps: must start at 0", sim.now);
+    assert_eq!(
+        (
+            condition(&status, "Ready").status.as_str(),
+            condition(&status, "Ready").reason.as_str()
+        ),
+        ("False", "InvalidSpec")
+    );
+    assert_eq!(condition(&status, "Stalled").status, "True");
+}
+
+#[test]
+fn every_condition_carries_the_generation_it_was_decided_on() {
+    let mut sim = Sim::new(seed_spec());
+    sim.stage = ready("v2");
+    sim.idle_round();
+    observed(&mut sim.status, Some(7));
+    assert_eq!(sim.status.observed_generation, Some(7));
+    assert!(!sim.status.conditions.is_empty());
+    assert!(sim
+        .status
+        .conditions
+        .iter()
+        .all(|c| c.observed_generation == Some(7)));
+}
+
+#[test]
+fn a_container_on_one_side_only_pauses_the_promotion_with_the_reason() {
+    let mut sim = Sim::new(seed_spec());
+    sim.start_and_pass_pre_traffic("v2");
+    while sim.status.stage_weight < 100 {
+        sim.pass_step();
+    }
+    sim.wait(120);
+    let mut obs = sim.obs();
+    obs.promotion_problem = Some("prod has no container named \"metrics\"".into());
+    obs.look = Some(Look {
+        step: sim.status.step,
+        window_end: sim.now,
+        result: LookResult::Counts(Default::default()),
+    });
+    let a = sim.judged_round(obs, Some(outcome(Verdict::Continue, "fine".into(), true)));
+    assert!(
+        !has(&a, |a| matches!(a, Action::UpdateProd { .. })),
+        "no guess"
+    );
+    assert_eq!(
+        sim.phase_weight(),
+        (Phase::Paused, 100),
+        "stage keeps the traffic"
+    );
+    assert!(
+        sim.status.message.starts_with(
+            "paused at 100 % to stage: prod cannot be brought to v2: prod has no container named \"metrics\""
+        ),
+        "{}",
+        sim.status.message
+    );
 }
 
 #[test]
@@ -1059,7 +1276,7 @@ fn spec_variant() -> impl Strategy<Value = CanarySpec> {
             vec![0, 5, 10, 25, 50, 100],
         ]),
         prop::sample::select(vec![
-            PromotionMode::CopyTemplate,
+            PromotionMode::Images,
             PromotionMode::Manual,
             PromotionMode::Webhook,
         ]),
@@ -1132,10 +1349,12 @@ fn observe(c: &Choice, status: &CanaryStatus, vs_weight: (u8, u64)) -> Observati
             Some(w) => Traffic {
                 stage_weight: w,
                 version: format!("foreign-{}", status.history.len()),
+                last_writer: Some("kubectl-edit".into()),
             },
             None => Traffic {
                 stage_weight: vs_weight.0,
                 version: vs_weight.1.to_string(),
+                last_writer: None,
             },
         }),
         look: c.look.map(|(_, this_step, _)| Look {
@@ -1169,6 +1388,7 @@ fn observe(c: &Choice, status: &CanaryStatus, vs_weight: (u8, u64)) -> Observati
         reference_problem: None,
         route_owner: None,
         signing: None,
+        promotion_problem: None,
     }
 }
 
@@ -1250,7 +1470,11 @@ proptest! {
                 let version = (vs.1 + 1).to_string();
                 confirmed.traffic_intent = None;
                 confirmed.traffic_version = Some(version.clone());
-                after.traffic = Ok(Traffic { stage_weight: *w, version });
+                after.traffic = Ok(Traffic {
+                    stage_weight: *w,
+                    version,
+                    last_writer: None,
+                });
             }
             // Feeding the same observations again changes nothing. With a weight write, the
             // route showing it may let the rollout go on once (SwitchingBack -> Succeeded);

@@ -45,11 +45,17 @@ fn at_step(c: &Canary, step: u32) -> bool {
     phase(c) == Some(Phase::Progressing) && c.status.as_ref().is_some_and(|s| s.step >= step)
 }
 
+/// A terminal phase whose weights are on the route: canaryd records a traffic move in the
+/// status (`trafficIntent`) before it writes the weights, and clears it once the route shows
+/// them.
 fn finished(c: &Canary) -> bool {
     matches!(
         phase(c),
         Some(Phase::Succeeded | Phase::RolledBack | Phase::Paused)
-    )
+    ) && c
+        .status
+        .as_ref()
+        .is_some_and(|s| s.traffic_intent.is_none())
 }
 
 /// The (phase, stage weight) sequence of the rollout, from the status history.

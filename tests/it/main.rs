@@ -9,6 +9,7 @@ mod dashboards_prometheus;
 mod demo_signals;
 mod deploy_install;
 mod e2e_lab;
+mod environments;
 mod lenient_decoding;
 mod notify_alert_rules;
 mod notify_alertmanager;

@@ -61,6 +61,11 @@ pub struct CanarySpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = MAX_WEBHOOKS))]
     pub webhooks: Vec<WebhookSpec>,
+    /// What makes a release besides the images that run (for example a version annotation).
+    /// Nothing else in the pod template is a revision: prod and stage may differ in env,
+    /// resources, replicas, config references and labels on purpose.
+    #[serde(default, skip_serializing_if = "RevisionSpec::is_empty")]
+    pub revision: RevisionSpec,
     /// How prod is brought to the new revision once stage holds 100 %.
     #[serde(default)]
     pub promotion: PromotionSpec,
@@ -551,6 +556,29 @@ pub enum WebhookKind {
     Rollback,
 }
 
+/// What defines a release besides the images (container name and image, digest before tag,
+/// over containers and init containers). `images` promotion copies these values to prod too.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RevisionSpec {
+    /// Keys of pod-template annotations or labels (an annotation wins) whose values are part
+    /// of the release, e.g. `app.kubernetes.io/version`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_REVISION_KEYS), inner(length(min = 1, max = MAX_OBJECT_NAME)))]
+    pub metadata: Vec<String>,
+    /// Names of container environment variables (literal `value`s) that are part of the
+    /// release, e.g. a build id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_REVISION_KEYS), inner(length(min = 1, max = MAX_OBJECT_NAME)))]
+    pub env: Vec<String>,
+}
+
+impl RevisionSpec {
+    pub fn is_empty(&self) -> bool {
+        self.metadata.is_empty() && self.env.is_empty()
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PromotionSpec {
@@ -564,9 +592,14 @@ pub struct PromotionSpec {
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum PromotionMode {
-    /// Copy stage's pod template into the prod Deployment (prod keeps its labels and selector).
+    /// Set each prod container's image (and init container's) to stage's, by container name,
+    /// and the values `spec.revision` names; nothing else of prod changes.
     #[default]
-    CopyTemplate,
+    Images,
+    /// Copy stage's whole pod template into prod (prod keeps only its labels): stage's env,
+    /// config references, service account and resources replace prod's. Only for
+    /// environments that differ in nothing else.
+    CopyWholeTemplate,
     /// Call `promotion.webhook`, then wait until prod runs stage's revision.
     Webhook,
     /// Wait for a person: `canaryd promote`, or prod updated by other means.
@@ -599,10 +632,11 @@ pub struct CanaryStatus {
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Revision (pod template hash) of stage that the current or last rollout is about.
+    /// The release stage runs that the current or last rollout is about: its images
+    /// (`demoapp:v2`), plus what `spec.revision` names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage_revision: Option<String>,
-    /// Revision prod runs.
+    /// The release prod runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prod_revision: Option<String>,
     /// Index into `spec.steps`.
@@ -641,6 +675,10 @@ pub struct CanaryStatus {
     /// foreign change of the weights gets exactly one reaction.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traffic_version: Option<String>,
+    /// Foreign weight changes canaryd wrote over during this rollout: how many, since when,
+    /// and the last writer's field manager; too many pause the rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_contest: Option<TrafficContest>,
     /// Weights canaryd decided and is writing, recorded before the write; cleared once the
     /// route shows them. A restarted daemon finishes this write instead of taking the route's
     /// old weights for someone else's change.
@@ -661,6 +699,17 @@ pub struct CanaryStatus {
     /// Notifications not yet delivered and alerts still firing.
     #[serde(default, skip_serializing_if = "NotificationStatus::is_empty")]
     pub notifications: NotificationStatus,
+}
+
+/// Someone else changing canaryd's weights back, counted within a window.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficContest {
+    pub count: u32,
+    pub since: Timestamp,
+    /// The field manager of the last foreign write (managedFields), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writer: Option<String>,
 }
 
 /// A weight write in flight: from which stage weight to which, when and why.
@@ -905,6 +954,9 @@ pub struct Condition {
     pub reason: String,
     pub message: String,
     pub last_transition_time: Option<Timestamp>,
+    /// The Canary's `metadata.generation` this condition was set for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]

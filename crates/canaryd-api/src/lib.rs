@@ -7,6 +7,7 @@ pub mod crd;
 pub mod duration;
 pub mod limits;
 pub mod reference_grant;
+pub mod release;
 pub mod validation;
 pub mod virtual_service;
 

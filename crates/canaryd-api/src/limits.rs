@@ -28,6 +28,11 @@ pub const MAX_CHECKS: usize = 20;
 /// `spec.webhooks`.
 pub const MAX_WEBHOOKS: usize = 10;
 /// `spec.notifications`.
+/// `spec.revision.metadata` and `spec.revision.env`, each.
+pub const MAX_REVISION_KEYS: usize = 8;
+/// Longest revision kept as it is (`status.stageRevision`); a longer one is cut and given a
+/// digest of the whole.
+pub const MAX_REVISION: usize = 512;
 pub const MAX_NOTIFICATION_ROUTES: usize = 10;
 /// `spec.notifications[].events`: there are six events.
 pub const MAX_ROUTE_EVENTS: usize = 6;

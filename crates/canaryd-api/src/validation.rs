@@ -594,7 +594,7 @@ fn validate_checks_and_webhooks(spec: &CanarySpec, errors: &mut Vec<SpecError>) 
         (PromotionMode::Webhook, None) => errors.push(err(
             "spec.promotion.webhook",
             "is missing with mode webhook",
-            "give the URL of the pipeline that updates prod, or use mode copyTemplate",
+            "give the URL of the pipeline that updates prod, or use mode images",
         )),
         (PromotionMode::Webhook, Some(w)) => {
             validate_url("spec.promotion.webhook.url".into(), &w.url, errors)

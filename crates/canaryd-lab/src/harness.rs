@@ -114,7 +114,7 @@ spec:
     metrics:
       - {name: errors,  kind: errorRate, margin: 1.5}
       - {name: latency, kind: latency, thresholdsMs: [250], margin: 1.5}
-  promotion: {mode: copyTemplate}
+  promotion: {mode: images}
 "#,
     )
     .expect("the lab's Canary parses");

@@ -119,6 +119,8 @@ async fn demo(args: DemoArgs) -> Result<ExitCode, canaryd_lab::harness::LabError
                 s.phase,
                 Phase::Succeeded | Phase::RolledBack | Phase::Paused
             ) && s.stage_revision.is_some()
+                // The weights of that decision are on the route (see `trafficIntent`).
+                && s.traffic_intent.is_none()
         })
     };
     let end = lab

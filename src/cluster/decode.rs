@@ -265,6 +265,21 @@ mod tests {
     }
 
     #[test]
+    fn the_old_promotion_mode_copy_template_is_named_with_the_modes_that_replace_it() {
+        let mut old = good_spec();
+        old["promotion"] = json!({"mode": "copyTemplate"});
+        let problem = spec(&object(old, Value::Null)).unwrap_err();
+        assert!(
+            problem.starts_with("spec.promotion.mode: unknown variant `copyTemplate`"),
+            "{problem}"
+        );
+        assert!(
+            problem.contains("`images`") && problem.contains("`copyWholeTemplate`"),
+            "{problem}"
+        );
+    }
+
+    #[test]
     fn a_status_that_does_not_decode_is_told_apart_from_the_spec() {
         let obj = object(good_spec(), json!({"phase": "Exploding", "step": -1}));
         assert!(spec(&obj).is_ok());

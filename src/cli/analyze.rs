@@ -49,7 +49,10 @@ pub struct Analysis {
     decided: Option<usize>,
 }
 
-pub fn run(input: &str, explain: bool) -> ExitCode {
+/// Exit code of a rollback decision with `--fail-on-rollback`.
+pub(super) const ROLLBACK_EXIT: u8 = 1;
+
+pub fn run(input: &str, explain: bool, fail_on_rollback: bool) -> ExitCode {
     let text = if input == "-" {
         let mut s = String::new();
         std::io::stdin().read_to_string(&mut s).map(|_| s)
@@ -66,7 +69,11 @@ pub fn run(input: &str, explain: bool) -> ExitCode {
             } else {
                 println!("{}", a.to_json());
             }
-            ExitCode::SUCCESS
+            if fail_on_rollback && a.verdict() == Verdict::Rollback {
+                ExitCode::from(ROLLBACK_EXIT)
+            } else {
+                ExitCode::SUCCESS
+            }
         }
         Err(e) => {
             eprintln!("invalid input: {e}");
@@ -234,6 +241,11 @@ fn increment(
 }
 
 impl Analysis {
+    /// The decision: that of the deciding look, else `continue`.
+    pub fn verdict(&self) -> Verdict {
+        self.last().1.verdict
+    }
+
     fn last(&self) -> &(f64, LookOutcome) {
         &self.looks[self.decided.unwrap_or(self.looks.len() - 1)]
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 
-use super::analyze::{look_json, metric_lines, weight_of};
+use super::analyze::{look_json, metric_lines, weight_of, ROLLBACK_EXIT};
 use crate::analysis::{evaluate_look, LookContext};
 use crate::api::{validate, AnalysisState, Canary, Verdict};
 use crate::config::{Config, MeshPreset, PrometheusConfig};
@@ -30,6 +30,8 @@ pub struct LiveOptions {
     pub config: Option<PathBuf>,
     pub mesh: Option<MeshPreset>,
     pub explain: bool,
+    /// Exit 1 on a rollback decision.
+    pub fail_on_rollback: bool,
 }
 
 pub fn run(opts: LiveOptions) -> ExitCode {
@@ -151,6 +153,9 @@ async fn watch(canary: &Canary, telemetry: &Telemetry, opts: &LiveOptions) -> Ex
             line["reason"] = out.reason.clone().into();
             line["counts"] = serde_json::to_value(&counts).unwrap_or_default();
             println!("{line}");
+        }
+        if out.verdict == Verdict::Rollback && opts.fail_on_rollback {
+            return ExitCode::from(ROLLBACK_EXIT);
         }
         if out.verdict != Verdict::Continue {
             return ExitCode::SUCCESS;

@@ -69,6 +69,10 @@ pub enum Command {
         /// Say the decision in plain words instead of JSON.
         #[arg(long)]
         explain: bool,
+        /// Exit 1 when the decision is a rollback (a CI gate); without it every decision
+        /// exits 0.
+        #[arg(long)]
+        fail_on_rollback: bool,
     },
     /// Check Canary manifests and daemon config files without a cluster.
     Validate {
@@ -91,9 +95,29 @@ pub enum Command {
     Status {
         #[command(flatten)]
         target: operate::Target,
-        /// Keep showing every change until Ctrl-C.
+        /// Show every change until the rollout of the revision stage runs now ends: exit 0
+        /// Succeeded (or nothing to roll out), 1 RolledBack, 2 Paused or an invalid spec,
+        /// 3 past --timeout, 4 when the Canary cannot be followed at all. Ctrl-C exits 0.
         #[arg(long, short)]
         watch: bool,
+        /// With --watch: give up after this long (e.g. 30m, 1h), with exit code 3.
+        #[arg(long, requires = "watch", value_name = "DURATION")]
+        timeout: Option<HumanDuration>,
+        /// human (plain words), or json (the Canary as stored; with --watch one object per
+        /// change, one per line).
+        #[arg(long, short, value_enum, default_value_t = operate::Output::Human)]
+        output: operate::Output,
+    },
+    /// List the Canaries of a namespace (or of all): phase, step, stage weight, revisions.
+    List {
+        /// Every namespace.
+        #[arg(long, short = 'A', conflicts_with = "namespace")]
+        all_namespaces: bool,
+        /// The namespace (default: the kubeconfig's).
+        #[arg(long, short)]
+        namespace: Option<String>,
+        #[command(flatten)]
+        cluster: operate::Connection,
     },
     /// Skip the remaining analysis and promote prod now (in manual mode: go ahead).
     Promote {
@@ -127,8 +151,9 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Analyze {
             input: Some(input),
             explain,
+            fail_on_rollback,
             ..
-        } => analyze::run(&input, explain),
+        } => analyze::run(&input, explain, fail_on_rollback),
         Command::Analyze {
             prometheus,
             canary,
@@ -137,6 +162,7 @@ pub fn run(cli: Cli) -> ExitCode {
             config,
             mesh,
             explain,
+            fail_on_rollback,
             ..
         } => analyze_live::run(analyze_live::LiveOptions {
             prometheus: prometheus.expect("clap requires --input or --prometheus"),
@@ -146,11 +172,22 @@ pub fn run(cli: Cli) -> ExitCode {
             config,
             mesh,
             explain,
+            fail_on_rollback,
         }),
         #[cfg(feature = "demo")]
         Command::Demo(args) => demo::run(args),
         Command::Run { config } => operate::run_daemon(&config),
-        Command::Status { target, watch } => operate::status(&target, watch),
+        Command::Status {
+            target,
+            watch,
+            timeout,
+            output,
+        } => operate::status(&target, watch, timeout.map(|t| t.0), output),
+        Command::List {
+            all_namespaces,
+            namespace,
+            cluster,
+        } => operate::list(all_namespaces, namespace.as_deref(), &cluster),
         Command::Promote { target } => operate::command(&target, crate::rollout::Verb::Promote),
         Command::Abort { target } => operate::command(&target, crate::rollout::Verb::Abort),
         Command::Resume { target } => operate::command(&target, crate::rollout::Verb::Resume),

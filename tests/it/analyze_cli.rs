@@ -178,3 +178,95 @@ fn no_stage_traffic_never_decides() {
     assert_eq!(out["decision"], "continue");
     assert_eq!(out["looks"].as_array().unwrap().len(), 40);
 }
+
+#[test]
+fn fail_on_rollback_fails_a_ci_gate_on_a_rollback_decision_only() {
+    let rollback = recording(50.0, 0.03, 0.01, 60).to_string();
+    let advance = recording(500.0, 0.01, 0.01, 60).to_string();
+    // Without the flag every decision exits 0, a rollback too.
+    assert_eq!(analyze(&rollback, &[]).status.code(), Some(0));
+    let gated = analyze(&rollback, &["--fail-on-rollback"]);
+    assert_eq!(gated.status.code(), Some(1));
+    let out: Value = serde_json::from_slice(&gated.stdout).expect("the decision is printed");
+    assert_eq!(out["decision"], "rollback");
+    let explained = analyze(&rollback, &["--fail-on-rollback", "--explain"]);
+    assert_eq!(explained.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&explained.stdout).starts_with("Decision: rollback"));
+    // Advance, and no decision yet, pass the gate.
+    assert_eq!(
+        analyze(&advance, &["--fail-on-rollback"]).status.code(),
+        Some(0)
+    );
+    assert_eq!(
+        analyze(EXAMPLE, &["--fail-on-rollback"]).status.code(),
+        Some(0)
+    );
+    // Input that cannot be read stays exit 2.
+    assert_eq!(
+        analyze("not json", &["--fail-on-rollback"]).status.code(),
+        Some(2)
+    );
+}
+
+/// The live form: stage at 25 % 5xx against prod's 0.5 %, read from the real Prometheus,
+/// decided as a rollback, exits 1 with the flag.
+#[tokio::test]
+async fn fail_on_rollback_fails_the_live_analysis_on_a_rollback() {
+    use canaryd_lab::prometheus::{LabPrometheus, ScrapeTarget};
+    use std::time::{Duration, Instant};
+
+    let started = Instant::now();
+    let exporter = crate::telemetry_common::Exporter::start_fn(move || {
+        let secs = started.elapsed().as_secs_f64();
+        let mut out = String::new();
+        for (host, rps, err) in [
+            ("flaskapp.stage.svc.cluster.local", 40.0, 0.25),
+            ("flaskapp.prod.svc.cluster.local", 60.0, 0.005),
+        ] {
+            for (code, share) in [(200, 1.0 - err), (503, err)] {
+                out += &format!(
+                    "istio_requests_total{{reporter=\"destination\",destination_service=\"{host}\",response_code=\"{code}\"}} {}\n",
+                    (rps * share * secs).round()
+                );
+            }
+        }
+        out
+    })
+    .await;
+    let prometheus = LabPrometheus::start(
+        &[ScrapeTarget {
+            job: "mesh".into(),
+            address: exporter.addr,
+        }],
+        Duration::from_millis(500),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let canary = dir.path().join("canary.yaml");
+    std::fs::write(
+        &canary,
+        "apiVersion: canaryd.dev/v1alpha1\nkind: Canary\nmetadata: {name: flaskapp, namespace: prod}\n\
+         spec:\n  virtualService: {name: demoapp}\n  \
+         prod: {host: flaskapp.prod.svc.cluster.local, deployment: {name: flaskapp}}\n  \
+         stage: {host: flaskapp.stage.svc.cluster.local, deployment: {name: flaskapp, namespace: stage}}\n  \
+         analysis:\n    interval: 2s\n    metrics: [{name: errors, kind: errorRate}]\n",
+    )
+    .unwrap();
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_canaryd"))
+        .args(["analyze", "--prometheus", &prometheus.url(), "--canary"])
+        .arg(&canary)
+        .args(["--lag", "1s", "--fail-on-rollback"])
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("a decision within 120 s")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    let last: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(last["decision"], "rollback", "{stdout}");
+}

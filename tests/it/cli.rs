@@ -122,3 +122,52 @@ fn validate_refuses_ten_thousand_checks_offline_naming_the_bound() {
         err.lines().count()
     );
 }
+
+#[test]
+fn status_and_list_refuse_arguments_that_cannot_work() {
+    let (code, _, err) = canaryd(&["status", "flaskapp", "-o", "yaml"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("invalid value 'yaml'"), "{err}");
+    assert!(err.contains("human") && err.contains("json"), "{err}");
+    let (code, _, err) = canaryd(&["status", "flaskapp", "--timeout", "5m"]);
+    assert_eq!(code, 2, "--timeout is for --watch");
+    assert!(err.contains("--watch"), "{err}");
+    let (code, _, err) = canaryd(&["status", "flaskapp", "--watch", "--timeout", "soon"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("\"soon\" is not a duration"), "{err}");
+    let (code, _, err) = canaryd(&["list", "-A", "-n", "prod"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("cannot be used with"), "{err}");
+}
+
+#[test]
+fn kubeconfig_and_context_are_the_ones_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.kubeconfig");
+    let missing = missing.to_str().unwrap();
+    let (code, _, err) = canaryd(&["list", "--kubeconfig", missing]);
+    assert_eq!(code, 1);
+    assert!(err.contains(&format!("kubeconfig {missing}")), "{err}");
+    // A watch that cannot follow the Canary at all has an exit code apart from the
+    // rollout's outcomes (0 to 3).
+    let (code, _, err) = canaryd(&["status", "flaskapp", "--watch", "--kubeconfig", missing]);
+    assert_eq!(code, 4, "{err}");
+    let kubeconfig = dir.path().join("lab.kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'http://127.0.0.1:9'}}]\n\
+         users: [{name: u, user: {}}]\ncontexts: [{name: here, context: {cluster: c, user: u}}]\n\
+         current-context: here\n",
+    )
+    .unwrap();
+    let (code, _, err) = canaryd(&[
+        "abort",
+        "flaskapp",
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "--context",
+        "elsewhere",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("elsewhere"), "{err}");
+}

@@ -5,6 +5,7 @@ mod analyze_aa;
 mod analyze_cli;
 mod chaos;
 mod cli;
+mod cli_watch;
 mod dashboards_prometheus;
 mod demo_signals;
 mod deploy_install;

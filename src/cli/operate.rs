@@ -266,8 +266,9 @@ impl Settled {
 /// Exit code of a watch whose `--timeout` passed first.
 pub const TIMED_OUT: u8 = 3;
 
-/// Why canaryd does not accept the Canary's current spec: `SpecValid=False` written for the
-/// current generation (or by a daemon that records none).
+/// Why canaryd does nothing with the Canary's current generation: `SpecValid=False`,
+/// `ReferencesAllowed=False` or `Conflict=True` written for it (or by a daemon that records
+/// no generation).
 fn spec_rejected(c: &Canary) -> Option<String> {
     let s = c.status.as_ref()?;
     let current = match (s.observed_generation, c.metadata.generation) {
@@ -276,7 +277,13 @@ fn spec_rejected(c: &Canary) -> Option<String> {
     };
     s.conditions
         .iter()
-        .find(|k| k.type_ == "SpecValid" && k.status == "False" && current)
+        .find(|k| {
+            current
+                && matches!(
+                    (k.type_.as_str(), k.status.as_str()),
+                    ("SpecValid" | "ReferencesAllowed", "False") | ("Conflict", "True")
+                )
+        })
         .map(|k| k.message.clone())
 }
 
@@ -307,11 +314,15 @@ pub fn settled(shown: &Shown, stage: Option<&str>) -> Option<(Settled, String)> 
     if let Some(problem) = spec_rejected(c) {
         return Some((
             Settled::InvalidSpec,
-            format!("{at}: invalid spec, nothing is rolled out: {problem}"),
+            format!("{at}: nothing is rolled out: {problem}"),
         ));
     }
     let stage = stage?;
     let s = c.status.clone().unwrap_or_default();
+    if s.traffic_intent.is_some() {
+        // A traffic move is recorded but not yet on the route: the end is not there yet.
+        return None;
+    }
     let is = |r: &Option<String>| r.as_deref() == Some(stage);
     let ours = is(&s.stage_revision);
     match s.phase {
@@ -912,6 +923,10 @@ mod tests {
         );
         let done = json!({"phase": "Succeeded", "stageRevision": "v2", "prodRevision": "v2"});
         assert_eq!(settles(done, Some("v2")), Some(Settled::Succeeded));
+        // Decided and recorded, but the weights are not on the route yet.
+        let writing = json!({"phase": "RolledBack", "stageRevision": "v2", "prodRevision": "v1",
+            "trafficIntent": {"from": 30, "to": 0, "at": "2026-12-07T10:00:00Z"}});
+        assert_eq!(settles(writing, Some("v2")), None);
         // A revision rolled back before is not tried again: its rollout has ended.
         let refused = json!({"phase": "RolledBack", "stageRevision": "v3",
                              "rolledBackRevision": "v2", "prodRevision": "v1"});
@@ -959,6 +974,17 @@ mod tests {
         assert!(summary.contains("spec.steps: ends at 30"), "{summary}");
         // The spec changed since: wait for canaryd's word on it.
         assert_eq!(settled(&Shown::of(&stored(rejected(1), 2)), None), None);
+        // A Canary that may not touch what it names, or whose route another one drives.
+        for (type_, status) in [("ReferencesAllowed", "False"), ("Conflict", "True")] {
+            let blocked = json!({"phase": "Idle", "observedGeneration": 2, "conditions": [
+                {"type": type_, "status": status, "reason": "R", "message": "the reason"}]});
+            let (how, summary) = settled(&Shown::of(&stored(blocked, 2)), Some("v2")).unwrap();
+            assert_eq!(how, Settled::InvalidSpec, "{type_}");
+            assert!(
+                summary.ends_with("nothing is rolled out: the reason"),
+                "{summary}"
+            );
+        }
         let mut broken = stored(serde_json::Value::Null, 1);
         broken.data["spec"]["stepDuration"] = json!({"min": "5 parsecs"});
         let (how, summary) = settled(&Shown::of(&broken), Some("v1")).unwrap();
@@ -978,6 +1004,17 @@ mod tests {
             1,
         );
         good.metadata.namespace = Some("team-b".into());
+        // A Canary that may not touch what it names, or whose route another one drives.
+        for (type_, status) in [("ReferencesAllowed", "False"), ("Conflict", "True")] {
+            let blocked = json!({"phase": "Idle", "observedGeneration": 2, "conditions": [
+                {"type": type_, "status": status, "reason": "R", "message": "the reason"}]});
+            let (how, summary) = settled(&Shown::of(&stored(blocked, 2)), Some("v2")).unwrap();
+            assert_eq!(how, Settled::InvalidSpec, "{type_}");
+            assert!(
+                summary.ends_with("nothing is rolled out: the reason"),
+                "{summary}"
+            );
+        }
         let mut broken = stored(serde_json::Value::Null, 1);
         broken.metadata.name = Some("broken".into());
         broken.data["spec"]["stepDuration"] = json!({"min": "5 parsecs"});

@@ -3,6 +3,7 @@
 
 mod analyze_aa;
 mod analyze_cli;
+mod argocd_health;
 mod chaos;
 mod cli;
 mod cli_watch;

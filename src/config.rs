@@ -138,7 +138,7 @@ fn default_give_up_after() -> HumanDuration {
 }
 
 fn default_interval() -> HumanDuration {
-    HumanDuration::from_secs(30)
+    HumanDuration::from_secs(60)
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -161,7 +161,20 @@ pub struct PrometheusConfig {
     pub headers: std::collections::BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
+    /// How often Prometheus scrapes the mesh's metrics. Each look's window ends this long
+    /// before now, so its last scrape has been ingested, and looks are at least 4 scrape
+    /// intervals long.
+    #[serde(default = "default_scrape_interval")]
+    pub scrape_interval: HumanDuration,
 }
+
+fn default_scrape_interval() -> HumanDuration {
+    HumanDuration::from_secs(15)
+}
+
+/// Looks are at least this many scrape intervals long: each arm's counts then cover almost
+/// the same time, whatever the instants its pods were scraped at.
+pub const MIN_SCRAPES_PER_LOOK: u32 = 4;
 
 fn default_query_timeout() -> HumanDuration {
     HumanDuration::from_secs(10)
@@ -366,10 +379,26 @@ impl Config {
         if self.prometheus.timeout.0.is_zero() {
             return bad("prometheus.timeout", "is zero; use for example 10s".into());
         }
-        if self.evaluation_interval.0.as_secs() < 1 {
+        if self.prometheus.scrape_interval.0.as_secs() < 1 {
+            return bad(
+                "prometheus.scrapeInterval",
+                format!(
+                    "is {}; give Prometheus's scrape interval of the mesh's metrics, at least 1s (often 15s or 30s)",
+                    self.prometheus.scrape_interval
+                ),
+            );
+        }
+        let shortest = self.prometheus.scrape_interval.0 * MIN_SCRAPES_PER_LOOK;
+        if self.evaluation_interval.0 < shortest {
             return bad(
                 "evaluationInterval",
-                format!("is {}; use at least 1s", self.evaluation_interval),
+                format!(
+                    "is {}, shorter than {MIN_SCRAPES_PER_LOOK} scrape intervals \
+                     (prometheus.scrapeInterval {}); use at least {}",
+                    self.evaluation_interval,
+                    self.prometheus.scrape_interval,
+                    humantime::format_duration(shortest)
+                ),
             );
         }
         let le = &self.leader_election;
@@ -447,7 +476,11 @@ mod tests {
     fn the_example_config_loads() {
         let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config/canaryd.yaml"));
         let config = Config::load(path).unwrap();
-        assert_eq!(config.evaluation_interval, HumanDuration::from_secs(30));
+        assert_eq!(config.evaluation_interval, HumanDuration::from_secs(60));
+        assert_eq!(
+            config.prometheus.scrape_interval,
+            HumanDuration::from_secs(15)
+        );
         assert_eq!(config.mesh, MeshPreset::Istio);
         assert_eq!(
             config.egress,
@@ -487,6 +520,17 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(key, "leaderElection.renewDeadline");
+
+        let (key, msg) = Config::parse(
+            "prometheus: {url: 'http://p', scrapeInterval: 30s}
+evaluationInterval: 1m",
+        )
+        .unwrap_err();
+        assert_eq!(key, "evaluationInterval");
+        assert_eq!(
+            msg,
+            "is 1m, shorter than 4 scrape intervals (prometheus.scrapeInterval 30s); use at least 2m"
+        );
 
         let (key, msg) =
             Config::parse("prometheus: {url: 'http://p'}\nnotifiers: [{type: pager, name: x}]")

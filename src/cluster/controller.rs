@@ -137,6 +137,7 @@ pub async fn run_with(
         config.evaluation_interval.0,
     );
     ctx.canaries = canaries.clone();
+    ctx.scrape_interval = config.prometheus.scrape_interval.0;
     ctx.references = config.references;
     ctx.gates = super::gates::GateRunner::new(config.egress.policy());
     ctx.grants = grants;

@@ -45,6 +45,9 @@ pub struct Context {
     pub notifier: crate::notify::Notifier,
     /// Default time between two looks.
     pub interval: Duration,
+    /// Prometheus's scrape interval of the mesh's metrics: each look's window ends this long
+    /// before now. Zero in [`Context::new`]; the daemon sets `prometheus.scrapeInterval`.
+    pub scrape_interval: Duration,
     /// The clock; tests pin it.
     pub now: fn() -> Timestamp,
     /// Per Canary uid, the resourceVersions our latest status writes were based on (two when
@@ -86,6 +89,7 @@ impl Context {
             virtual_services,
             notifier: crate::notify::Notifier::disabled(),
             interval,
+            scrape_interval: Duration::ZERO,
             now: Timestamp::now,
             written: Arc::default(),
             exported: Arc::new(crate::server::Metrics::unregistered()),

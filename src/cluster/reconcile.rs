@@ -47,6 +47,7 @@ use crate::api::validation::{describe, validate};
 use crate::api::{
     Canary, CanarySpec, CanaryStatus, GateKind, Phase, PromotionMode, SecretKeyRef, WebhookKind,
 };
+use crate::config::MIN_SCRAPES_PER_LOOK;
 use crate::rollout::{self, Action, Decision, Look, LookResult, Observations, UpdateMethod};
 
 /// Entry point for the kube-rs Controller.
@@ -143,9 +144,13 @@ async fn observe(
 ) -> (Observations, SigningKeys) {
     let ns = canary.namespace().unwrap_or_default();
     let spec = &canary.spec;
-    if let Err(errors) = validate(spec, &ns) {
+    let problem = match validate(spec, &ns) {
+        Err(errors) => Some(describe(&errors)),
+        Ok(()) => look_too_short(spec, ctx),
+    };
+    if let Some(problem) = problem {
         let obs = Observations {
-            spec_problem: Some(describe(&errors)),
+            spec_problem: Some(problem),
             deleted: deleting,
             ..Observations::default()
         };
@@ -238,11 +243,13 @@ async fn take_look(
         .as_ref()
         .and_then(|a| a.window_end)
         .map_or(step_start, |end| end.max(step_start));
-    let window = now.duration_since(start);
+    // The window ends one scrape interval ago, so its last scrape has been ingested.
+    let end = now - jiff::SignedDuration::try_from(ctx.scrape_interval).ok()?;
+    let window = end.duration_since(start);
     if window < jiff::SignedDuration::try_from(interval).ok()? {
         return None;
     }
-    let result = match ctx.metrics.counts(canary, now, window.unsigned_abs()).await {
+    let result = match ctx.metrics.counts(canary, end, window.unsigned_abs()).await {
         Ok(counts) => LookResult::Counts(counts),
         Err(e) => {
             tracing::warn!(canary = %canary.name_any(), transient = e.is_transient(), error = %e, "no counts for this look; holding");
@@ -253,7 +260,7 @@ async fn take_look(
     };
     Some(Look {
         step: status.step,
-        window_end: now,
+        window_end: end,
         result,
     })
 }
@@ -269,6 +276,22 @@ fn gate_key(canary: &Canary, id: &str) -> GateKey {
 
 fn look_interval(spec: &CanarySpec, ctx: &Context) -> Duration {
     spec.analysis.interval.map(|d| d.0).unwrap_or(ctx.interval)
+}
+
+/// A Canary's own `analysis.interval` shorter than the daemon allows: at least
+/// [`MIN_SCRAPES_PER_LOOK`] scrape intervals (the daemon's config checks its own default).
+fn look_too_short(spec: &CanarySpec, ctx: &Context) -> Option<String> {
+    let interval = spec.analysis.interval?;
+    let shortest = ctx.scrape_interval * MIN_SCRAPES_PER_LOOK;
+    (interval.0 < shortest).then(|| {
+        format!(
+            "spec.analysis.interval: {interval} is shorter than {MIN_SCRAPES_PER_LOOK} scrape \
+             intervals of canaryd's Prometheus ({}); use at least {}, or leave it out for \
+             the daemon's evaluationInterval",
+            humantime::format_duration(ctx.scrape_interval),
+            humantime::format_duration(shortest)
+        )
+    })
 }
 
 /// When to look at this Canary again (watches wake it sooner on any change).
@@ -302,8 +325,11 @@ fn next_round(
                 .chain(status.step_started_at)
                 .max()
                 .unwrap_or(now);
-            let due = from + jiff::SignedDuration::try_from(interval).unwrap_or_default();
-            let wait = due.duration_since(now).unsigned_abs();
+            // A look is due once its window, ending one scrape interval ago, is long enough.
+            let due = from
+                + jiff::SignedDuration::try_from(interval + ctx.scrape_interval)
+                    .unwrap_or_default();
+            let wait = Duration::try_from(due.duration_since(now)).unwrap_or_default();
             if status.pending_gate.is_some() {
                 Requeue::requeue(wait.min(soon))
             } else {

@@ -12,16 +12,22 @@
 //! in memory by the grouping labels (`destination_service`, ...). Both arms of a Canary are
 //! always in the same query, so they are read at the same instant.
 //!
-//! # Window alignment
-//! A look covers the window `(window_end - window, window_end]`, with `window` = the
-//! evaluation interval. Every query is evaluated at the fixed instant `window_end` (the
-//! `time` parameter of the query API, not "now"), as `increase(...[window])`, so both arms
-//! and all metrics cover the same time range, and consecutive looks (`window_end` advanced
-//! by `window`) tile time without gaps or overlaps. `increase()` handles counter resets
-//! (a restarted pod) and extrapolates to the window's edges, so counts may be fractional.
-//! Callers should choose `window_end` at least one scrape interval in the past, so the
-//! window's last scrape has been ingested.
-//!
+//! # Window alignment and exact counts
+//! A look covers the window `(window_end - window, window_end]`. Every query is evaluated at
+//! the fixed instant `window_end` (the `time` parameter of the query API, not "now"), so both
+//! arms and all metrics cover the same time range. The built-in metrics are read as exact
+//! differences of raw counter samples ([`promql::exact_count`]: the last sample at or before
+//! `window_end` minus the last at or before `window_end - window`, per series, with series
+//! born in the window and counter resets handled), never `increase()`: at a 15 s scrape
+//! interval `increase()` extrapolates each series to the window's edges and drops the gap
+//! before the next window, so its counts behave like twice a Poisson count and double the
+//! evidence. Exact differences are integers, and consecutive looks (`window_end` advanced by
+//! `window`) tile time: each event is counted in exactly one look. The reconciler ends each
+//! window one scrape interval in the past (`prometheus.scrapeInterval`), so the window's last
+//! scrape has been ingested, and looks are at least 4 scrape intervals long, so the per-pod
+//! scrape instants inside a window matter little. Custom `ratio` queries are the user's PromQL:
+//! they decide how they count (`{{ window }}` is the look's length).
+
 //! # Outcomes
 //! - No series (no traffic, or a metric that does not exist): `Ok` with zero counts; the
 //!   analysis sees no data and continues (its noData policy decides).
@@ -325,10 +331,10 @@ impl Telemetry {
         out
     }
 
-    /// Cumulative buckets per arm, sorted by boundary (`le` is in milliseconds). `increase()`
-    /// extrapolates each bucket series on its own, so a bucket can come out a fraction below
-    /// the one before it; like `histogram_quantile`, counts are raised to the running maximum
-    /// so the histogram stays cumulative.
+    /// Cumulative buckets per arm, sorted by boundary (`le` is in milliseconds). A counter
+    /// reset seen in one bucket series and not another (or a custom query) can leave a bucket
+    /// below the one before it; like `histogram_quantile`, counts are raised to the running
+    /// maximum so the histogram stays cumulative.
     fn split_latency(&self, samples: Vec<Sample>) -> HashMap<ArmKey, Vec<Bucket>> {
         let mut out: HashMap<ArmKey, Vec<Bucket>> = HashMap::new();
         for s in samples {

@@ -65,27 +65,35 @@ impl Grouping {
             .map(ArmKey)
     }
 
-    /// `increase(<counter>{<selector of keys>}[window])`, with the series relabelled so that
-    /// `sum by (self.labels())` groups them by arm.
-    fn increase(self, metric: Metric, keys: &[&ArmKey], window: Duration) -> String {
-        let window = format_window(window);
+    /// The exact count of each counter series over `(t - window, t]`, with the series
+    /// relabelled so that `sum by (self.labels())` groups them by arm (see [`exact_count`]).
+    fn counts(self, metric: Metric, keys: &[&ArmKey], window: Duration) -> String {
         let name = metric.name(self);
         match self {
-            Grouping::IstioHost => format!(
-                "increase({name}{{reporter=\"destination\", destination_service=~{}}}[{window}])",
-                string_literal(&alternation(keys.iter().map(|k| k.0[0].as_str())))
+            Grouping::IstioHost => exact_count(
+                &format!(
+                    "{name}{{reporter=\"destination\", destination_service=~{}}}",
+                    string_literal(&alternation(keys.iter().map(|k| k.0[0].as_str())))
+                ),
+                window,
             ),
-            Grouping::IstioWorkload => format!(
-                "increase({name}{{reporter=\"destination\", destination_workload_namespace=~{}, destination_workload=~{}}}[{window}])",
-                string_literal(&alternation(keys.iter().map(|k| k.0[0].as_str()))),
-                string_literal(&alternation(keys.iter().map(|k| k.0[1].as_str())))
+            Grouping::IstioWorkload => exact_count(
+                &format!(
+                    "{name}{{reporter=\"destination\", destination_workload_namespace=~{}, destination_workload=~{}}}",
+                    string_literal(&alternation(keys.iter().map(|k| k.0[0].as_str()))),
+                    string_literal(&alternation(keys.iter().map(|k| k.0[1].as_str())))
+                ),
+                window,
             ),
             Grouping::EnvoyCluster => {
                 let hosts = alternation(keys.iter().map(|k| k.0[0].as_str()));
                 let cluster = format!("{ENVOY_CLUSTER_PREFIX}({hosts})");
                 format!(
-                    "label_replace(increase({name}{{envoy_cluster_name=~{}}}[{window}]), \"{ENVOY_HOST_LABEL}\", \"$1\", \"envoy_cluster_name\", {})",
-                    string_literal(&cluster),
+                    "label_replace({}, \"{ENVOY_HOST_LABEL}\", \"$1\", \"envoy_cluster_name\", {})",
+                    exact_count(
+                        &format!("{name}{{envoy_cluster_name=~{}}}", string_literal(&cluster)),
+                        window
+                    ),
                     string_literal(&format!("{ENVOY_CLUSTER_PREFIX}(.*)"))
                 )
             }
@@ -146,7 +154,7 @@ pub fn traffic_query(grouping: Grouping, keys: &[&ArmKey], window: Duration) -> 
     let by = grouping.labels().join(", ");
     format!(
         "sum by ({by}, {CLASS_LABEL}) (label_replace({}, \"{CLASS_LABEL}\", \"{ERROR_CLASS}\", \"{}\", \"5..\"))",
-        grouping.increase(Metric::Requests, keys, window),
+        grouping.counts(Metric::Requests, keys, window),
         grouping.response_code_label()
     )
 }
@@ -156,7 +164,7 @@ pub fn latency_query(grouping: Grouping, keys: &[&ArmKey], window: Duration) -> 
     let by = grouping.labels().join(", ");
     format!(
         "sum by ({by}, le) ({})",
-        grouping.increase(Metric::DurationBuckets, keys, window)
+        grouping.counts(Metric::DurationBuckets, keys, window)
     )
 }
 
@@ -212,6 +220,27 @@ pub fn render(template: &str, vars: &ArmVars, window: Duration) -> Result<String
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// The exact number of events each series of the counter `selector` counted over
+/// `(t - window, t]`, where `t` is the query's evaluation time: the difference of two raw
+/// samples (the last in the window and the last at or before `t - window`), never
+/// `increase()`, which extrapolates to the window's edges and drops the gap before the next
+/// window. Consecutive windows that share their edges therefore tile time: every event is
+/// counted in exactly one look, as an integer.
+///
+/// - A series born inside the window (no sample at `t - window`) counts from 0.
+/// - A series whose counter went down (a reset: its container restarted) counts its value
+///   at `t` in that window, the events since the reset; its events between the window's
+///   start and the reset are lost. Two samples cannot say more; a restart is rare, and it
+///   drops requests and bad events of the same pod over the same time together.
+/// - A series that ends inside the window (a pod that went away) counts up to its last
+///   sample (`last_over_time`).
+pub fn exact_count(selector: &str, window: Duration) -> String {
+    let w = format_window(window);
+    // The last sample in the window, also of a series that ended in it (a pod gone).
+    let last = format!("last_over_time({selector}[{w}])");
+    format!("(({last} - ({selector} offset {w} or {last} * 0)) >= 0 or {last})")
 }
 
 /// A PromQL duration: whole seconds when possible, else milliseconds.
@@ -303,7 +332,13 @@ mod tests {
         let q = traffic_query(Grouping::IstioHost, &[&b, &a, &b], Duration::from_secs(30));
         assert_eq!(
             q,
-            r#"sum by (destination_service, canaryd_class) (label_replace(increase(istio_requests_total{reporter="destination", destination_service=~"flaskapp\\.prod\\.svc\\.cluster\\.local|flaskapp\\.stage\\.svc\\.cluster\\.local"}[30s]), "canaryd_class", "error", "response_code", "5.."))"#
+            format!(
+                r#"sum by (destination_service, canaryd_class) (label_replace({}, "canaryd_class", "error", "response_code", "5.."))"#,
+                exact_count(
+                    r#"istio_requests_total{reporter="destination", destination_service=~"flaskapp\\.prod\\.svc\\.cluster\\.local|flaskapp\\.stage\\.svc\\.cluster\\.local"}"#,
+                    Duration::from_secs(30)
+                )
+            )
         );
     }
 
@@ -313,7 +348,21 @@ mod tests {
         let q = latency_query(Grouping::EnvoyCluster, &[&a], Duration::from_millis(1500));
         assert_eq!(
             q,
-            r#"sum by (canaryd_host, le) (label_replace(increase(envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name=~"(?:outbound\\|[0-9]+\\|[^|]*\\|)?(web)"}[1500ms]), "canaryd_host", "$1", "envoy_cluster_name", "(?:outbound\\|[0-9]+\\|[^|]*\\|)?(.*)"))"#
+            format!(
+                r#"sum by (canaryd_host, le) (label_replace({}, "canaryd_host", "$1", "envoy_cluster_name", "(?:outbound\\|[0-9]+\\|[^|]*\\|)?(.*)"))"#,
+                exact_count(
+                    r#"envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name=~"(?:outbound\\|[0-9]+\\|[^|]*\\|)?(web)"}"#,
+                    Duration::from_millis(1500)
+                )
+            )
+        );
+    }
+
+    #[test]
+    fn an_exact_count_is_a_difference_of_raw_samples_with_births_and_resets() {
+        assert_eq!(
+            exact_count("x{a=\"b\"}", Duration::from_secs(60)),
+            r#"((last_over_time(x{a="b"}[60s]) - (x{a="b"} offset 60s or last_over_time(x{a="b"}[60s]) * 0)) >= 0 or last_over_time(x{a="b"}[60s]))"#
         );
     }
 

@@ -308,3 +308,169 @@ async fn no_data_bad_promql_and_prometheus_down_are_told_apart() {
         }
     );
 }
+
+/// The counts canaryd reads are exact differences of the raw samples Prometheus stored, and
+/// consecutive windows that share their edges tile time: every window's count is an integer
+/// and equals what the stored samples say, for a series that grows, a series born midway, a
+/// series that ends (a pod gone) and a counter that resets (a restarted container), at
+/// window edges that fall between scrapes.
+#[tokio::test]
+async fn exact_counts_tile_time_across_series_births_and_counter_resets() {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    use canaryd_lab::prometheus::{LabPrometheus, ScrapeTarget};
+    use jiff::Timestamp;
+
+    let scrapes = Arc::new(AtomicU64::new(0));
+    let served = scrapes.clone();
+    let exporter = Exporter::start_fn(move || {
+        let k = served.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut body = format!(
+            "canaryd_test_scrape {k}\nevents_total{{pod=\"a\"}} {}\n",
+            7 * k
+        );
+        if k >= 5 {
+            body += &format!("events_total{{pod=\"b\"}} {}\n", 3 * (k - 4));
+        }
+        let c = if k < 9 { 5 * k } else { 5 * (k - 9) + 2 };
+        body += &format!("events_total{{pod=\"c\"}} {c}\n");
+        if (3..=10).contains(&k) {
+            body += &format!("events_total{{pod=\"d\"}} {}\n", 11 * k);
+        }
+        body
+    })
+    .await;
+    let prometheus = LabPrometheus::start(
+        &[ScrapeTarget {
+            job: "exporter".into(),
+            address: exporter.addr,
+        }],
+        Duration::from_secs(1),
+    )
+    .await
+    .expect("start prometheus");
+    let client = test_client(&prometheus.url(), 1);
+    // Until Prometheus has stored 16 scrapes.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let seen = client
+            .instant("canaryd_test_scrape", Timestamp::now())
+            .await
+            .ok()
+            .and_then(|s| s.first().map(|s| s.value))
+            .unwrap_or(0.0);
+        if seen >= 16.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus scraped {seen} times in 60s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The raw samples Prometheus stored, per pod: (unix ms, value).
+    let raw = prometheus_http_query::Client::try_from(prometheus.url().as_str())
+        .unwrap()
+        .query("events_total[5m]")
+        .get()
+        .await
+        .unwrap();
+    let mut samples: BTreeMap<String, Vec<(i64, f64)>> = BTreeMap::new();
+    let prometheus_http_query::response::Data::Matrix(series) = raw.data() else {
+        panic!("a range query answers a matrix");
+    };
+    for s in series {
+        let pod = s.metric()["pod"].clone();
+        let points = s
+            .samples()
+            .iter()
+            .map(|p| ((p.timestamp() * 1000.0).round() as i64, p.value()))
+            .collect();
+        samples.insert(pod, points);
+    }
+    assert_eq!(samples.len(), 4);
+    let last_at = |at: i64, pod: &str| {
+        samples[pod]
+            .iter()
+            .take_while(|(t, _)| *t <= at)
+            .last()
+            .map(|&(_, v)| v)
+    };
+    // What a window (from, to] counted, by the stored samples.
+    let expected = |from: i64, to: i64, pod: &str| -> f64 {
+        match (last_at(from, pod), last_at(to, pod)) {
+            (_, None) => 0.0,
+            (None, Some(v)) => v,
+            (Some(before), Some(v)) if v < before => v,
+            (Some(before), Some(v)) => v - before,
+        }
+    };
+
+    // Windows of 2.7 s from before the first sample to the last one: edges between scrapes.
+    let first = samples
+        .values()
+        .flat_map(|s| s.first())
+        .map(|p| p.0)
+        .min()
+        .unwrap();
+    let last = samples
+        .values()
+        .flat_map(|s| s.last())
+        .map(|p| p.0)
+        .max()
+        .unwrap();
+    let step = 2_700;
+    let mut from = first - 1_300;
+    let mut totals: BTreeMap<String, f64> = BTreeMap::new();
+    let mut windows = 0;
+    while from < last {
+        let to = from + step;
+        let query = canaryd::telemetry::promql::exact_count(
+            "events_total",
+            Duration::from_millis(step as u64),
+        );
+        let got = client
+            .instant(&query, Timestamp::from_millisecond(to).unwrap())
+            .await
+            .unwrap();
+        for pod in samples.keys() {
+            let value = got
+                .iter()
+                .find(|s| s.labels.get("pod") == Some(pod))
+                .map_or(0.0, |s| s.value);
+            assert_eq!(value, value.round(), "an integer count");
+            assert_eq!(
+                value,
+                expected(from, to, pod),
+                "pod {pod}, window ({from}, {to}]"
+            );
+            *totals.entry(pod.clone()).or_default() += value;
+        }
+        windows += 1;
+        from = to;
+    }
+    assert!(windows >= 5, "{windows} windows");
+    // Every event each counter counted, once: a grew from its first sample, b was born
+    // midway and d went away. The window of c's reset counts c's events since the reset; those between the
+    // window's start and the reset are lost (as documented).
+    let final_value = |pod: &str| samples[pod].last().unwrap().1;
+    assert_eq!(totals["a"], final_value("a"));
+    assert_eq!(totals["b"], final_value("b"));
+    assert_eq!(
+        totals["d"],
+        final_value("d"),
+        "a pod gone counts up to its last sample"
+    );
+    let before_reset = samples["c"]
+        .windows(2)
+        .find(|w| w[1].1 < w[0].1)
+        .map(|w| w[0].1)
+        .expect("c was reset");
+    assert!(
+        totals["c"] >= final_value("c") && totals["c"] <= before_reset + final_value("c"),
+        "{totals:?}"
+    );
+}

@@ -94,11 +94,12 @@ impl Drop for Lab {
     }
 }
 
-/// The seed's Canary with durations divided by `speed` (never below what 1 s scrapes allow).
+/// The seed's Canary with durations divided by `speed` (never below what 1 s scrapes allow:
+/// looks of at least 4 scrape intervals).
 pub fn lab_canary(speed: u32) -> Canary {
     let speed = u64::from(speed.max(1));
     let scaled = |secs: u64, floor: u64| HumanDuration::from_secs((secs / speed).max(floor));
-    let interval = scaled(30, 3);
+    let interval = scaled(60, 4);
     let mut canary: Canary = serde_yaml_ng::from_str(
         r#"
 apiVersion: canaryd.dev/v1alpha1
@@ -270,13 +271,15 @@ impl Lab {
             .admin_taken
             .swap(true, std::sync::atomic::Ordering::SeqCst);
         let admin_port = if first { self.admin_port } else { 0 };
+        let scrape = self.options.scrape_interval;
         let interval = lab_canary(self.options.speed)
             .spec
             .analysis
             .interval
-            .unwrap_or(HumanDuration::from_secs(3));
+            .map_or(scrape * 4, |i| i.0.max(scrape * 4));
+        let (interval, scrape) = (HumanDuration(interval), HumanDuration(scrape));
         let text = format!(
-            "prometheus: {{url: '{}', timeout: 5s, retries: 1}}\n\
+            "prometheus: {{url: '{}', timeout: 5s, retries: 1, scrapeInterval: {scrape}}}\n\
              evaluationInterval: {interval}\n\
              leaderElection: {{enabled: true, namespace: {LEASE_NAMESPACE}, leaseDuration: 4s, renewDeadline: 3s}}\n\
              admin: {{listen: '127.0.0.1:{admin_port}'}}\n\

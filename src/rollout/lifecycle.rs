@@ -123,8 +123,9 @@ fn set_condition_to(
 }
 
 /// The conditions tools wait on, derived from the phase and the precondition conditions:
-/// `Ready` (kstatus: True when Idle or Succeeded, False when the rollout needs a person or
-/// the Canary can do nothing, Unknown while a rollout runs), `Reconciling` and `Stalled`
+/// `Ready` (kstatus: True when Idle or Succeeded with no new stage revision pending, False
+/// when the rollout needs a person or the Canary can do nothing, Unknown while a rollout
+/// runs or a new stage revision is awaited), `Reconciling` and `Stalled`
 /// (what kstatus and Flux read), `Promoted` (the last rollout ended with prod on the new
 /// release) and `RolledBack`, for `kubectl wait --for=condition=...`.
 fn summarize(status: &mut CanaryStatus, now: Timestamp) {
@@ -139,8 +140,11 @@ fn summarize(status: &mut CanaryStatus, now: Timestamp) {
         })
         .map(|c| (c.reason.clone(), c.message.clone()));
     let message = status.message.clone();
+    // A new stage revision canaryd waits for (to become ready) is a rollout pending.
+    let pending = status.waiting_for_stage.is_some() && !status.phase.is_active();
     let (ready, reason): (&str, String) = match (&blocked, status.phase) {
         (Some((reason, _)), _) => ("False", reason.clone()),
+        (None, Phase::Idle | Phase::Succeeded) if pending => ("Unknown", "Progressing".into()),
         (None, Phase::Idle | Phase::Succeeded) => ("True", status.phase.as_str().into()),
         (None, Phase::RolledBack | Phase::Paused) => ("False", status.phase.as_str().into()),
         (None, _) => ("Unknown", "Progressing".into()),

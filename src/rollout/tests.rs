@@ -812,6 +812,25 @@ fn ready_promoted_and_rolled_back_follow_every_transition() {
         "prod runs v3 with all traffic"
     );
 
+    // A new release that is not ready yet is a rollout pending, not a finished one.
+    sim.stage = Some(Workload {
+        revision: "v4".into(),
+        ready: false,
+        why_not_ready: Some("0 of 2 replicas updated".into()),
+    });
+    sim.idle_round();
+    assert_eq!(sim.status.phase, Phase::Succeeded);
+    assert_eq!(
+        summary(&sim.status)[..2],
+        sr([
+            ("Unknown", "Progressing"),
+            ("True", "Progressing"),
+            ("", ""),
+            ("", ""),
+            ("", "")
+        ])[..2]
+    );
+
     // Paused: needs a person.
     sim.start_and_pass_pre_traffic("v4");
     sim.wait(31 * 60);

@@ -362,6 +362,8 @@ impl Policy for Canaryd {
             stage_weight: weight,
             elapsed_in_step: Duration::from_secs(elapsed_s),
             min_duration: Duration::from_secs(CANARYD_MIN_S),
+            // Steps 30 % and 60 %.
+            comparative_steps: 2,
         };
         let out = evaluate_look(&self.spec, &self.state, &counts, &ctx).expect("valid counts");
         self.state = out.state;

@@ -67,6 +67,7 @@ fn bench_look(c: &mut Criterion) {
         stage_weight: 30,
         elapsed_in_step: Duration::from_secs(600),
         min_duration: Duration::from_secs(120),
+        comparative_steps: 2,
     };
     let mut state = AnalysisState::default();
     for _ in 0..20 {

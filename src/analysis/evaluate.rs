@@ -21,6 +21,14 @@ pub struct LookContext {
     pub stage_weight: u8,
     pub elapsed_in_step: Duration,
     pub min_duration: Duration,
+    /// How many steps of the spec compare stage with prod (weight strictly between 0 and
+    /// 100): the rollback's per-step budget is split among them.
+    pub comparative_steps: u32,
+}
+
+/// The steps of `steps` that compare stage with prod (weight strictly between 0 and 100).
+pub fn comparative_steps(steps: &[u8]) -> u32 {
+    steps.iter().filter(|w| (1..100).contains(*w)).count() as u32
 }
 
 /// The state after one look, the verdict and the statistics behind it.
@@ -63,9 +71,13 @@ pub fn evaluate_look(
 
     let threshold = rollback_threshold(spec.alpha, series.len());
     let log_threshold = threshold.ln();
+    // Advance needs every compared series to pass (an intersection-union test), so each
+    // confidence sequence may use alpha itself: advancing a step in which any one metric is
+    // at or above its margin needs that metric's sequence to be wrong.
+    let advance_log_threshold = (1.0 / spec.alpha).ln();
     let live = ctx.stage_weight > 0;
     let stage_has_data = counts.stage.requests.round() > 0.0;
-    let step_weight_ln = (0.5 / (ctx.step.max(1) as f64 * (ctx.step.max(1) as f64 + 1.0))).ln();
+    let step_weight_ln = step_weight(ctx).ln();
 
     let mut next = AnalysisState {
         looks: look,
@@ -106,10 +118,11 @@ pub fn evaluate_look(
             st.step_log_likelihood.iter_mut().for_each(|x| *x = 0.0);
         }
         if live {
-            st.stage_requests += c.stage_requests as u64;
-            st.stage_bad += c.stage_bad as u64;
-            st.prod_requests += c.prod_requests as u64;
-            st.prod_bad += c.prod_bad as u64;
+            // Saturating: a rollout long enough to count 2^64 requests keeps its last rates.
+            st.stage_requests = st.stage_requests.saturating_add(c.stage_requests as u64);
+            st.stage_bad = st.stage_bad.saturating_add(c.stage_bad as u64);
+            st.prod_requests = st.prod_requests.saturating_add(c.prod_requests as u64);
+            st.prod_bad = st.prod_bad.saturating_add(c.prod_bad as u64);
             if let Some(g) = &grid {
                 let total = c.stage_requests + c.prod_requests;
                 if total > 0.0 {
@@ -125,7 +138,9 @@ pub fn evaluate_look(
                 let full = g.log_e_above(&st.log_likelihood, g.tolerance_idx);
                 let step = g.log_e_above(&st.step_log_likelihood, g.tolerance_idx);
                 let log_e = eprocess::log_add(0.5f64.ln() + full, step_weight_ln + step);
-                let (lo, hi) = g.bounds(&st.log_likelihood, log_threshold);
+                // Step-local: a release that regresses only at this weight cannot ride on
+                // the evidence of the steps before it.
+                let (lo, hi) = g.bounds(&st.step_log_likelihood, advance_log_threshold);
                 (log_e, lo, hi)
             }
             None => (
@@ -186,6 +201,13 @@ pub fn evaluate_look(
     })
 }
 
+/// The weight of the current step's own rollback e-process: half of the budget, split evenly
+/// over the steps that compare (weight strictly between 0 and 100), so none is left on steps
+/// where nothing can be compared.
+fn step_weight(ctx: &LookContext) -> f64 {
+    0.5 / f64::from(ctx.comparative_steps.max(1))
+}
+
 fn estimate(buckets: &[Bucket]) -> Option<LatencyEstimate> {
     Some(LatencyEstimate {
         p50: histogram::quantile(buckets, 0.5)?,
@@ -240,14 +262,43 @@ fn series_counts(look: u32, s: &SeriesSpec, c: &LookCounts) -> Result<SeriesCoun
             ..SeriesCounts::default()
         },
         Source::Latency { threshold_ms } => {
-            let (le_s, bad_s) = latency(&c.stage, "stage", threshold_ms, false)?;
-            let (le_p, bad_p) = latency(&c.prod, "prod", threshold_ms, false)?;
+            // Arms without requests may have no histogram; one with requests must have one.
+            let (s_empty, p_empty) = (
+                c.stage.latency_buckets.is_empty(),
+                c.prod.latency_buckets.is_empty(),
+            );
+            if s_empty || p_empty {
+                let (le_s, bad_s) = latency(&c.stage, "stage", threshold_ms, false)?;
+                let (le_p, bad_p) = latency(&c.prod, "prod", threshold_ms, false)?;
+                return Ok(SeriesCounts {
+                    stage_requests: if s_empty { 0.0 } else { n_s },
+                    stage_bad: bad_s,
+                    prod_requests: if p_empty { 0.0 } else { n_p },
+                    prod_bad: bad_p,
+                    boundary_ms: le_s.or(le_p),
+                });
+            }
+            let (sb, pb) = (&c.stage.latency_buckets, &c.prod.latency_buckets);
+            let Some((le, bad_s, bad_p)) = histogram::shared_slower_than(sb, pb, threshold_ms)
+            else {
+                return Err(AnalysisError::NoSharedBoundary {
+                    look,
+                    metric: s.name.clone(),
+                    threshold_ms,
+                });
+            };
+            // The requests of the histogram itself: the bad count and its total must come
+            // from the same series, or a small mismatch alone looks like a regression.
+            let (hs, hp) = (
+                histogram::requests(sb).round(),
+                histogram::requests(pb).round(),
+            );
             SeriesCounts {
-                stage_requests: n_s,
-                stage_bad: bad_s,
-                prod_requests: n_p,
-                prod_bad: bad_p,
-                boundary_ms: le_s.or(le_p),
+                stage_requests: hs,
+                stage_bad: bad_s.round().clamp(0.0, hs),
+                prod_requests: hp,
+                prod_bad: bad_p.round().clamp(0.0, hp),
+                boundary_ms: Some(le),
             }
         }
         Source::SloLatency { limit_ms, .. } => {
@@ -322,6 +373,7 @@ pub(super) mod tests {
             stage_weight: weight,
             elapsed_in_step: Duration::from_secs(secs),
             min_duration: Duration::from_secs(120),
+            comparative_steps: 2,
         }
     }
 
@@ -486,6 +538,148 @@ pub(super) mod tests {
             assert!(after.step_log_likelihood.iter().all(|&x| x == 0.0));
             assert_eq!(before.log_likelihood, after.log_likelihood);
         }
+    }
+
+    #[test]
+    fn a_release_that_regresses_only_at_the_next_step_cannot_ride_on_the_step_before() {
+        let s = spec();
+        // Step 1: a long healthy step with much evidence that stage equals prod.
+        let healthy = LookCounts {
+            stage: arm(3000.0, 30.0, 30.0),
+            prod: arm(7000.0, 70.0, 70.0),
+        };
+        let mut state = AnalysisState::default();
+        for i in 1..=40 {
+            state = evaluate_look(&s, &state, &healthy, &ctx(1, 30, 30 * i))
+                .unwrap()
+                .state;
+        }
+        // Step 2: stage now fails 1.67 times as often as prod, above the margin (1.5), on
+        // less traffic. The rollout-wide likelihood still says "about 1.1x"; this step's own
+        // evidence cannot prove "at most 1.5x", so it does not advance.
+        let worse = LookCounts {
+            stage: arm(600.0, 10.0, 6.0),
+            prod: arm(400.0, 4.0, 4.0),
+        };
+        for i in 1..=12 {
+            let out = evaluate_look(&s, &state, &worse, &ctx(2, 60, 30 * i)).unwrap();
+            state = out.state;
+            assert_ne!(out.verdict, Verdict::Advance, "look {i}: {}", out.reason);
+        }
+    }
+
+    fn buckets(bounds: &[f64], n: f64, slow_fraction: impl Fn(f64) -> f64) -> Vec<Bucket> {
+        bounds
+            .iter()
+            .map(|&le| Bucket {
+                le_ms: le,
+                count: if le.is_finite() {
+                    n * (1.0 - slow_fraction(le))
+                } else {
+                    n
+                },
+            })
+            .collect()
+    }
+
+    #[test]
+    fn both_arms_are_compared_at_a_boundary_they_share() {
+        // The same latency distribution under two bucket layouts: stage [100, 200], prod
+        // [100, 250]. "Slower than 200 ms" against "slower than 250 ms" would look like a
+        // regression; both are read at 100 ms.
+        let slow = |le: f64| 0.02 * 100.0 / le;
+        let mut s = spec();
+        s.metrics[1].thresholds_ms = vec![250.0];
+        let mut counts = LookCounts {
+            stage: arm(5000.0, 50.0, 0.0),
+            prod: arm(5000.0, 50.0, 0.0),
+        };
+        counts.stage.latency_buckets = buckets(&[100.0, 200.0, f64::INFINITY], 5000.0, slow);
+        counts.prod.latency_buckets = buckets(&[100.0, 250.0, f64::INFINITY], 5000.0, slow);
+        let outs = run(&s, &counts, 30, 50);
+        assert_eq!(outs[0].metrics[1].boundary_ms, Some(100.0));
+        assert!(outs.iter().all(|o| o.verdict != Verdict::Rollback));
+        // Nothing shared at or below the threshold: an error naming the metric, not a guess.
+        counts.stage.latency_buckets = buckets(&[200.0, f64::INFINITY], 5000.0, slow);
+        counts.prod.latency_buckets = buckets(&[250.0, f64::INFINITY], 5000.0, slow);
+        let err =
+            evaluate_look(&s, &AnalysisState::default(), &counts, &ctx(1, 50, 30)).unwrap_err();
+        assert!(
+            matches!(err, AnalysisError::NoSharedBoundary { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("\"latency@250\""), "{err}");
+    }
+
+    #[test]
+    fn the_latency_series_counts_requests_from_the_histogram_itself() {
+        // The request counter ran one scrape ahead of the histogram (+Inf 1 lower per look,
+        // within what validation allows): the latency series reads n from the histogram, so
+        // the mismatch is no evidence against stage.
+        let mut s = spec();
+        s.metrics[1].thresholds_ms = vec![250.0];
+        let mut counts = LookCounts {
+            stage: arm(400.0, 0.0, 4.0),
+            prod: arm(400.0, 0.0, 4.0),
+        };
+        counts.stage.requests = 401.0;
+        let out = &run(&s, &counts, 1, 50)[0];
+        assert_eq!(out.metrics[1].stage_requests, 400);
+        assert_eq!(out.metrics[0].stage_requests, 401);
+    }
+
+    #[test]
+    fn a_count_beyond_2_pow_53_is_refused_and_totals_saturate() {
+        let counts = LookCounts {
+            stage: ArmCounts {
+                requests: 1e16,
+                ..ArmCounts::default()
+            },
+            prod: arm(10.0, 0.0, 0.0),
+        };
+        let err = evaluate_look(&spec(), &AnalysisState::default(), &counts, &ctx(1, 30, 30))
+            .unwrap_err();
+        assert!(matches!(err, AnalysisError::TooLarge { .. }), "{err}");
+        assert!(err.to_string().contains("stage.requests"), "{err}");
+        let mut state = run(
+            &spec(),
+            &LookCounts {
+                stage: arm(100.0, 1.0, 1.0),
+                prod: arm(100.0, 1.0, 1.0),
+            },
+            1,
+            30,
+        )[0]
+        .state
+        .clone();
+        state.series[0].stage_requests = u64::MAX - 5;
+        let out = evaluate_look(
+            &spec(),
+            &state,
+            &LookCounts {
+                stage: arm(100.0, 1.0, 1.0),
+                prod: arm(100.0, 1.0, 1.0),
+            },
+            &ctx(1, 30, 60),
+        )
+        .unwrap();
+        assert_eq!(out.state.series[0].stage_requests, u64::MAX);
+    }
+
+    #[test]
+    fn the_per_step_budget_is_split_over_the_steps_that_compare() {
+        assert_eq!(comparative_steps(&[0, 30, 60, 100]), 2);
+        assert_eq!(comparative_steps(&[0, 100]), 0);
+        assert_eq!(comparative_steps(&[0, 5, 10, 25, 50, 100]), 4);
+        let at = |steps: u32| {
+            step_weight(&LookContext {
+                comparative_steps: steps,
+                ..ctx(1, 30, 30)
+            })
+        };
+        assert_eq!(at(2), 0.25);
+        assert_eq!(at(4) * 4.0, 0.5, "half the budget over all comparing steps");
+        assert_eq!(at(0), 0.5);
     }
 
     #[test]

@@ -12,6 +12,26 @@ pub fn slower_than(buckets: &[Bucket], threshold_ms: f64) -> Option<(f64, f64)> 
     Some((b.le_ms, total(buckets) - b.count))
 }
 
+/// The largest boundary at or below `threshold_ms` that both histograms have, and the
+/// requests of each that were slower than it: both arms are compared on the same question
+/// ("slower than 200 ms"), even when their bucket layouts differ.
+pub fn shared_slower_than(
+    a: &[Bucket],
+    b: &[Bucket],
+    threshold_ms: f64,
+) -> Option<(f64, f64, f64)> {
+    let at = a.iter().rev().find(|x| {
+        x.le_ms.is_finite() && x.le_ms <= threshold_ms && b.iter().any(|y| y.le_ms == x.le_ms)
+    })?;
+    let in_b = b.iter().find(|y| y.le_ms == at.le_ms)?;
+    Some((at.le_ms, total(a) - at.count, total(b) - in_b.count))
+}
+
+/// The requests a histogram counted (its `+Inf` bucket).
+pub fn requests(buckets: &[Bucket]) -> f64 {
+    total(buckets)
+}
+
 /// The smallest boundary at or above `limit_ms`, and the requests slower than it: a
 /// conservative count of requests slower than the limit (never more than the truth).
 pub fn slower_than_at_least(buckets: &[Bucket], limit_ms: f64) -> Option<(f64, f64)> {

@@ -4,8 +4,10 @@
 //!
 //! # The test (docs/architecture.md, section 4)
 //!
-//! Every metric is a rate of bad requests (5xx; slower than a latency threshold; a custom
-//! bad/total pair). In look i, with n_s, n_p requests and b_s, b_p bad events, let
+//! Every metric is a rate of bad requests (5xx; slower than a latency threshold, read at the
+//! largest bucket boundary at or below it that both arms' histograms share, with n from the
+//! histogram itself; a custom bad/total pair). Counts above 2^53 are refused (no exact count
+//! is that large) and the totals saturate. In look i, with n_s, n_p requests and b_s, b_p bad events, let
 //! pi_i = n_s / (n_s + n_p) be stage's share. Modelling bad events as Poisson thinning of
 //! the requests, given m_i = b_s + b_p the stage count is Binomial(m_i, q_i(r)) with
 //! q_i(r) = r pi_i / (r pi_i + 1 - pi_i), where r is the stage/prod rate ratio. This holds
@@ -35,15 +37,21 @@
 //!   the smallest grid ratio from which every test rejects; a metric passes when it is at or
 //!   below `margin`. Advance needs every compared metric to pass, the minimum duration,
 //!   stage traffic in the look, a weight strictly between 0 and 100, and no guardrail firing.
-//! * **Bonferroni**: with K series (one per errorRate/ratio metric, one per latency threshold,
-//!   one per SLO guardrail) every test uses the threshold K / alpha.
+//!   The sequence uses the **current step's** likelihood only, so a release that regresses
+//!   only at a higher weight cannot ride on the evidence of the steps before it.
+//! * **Thresholds**: with K series (one per errorRate/ratio metric, one per latency threshold,
+//!   one per SLO guardrail) every rollback test uses K / alpha (Bonferroni: any one series
+//!   rolls back). Advance is an intersection-union test (every series must pass), so each
+//!   confidence sequence uses 1 / alpha: advancing a step in which some metric is at or above
+//!   its margin needs that metric's own sequence to be wrong, probability at most alpha.
 //!
 //! # What is carried across steps, and the alpha accounting
 //!
 //! The lifecycle keeps [`AnalysisState`] for the whole rollout. For each compared series the
 //! engine keeps two likelihoods: one over the whole rollout and one since the current step
-//! started. The rollback e-value is E_t = 1/2 M_t(rollout) + c_k M_t(step k) with
-//! c_k = 1 / (2 k (k + 1)) for step index k >= 1. Each M is a test supermartingale started at
+//! started. The rollback e-value is E_t = 1/2 M_t(rollout) + c M_t(step k) with
+//! c = 1 / (2 S), S the number of steps that compare (weight strictly between 0 and 100; at
+//! least 1), so no budget is left on steps where nothing is compared. Each M is a test supermartingale started at
 //! a stopping time (the step's start; 1 before it), the weights of all processes that could
 //! ever start sum to at most 1, and dropping the processes of finished steps only lowers E,
 //! so E_t is bounded by a test supermartingale and P(false rollback over the whole rollout,
@@ -51,8 +59,9 @@
 //! across steps (allocation changes are handled by the conditional binomial); the step part
 //! catches a release that only degrades at a higher weight, whose earlier healthy evidence
 //! would otherwise mask it. Steps are expected to only move forward within a rollout.
-//! The advance confidence sequence uses the rollout-wide likelihood: the probability of ever
-//! advancing a metric whose constant ratio is at or above its margin is at most alpha / K.
+//! The advance confidence sequence uses the step's own likelihood: for each step, the
+//! probability of advancing it while some metric's ratio during that step is at or above its
+//! margin is at most alpha.
 //!
 //! A look at weight 0 is not folded (no live traffic; the checks decide). At weight 100 prod
 //! gets no requests, so pi = 1 and the comparative likelihood does not move by construction;
@@ -87,5 +96,5 @@ mod series;
 mod validate;
 
 pub use counts::{ArmCounts, Bucket, LookCounts, RatioCounts};
-pub use evaluate::{evaluate_look, LookContext, LookOutcome};
+pub use evaluate::{comparative_steps, evaluate_look, LookContext, LookOutcome};
 pub use validate::AnalysisError;

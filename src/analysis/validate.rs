@@ -57,6 +57,18 @@ pub enum AnalysisError {
         field: String,
         metric: String,
     },
+    #[error("look {look}: stage and prod share no bucket boundary at or below {threshold_ms} ms, needed by \"{metric}\" (each arm must be asked the same question); give both the same buckets, or choose a threshold at a boundary both have")]
+    NoSharedBoundary {
+        look: u32,
+        metric: String,
+        threshold_ms: f64,
+    },
+    #[error("look {look}: {field} is {value}, more than 2^53 (9.0e15): not an exact count; was a counter's value read instead of a window's increment?")]
+    TooLarge {
+        look: u32,
+        field: String,
+        value: f64,
+    },
     #[error("look {look}: {field} has no bucket boundary at or below {threshold_ms} ms, needed by \"{metric}\"; lower the threshold or add buckets")]
     NoBoundary {
         look: u32,
@@ -66,12 +78,21 @@ pub enum AnalysisError {
     },
 }
 
+/// The largest count an f64 holds exactly (2^53); a window's count above it is no count.
+pub const MAX_EXACT_COUNT: f64 = 9_007_199_254_740_992.0;
+
 /// Checks that `arm` holds counts of requests; `side` ("stage" or "prod") prefixes the
 /// field an error names.
 pub(super) fn validate_arm(look: u32, side: &str, arm: &ArmCounts) -> Result<(), AnalysisError> {
     // Field names are formatted only for an error: this runs on every look.
     let count = |field: &dyn Fn() -> String, value: f64| {
-        if value.is_finite() && value >= 0.0 {
+        if value > MAX_EXACT_COUNT {
+            Err(AnalysisError::TooLarge {
+                look,
+                field: field(),
+                value,
+            })
+        } else if value.is_finite() && value >= 0.0 {
             Ok(())
         } else if value.is_finite() {
             Err(AnalysisError::CounterWentDown {
@@ -138,7 +159,8 @@ pub(super) fn validate_arm(look: u32, side: &str, arm: &ArmCounts) -> Result<(),
             field: field(),
         });
     }
-    // Prometheus extrapolates each series' increase() separately; allow rounding noise.
+    // Requests and buckets are separate series (a scrape may catch one a request ahead of the
+    // other); the latency series count their requests from the histogram itself.
     if (prev_count - arm.requests).abs() > (1e-3 * arm.requests).max(1.0) {
         return Err(AnalysisError::InfMismatch {
             look,

@@ -10,7 +10,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::analysis::{
-    evaluate_look, ArmCounts, Bucket, LookContext, LookCounts, LookOutcome, RatioCounts,
+    comparative_steps, evaluate_look, ArmCounts, Bucket, LookContext, LookCounts, LookOutcome,
+    RatioCounts,
 };
 use crate::api::{
     duration::HumanDuration, validate, AnalysisSpec, AnalysisState, CanarySpec, Verdict,
@@ -116,6 +117,8 @@ pub fn analyze(text: &str) -> Result<Analysis, String> {
             stage_weight: input.stage_weight.unwrap_or_else(|| weight_of(&counts)),
             elapsed_in_step: Duration::from_secs_f64(look.t),
             min_duration: input.min_duration.0,
+            // One step of the default layout ([0, 30, 60, 100]: two that compare).
+            comparative_steps: comparative_steps(&crate::api::default_steps()),
         };
         let out = evaluate_look(&input.analysis, &state, &counts, &ctx)
             .map_err(|e| format!("{at}: {e}"))?;

@@ -128,6 +128,7 @@ async fn watch(canary: &Canary, telemetry: &Telemetry, opts: &LiveOptions) -> Ex
             },
             elapsed_in_step: interval * k,
             min_duration: spec.step_duration.min.0,
+            comparative_steps: crate::analysis::comparative_steps(&spec.steps),
         };
         let out = match evaluate_look(&spec.analysis, &state, &counts, &ctx) {
             Ok(out) => out,

@@ -1206,6 +1206,7 @@ impl Round<'_> {
                     stage_weight: self.status.stage_weight,
                     elapsed_in_step: self.elapsed_in_step().unsigned_abs(),
                     min_duration: self.spec.step_duration.min.0,
+                    comparative_steps: crate::analysis::comparative_steps(&self.spec.steps),
                 };
                 let state = self.status.analysis.clone().unwrap_or_default();
                 (self.judge)(&self.spec.analysis, &state, counts, &ctx)

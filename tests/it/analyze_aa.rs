@@ -96,6 +96,7 @@ fn rolled_back(spec: &AnalysisSpec, s: &Scenario, stage_factor: f64, rng: &mut S
                 stage_weight: weight,
                 elapsed_in_step: Duration::from_secs(30 * look),
                 min_duration: Duration::from_secs(120),
+                comparative_steps: 2,
             };
             let out = evaluate_look(spec, &state, &counts, &ctx).unwrap();
             assert!(out.metrics.iter().all(|m| m.e_value.is_finite()));

@@ -910,8 +910,9 @@ pub struct MetricReport {
     /// Evidence that stage is worse; rollback when it reaches `rollbackThreshold`.
     pub e_value: f64,
     pub rollback_threshold: f64,
-    /// Confidence bounds of the stage/prod rate ratio over the rollout; no upper bound
-    /// while the data cannot bound it. For a guardrail, bounds of stage rate / limit.
+    /// Confidence bounds of the stage/prod rate ratio over the current step (advance needs
+    /// the upper one at or below the margin); no upper bound while the step's data cannot
+    /// bound it. For a guardrail, bounds of stage rate / limit.
     pub ratio_lower: f64,
     #[serde(default)]
     pub ratio_upper: Option<f64>,

@@ -68,6 +68,8 @@ struct Family {
     error_factor: f64,
     latency_factor: f64,
     tail_share: f64,
+    /// The stage's regression (error_factor) applies only at weights at or above this one.
+    regress_from_weight: u8,
     diurnal: bool,
     bursts: bool,
     allocation_shift: bool,
@@ -83,6 +85,7 @@ impl Family {
             error_factor: 1.0,
             latency_factor: 1.0,
             tail_share: 0.0,
+            regress_from_weight: 0,
             diurnal: false,
             bursts: false,
             allocation_shift: false,
@@ -96,8 +99,16 @@ fn families() -> Vec<Family> {
     vec![
         f("healthy, steady, 50 req/s", Healthy),
         Family {
+            rps: 1.0,
+            ..f("healthy, steady, 1 req/s", Healthy)
+        },
+        Family {
             rps: 5.0,
             ..f("healthy, steady, 5 req/s", Healthy)
+        },
+        Family {
+            rps: 20.0,
+            ..f("healthy, steady, 20 req/s", Healthy)
         },
         Family {
             rps: 500.0,
@@ -106,6 +117,10 @@ fn families() -> Vec<Family> {
         Family {
             base_error: 0.001,
             ..f("healthy, base rate 0.1 %", Healthy)
+        },
+        Family {
+            base_error: 0.0001,
+            ..f("healthy, base rate 0.01 %", Healthy)
         },
         Family {
             diurnal: true,
@@ -145,6 +160,16 @@ fn families() -> Vec<Family> {
             error_factor: 2.0,
             rps: 500.0,
             ..f("bad, errors 2x, 500 req/s", Bad)
+        },
+        Family {
+            error_factor: 1.6,
+            regress_from_weight: 60,
+            ..f("bad only at 60 %, errors 1.6x", Bad)
+        },
+        Family {
+            error_factor: 2.0,
+            regress_from_weight: 60,
+            ..f("bad only at 60 %, errors 2x", Bad)
         },
         Family {
             latency_factor: 1.2,
@@ -320,7 +345,12 @@ impl World {
             arm.hist[7] += left;
             arm
         };
-        let stage = draw(&mut rng, n_s, p * f.error_factor, &self.stage_probs);
+        let factor = if weight >= f.regress_from_weight {
+            f.error_factor
+        } else {
+            1.0
+        };
+        let stage = draw(&mut rng, n_s, p * factor, &self.stage_probs);
         let prod = draw(&mut rng, total - n_s, p, &self.prod_probs);
         (stage, prod)
     }

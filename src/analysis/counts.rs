@@ -13,8 +13,8 @@ pub struct LookCounts {
     pub prod: ArmCounts,
 }
 
-/// Counts of one arm over one window. Prometheus' `increase()` extrapolates to the window's
-/// edges, so counts may be fractional; the analysis rounds them.
+/// Counts of one arm over one window. canaryd reads exact (integer) counts from Prometheus;
+/// counts from other sources may be fractional, and the analysis rounds them.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ArmCounts {
@@ -27,6 +27,33 @@ pub struct ArmCounts {
     /// Custom `ratio` metrics by metric name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub ratios: BTreeMap<String, RatioCounts>,
+}
+
+impl ArmCounts {
+    /// Adds the counts of a later window: the sums over both windows. Latency buckets keep
+    /// the boundaries both histograms have (a sum over windows must stay cumulative).
+    pub fn accumulate(&mut self, later: &ArmCounts) {
+        self.requests += later.requests;
+        self.errors += later.errors;
+        if self.latency_buckets.is_empty() {
+            self.latency_buckets = later.latency_buckets.clone();
+        } else if !later.latency_buckets.is_empty() {
+            self.latency_buckets.retain_mut(|b| {
+                match later.latency_buckets.iter().find(|l| l.le_ms == b.le_ms) {
+                    Some(l) => {
+                        b.count += l.count;
+                        true
+                    }
+                    None => false,
+                }
+            });
+        }
+        for (name, r) in &later.ratios {
+            let sum = self.ratios.entry(name.clone()).or_default();
+            sum.bad += r.bad;
+            sum.total += r.total;
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]

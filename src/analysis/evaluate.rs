@@ -10,7 +10,7 @@ use super::series::{rollback_threshold, series_of, SeriesSpec, Source};
 use super::validate::{validate_arm, AnalysisError};
 use super::{explain, histogram};
 use crate::api::{
-    AnalysisSpec, AnalysisState, LatencyEstimate, MetricReport, SeriesState, Verdict,
+    AnalysisSpec, AnalysisState, HeldCounts, LatencyEstimate, MetricReport, SeriesState, Verdict,
 };
 
 /// Where the rollout is when a look is evaluated.
@@ -86,6 +86,7 @@ pub fn evaluate_look(
     };
     let mut reports = Vec::with_capacity(series.len());
     let mut restarted = Vec::new();
+    let mut holding: Vec<&str> = Vec::new();
     for (s, c) in series.iter().zip(&per_series) {
         let guardrail = s.source.is_guardrail();
         let grid = (!guardrail).then(|| Grid::new(s.tolerance, s.margin));
@@ -118,18 +119,28 @@ pub fn evaluate_look(
             st.step_log_likelihood.iter_mut().for_each(|x| *x = 0.0);
         }
         if live {
-            // Saturating: a rollout long enough to count 2^64 requests keeps its last rates.
-            st.stage_requests = st.stage_requests.saturating_add(c.stage_requests as u64);
-            st.stage_bad = st.stage_bad.saturating_add(c.stage_bad as u64);
-            st.prod_requests = st.prod_requests.saturating_add(c.prod_requests as u64);
-            st.prod_bad = st.prod_bad.saturating_add(c.prod_bad as u64);
-            if let Some(g) = &grid {
-                let total = c.stage_requests + c.prod_requests;
-                if total > 0.0 {
-                    let pi = c.stage_requests / total;
-                    g.fold(&mut st.log_likelihood, c.stage_bad, c.prod_bad, pi);
-                    g.fold(&mut st.step_log_likelihood, c.stage_bad, c.prod_bad, pi);
-                }
+            let total = c.stage_requests + c.prod_requests;
+            let share = if total > 0.0 {
+                c.stage_requests / total
+            } else {
+                0.0
+            };
+            let mut look = HeldCounts {
+                stage_requests: c.stage_requests as u64,
+                stage_bad: c.stage_bad as u64,
+                prod_requests: c.prod_requests as u64,
+                prod_bad: c.prod_bad as u64,
+                looks: 1,
+                stage_share_of_bad: share * (c.stage_bad + c.prod_bad),
+            };
+            if let Some(h) = st.held.take() {
+                look = pooled(&h, &look);
+            }
+            if grid.is_some() && look.looks <= MAX_HELD_LOOKS && jumped(&st, &look) {
+                st.held = Some(look);
+                holding.push(s.name.as_str());
+            } else {
+                fold(&mut st, grid.as_ref(), &look);
             }
         }
         let rate = |bad: u64, n: u64| (n > 0).then(|| bad as f64 / n as f64);
@@ -190,8 +201,20 @@ pub fn evaluate_look(
         next.series.push(st);
     }
 
-    let (verdict, reason) =
+    let (mut verdict, mut reason) =
         explain::decide(&series, &reports, &restarted, ctx, live, stage_has_data);
+    if !holding.is_empty() {
+        // Evidence held back may hold a regression: no advance until it is folded.
+        if verdict == Verdict::Advance {
+            verdict = Verdict::Continue;
+            reason = "not advancing while a look is held back".into();
+        }
+        reason.push_str(&format!(
+            " ({}: this look's bad events in both arms jumped above the rollout's rate, so it \
+             is pooled with the next look before it is judged)",
+            holding.join(", ")
+        ));
+    }
     Ok(LookOutcome {
         state: next,
         verdict,
@@ -199,6 +222,59 @@ pub fn evaluate_look(
         metrics: reports,
         stage_has_data,
     })
+}
+
+/// At most this many looks are held back and pooled before they are folded, whatever the
+/// rate: a real regression is judged at most this many looks late.
+const MAX_HELD_LOOKS: u32 = 2;
+
+/// Whether the bad events of both arms together (`m` of `n` requests, never the split
+/// between the arms, so the conditional binomial of the split stays valid) jumped far above
+/// the rate folded so far: more than twice it, beyond three Poisson standard deviations.
+fn jumped(st: &SeriesState, look: &HeldCounts) -> bool {
+    let (m0, n0) = (
+        st.stage_bad.saturating_add(st.prod_bad) as f64,
+        st.stage_requests.saturating_add(st.prod_requests) as f64,
+    );
+    if m0 < 10.0 || n0 <= 0.0 {
+        return false;
+    }
+    let m = (look.stage_bad + look.prod_bad) as f64;
+    let expected = m0 / n0 * (look.stage_requests + look.prod_requests) as f64;
+    m > expected + 4.0 * expected.sqrt() + 3.0
+}
+
+fn pooled(a: &HeldCounts, b: &HeldCounts) -> HeldCounts {
+    HeldCounts {
+        stage_requests: a.stage_requests.saturating_add(b.stage_requests),
+        stage_bad: a.stage_bad.saturating_add(b.stage_bad),
+        prod_requests: a.prod_requests.saturating_add(b.prod_requests),
+        prod_bad: a.prod_bad.saturating_add(b.prod_bad),
+        looks: a.looks + b.looks,
+        stage_share_of_bad: a.stage_share_of_bad + b.stage_share_of_bad,
+    }
+}
+
+/// Folds counts (one look, or several pooled) into a series' totals and likelihoods. Pooled
+/// looks use stage's share weighted by each look's bad events (sum of m_i pi_i over m): given
+/// the m_i, stage's bad events are a sum of binomials with that mean, which the binomial of
+/// that share dominates in convex order, so the likelihood ratio stays a supermartingale
+/// factor under the null.
+fn fold(st: &mut SeriesState, grid: Option<&Grid>, look: &HeldCounts) {
+    // Saturating: a rollout long enough to count 2^64 requests keeps its last rates.
+    st.stage_requests = st.stage_requests.saturating_add(look.stage_requests);
+    st.stage_bad = st.stage_bad.saturating_add(look.stage_bad);
+    st.prod_requests = st.prod_requests.saturating_add(look.prod_requests);
+    st.prod_bad = st.prod_bad.saturating_add(look.prod_bad);
+    if let Some(g) = grid {
+        let total = (look.stage_requests + look.prod_requests) as f64;
+        let (bs, bp) = (look.stage_bad as f64, look.prod_bad as f64);
+        if total > 0.0 && bs + bp > 0.0 {
+            let pi = (look.stage_share_of_bad / (bs + bp)).clamp(0.0, 1.0);
+            g.fold(&mut st.log_likelihood, bs, bp, pi);
+            g.fold(&mut st.step_log_likelihood, bs, bp, pi);
+        }
+    }
 }
 
 /// The weight of the current step's own rollback e-process: half of the budget, split evenly
@@ -680,6 +756,55 @@ pub(super) mod tests {
         assert_eq!(at(2), 0.25);
         assert_eq!(at(4) * 4.0, 0.5, "half the budget over all comparing steps");
         assert_eq!(at(0), 0.5);
+    }
+
+    #[test]
+    fn a_burst_in_both_arms_is_pooled_with_the_next_look_before_it_is_judged() {
+        let s = spec();
+        let calm = LookCounts {
+            stage: arm(3000.0, 30.0, 30.0),
+            prod: arm(7000.0, 70.0, 70.0),
+        };
+        let mut state = AnalysisState::default();
+        for i in 1..=3 {
+            state = evaluate_look(&s, &state, &calm, &ctx(1, 30, 30 * i))
+                .unwrap()
+                .state;
+        }
+        // Scrape timing put stage's share of a shared burst in this look and prod's in the
+        // next: on its own this look would be strong evidence against stage.
+        let stage_half = LookCounts {
+            stage: arm(3000.0, 330.0, 30.0),
+            prod: arm(7000.0, 70.0, 70.0),
+        };
+        let out = evaluate_look(&s, &state, &stage_half, &ctx(1, 30, 120)).unwrap();
+        assert_eq!(out.verdict, Verdict::Continue, "{}", out.reason);
+        assert!(
+            out.reason.contains("pooled with the next look"),
+            "{}",
+            out.reason
+        );
+        let held = out.state.series[0].held.clone().expect("held back");
+        assert_eq!((held.looks, held.stage_bad), (1, 330));
+        assert_eq!(out.state.series[0].stage_bad, 90, "not folded yet");
+        let prod_half = LookCounts {
+            stage: arm(3000.0, 30.0, 30.0),
+            prod: arm(7000.0, 770.0, 70.0),
+        };
+        let out = evaluate_look(&s, &out.state, &prod_half, &ctx(1, 30, 150)).unwrap();
+        // Pooled, both halves together: a burst both arms shared, no evidence against stage.
+        assert!(
+            out.state.series[0].held.is_some(),
+            "still above the rate: held again"
+        );
+        let out = evaluate_look(&s, &out.state, &calm, &ctx(1, 30, 180)).unwrap();
+        assert!(
+            out.state.series[0].held.is_none(),
+            "at most {MAX_HELD_LOOKS} looks are held"
+        );
+        assert_eq!(out.state.series[0].stage_bad, 90 + 330 + 30 + 30);
+        assert_ne!(out.verdict, Verdict::Rollback, "{}", out.reason);
+        assert!(out.metrics[0].e_value < 1.0, "{:?}", out.metrics[0]);
     }
 
     #[test]

@@ -63,6 +63,18 @@
 //! probability of advancing it while some metric's ratio during that step is at or above its
 //! margin is at most alpha.
 //!
+//! **Pooling.** Prometheus scrapes every pod at its own instant, so a burst of errors that
+//! hits both arms (a shared dependency failing) can land in one look for stage's pods and in
+//! the next for prod's, which the per-look binomial would read as evidence against stage. A
+//! look whose bad events in both arms together (m of n requests) jump beyond the rollout's
+//! rate (more than four Poisson standard deviations) is held back and pooled with the looks
+//! after it, at most two, before it is folded; it blocks an advance meanwhile. The decision
+//! reads only m and n, never the split between the arms, and pooled looks use stage's share
+//! weighted by each look's bad events, so the rollback e-process stays a supermartingale under
+//! the null (a sum of binomials is dominated by the binomial of the same mean in convex
+//! order). It reduces, but does not remove, the effect of bursts split across looks at 30 s
+//! scrapes (tests/it/analyze_aa_scrapes.rs measures it).
+//!
 //! A look at weight 0 is not folded (no live traffic; the checks decide). At weight 100 prod
 //! gets no requests, so pi = 1 and the comparative likelihood does not move by construction;
 //! only the guardrails can decide, and never towards advance.

@@ -15,7 +15,7 @@ use crate::config::{Config, MeshPreset, PrometheusConfig};
 use crate::telemetry::{QueryTarget, Telemetry};
 
 /// The daemon's default evaluation interval, for a Canary that sets none.
-const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
 
 #[derive(Debug)]
 pub struct LiveOptions {
@@ -29,6 +29,8 @@ pub struct LiveOptions {
     /// Daemon config whose `prometheus` (auth, TLS, headers) and `mesh` settings are used.
     pub config: Option<PathBuf>,
     pub mesh: Option<MeshPreset>,
+    /// Write the looks read, in the `--input` format, to this file.
+    pub record: Option<PathBuf>,
     pub explain: bool,
     /// Exit 1 on a rollback decision.
     pub fail_on_rollback: bool,
@@ -100,6 +102,7 @@ async fn watch(canary: &Canary, telemetry: &Telemetry, opts: &LiveOptions) -> Ex
     };
     eprintln!("step {step} analysed from {step_start}");
     let mut state = AnalysisState::default();
+    let mut recorder = opts.record.as_deref().map(|path| Recorder::new(path, spec));
     let mut k = 0;
     loop {
         k += 1;
@@ -120,6 +123,12 @@ async fn watch(canary: &Canary, telemetry: &Telemetry, opts: &LiveOptions) -> Ex
                 continue;
             }
         };
+        if let Some(r) = &mut recorder {
+            if let Err(e) = r.add(t, &counts) {
+                eprintln!("{e}");
+                return ExitCode::from(2);
+            }
+        }
         let ctx = LookContext {
             step,
             stage_weight: match status.stage_weight {
@@ -161,6 +170,44 @@ async fn watch(canary: &Canary, telemetry: &Telemetry, opts: &LiveOptions) -> Ex
         if out.verdict != Verdict::Continue {
             return ExitCode::SUCCESS;
         }
+    }
+}
+
+/// `--record`: the looks read so far as an `--input` document (counts cumulative since the
+/// step started), rewritten after every look so an interrupted run leaves a valid file.
+struct Recorder<'a> {
+    path: &'a Path,
+    spec: &'a crate::api::CanarySpec,
+    total: crate::analysis::LookCounts,
+    looks: Vec<serde_json::Value>,
+}
+
+impl<'a> Recorder<'a> {
+    fn new(path: &'a Path, spec: &'a crate::api::CanarySpec) -> Self {
+        Recorder {
+            path,
+            spec,
+            total: Default::default(),
+            looks: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, t: f64, look: &crate::analysis::LookCounts) -> Result<(), String> {
+        self.total.stage.accumulate(&look.stage);
+        self.total.prod.accumulate(&look.prod);
+        self.looks.push(serde_json::json!({
+            "t": t,
+            "stage": self.total.stage,
+            "prod": self.total.prod,
+        }));
+        let doc = serde_json::json!({
+            "analysis": self.spec.analysis,
+            "minDuration": self.spec.step_duration.min,
+            "looks": self.looks,
+        });
+        let text = serde_json::to_string_pretty(&doc).expect("counts serialize");
+        std::fs::write(self.path, text + "\n")
+            .map_err(|e| format!("--record {}: {e}", self.path.display()))
     }
 }
 

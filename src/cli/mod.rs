@@ -66,6 +66,10 @@ pub enum Command {
         /// Mesh preset of the built-in metrics: istio or envoy (default: the config's, or istio).
         #[arg(long, value_parser = parse_mesh, requires = "prometheus")]
         mesh: Option<MeshPreset>,
+        /// Write the looks read from Prometheus to this file in the `--input` format (rewritten
+        /// after every look), so the live run can be replayed offline exactly.
+        #[arg(long, requires = "prometheus")]
+        record: Option<PathBuf>,
         /// Say the decision in plain words instead of JSON.
         #[arg(long)]
         explain: bool,
@@ -161,6 +165,7 @@ pub fn run(cli: Cli) -> ExitCode {
             lag,
             config,
             mesh,
+            record,
             explain,
             fail_on_rollback,
             ..
@@ -171,6 +176,7 @@ pub fn run(cli: Cli) -> ExitCode {
             lag: lag.0,
             config,
             mesh,
+            record,
             explain,
             fail_on_rollback,
         }),

@@ -2,6 +2,7 @@
 //! need Prometheus, Alertmanager or the lab's API server start their own on loopback ports.
 
 mod analyze_aa;
+mod analyze_aa_scrapes;
 mod analyze_cli;
 mod argocd_health;
 mod chaos;

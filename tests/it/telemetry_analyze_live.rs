@@ -88,10 +88,12 @@ async fn analyze_against_live_prometheus_rolls_back_a_worse_stage() {
     let canary = dir.path().join("canary.yaml");
     std::fs::write(&canary, CANARY).unwrap();
 
+    let recorded = dir.path().join("recorded.json");
     let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_canaryd"))
         .args(["analyze", "--prometheus", &prometheus.url(), "--canary"])
         .arg(&canary)
-        .args(["--since", "2s", "--lag", "1s"])
+        .args(["--since", "2s", "--lag", "1s", "--record"])
+        .arg(&recorded)
         .kill_on_drop(true)
         .output();
     let out = tokio::time::timeout(Duration::from_secs(120), run)
@@ -140,6 +142,26 @@ async fn analyze_against_live_prometheus_rolls_back_a_worse_stage() {
         let errors = stage["errors"].as_f64().unwrap();
         assert!((errors / requests - 0.25).abs() < 0.05, "{stage}");
         assert_eq!(stage["latency_buckets"][1][0], "+Inf", "{stage}");
+    }
+
+    // The recorded looks replay offline to the same decisions and evidence, look by look.
+    let replay = std::process::Command::new(env!("CARGO_BIN_EXE_canaryd"))
+        .args(["analyze", "--input"])
+        .arg(&recorded)
+        .output()
+        .unwrap();
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    let offline: Value = serde_json::from_slice(&replay.stdout).unwrap();
+    let replayed = offline["looks"].as_array().unwrap();
+    assert_eq!(replayed.len(), looks.len(), "{offline:#}");
+    for (live, again) in looks.iter().zip(replayed) {
+        for key in ["t", "decision", "metrics"] {
+            assert_eq!(live[key], again[key], "{key}: {live} vs {again}");
+        }
     }
 
     // A manifest as `kubectl get -o yaml` shows it mid-step: the step is analysed from its

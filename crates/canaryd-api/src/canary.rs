@@ -862,6 +862,28 @@ pub struct SeriesState {
     /// The same log-likelihood since the current step started.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub step_log_likelihood: Vec<f64>,
+    /// Counts of looks held back, not yet folded: a look whose bad events in both arms
+    /// together jumped far above the rollout's rate (a burst that hit both arms, which
+    /// scrape timing may split across looks differently per arm) is pooled with the looks
+    /// after it before it is judged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<HeldCounts>,
+}
+
+/// Counts of one or more looks pooled together, waiting to be folded as one look.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HeldCounts {
+    pub stage_requests: u64,
+    pub stage_bad: u64,
+    pub prod_requests: u64,
+    pub prod_bad: u64,
+    /// How many looks are pooled.
+    pub looks: u32,
+    /// Sum over the pooled looks of each look's bad events (both arms) times stage's share
+    /// of its requests: the bad events stage would have had at equal rates.
+    #[serde(default)]
+    pub stage_share_of_bad: f64,
 }
 
 /// The verdict of one analysis look, as the rollout lifecycle consumes it.

@@ -230,7 +230,8 @@ const MAX_HELD_LOOKS: u32 = 2;
 
 /// Whether the bad events of both arms together (`m` of `n` requests, never the split
 /// between the arms, so the conditional binomial of the split stays valid) jumped far above
-/// the rate folded so far: more than twice it, beyond three Poisson standard deviations.
+/// the rate folded so far by more than four Poisson standard deviations (and 3 events). No
+/// look is held before 10 bad events have been folded: there is no rate to compare with yet.
 fn jumped(st: &SeriesState, look: &HeldCounts) -> bool {
     let (m0, n0) = (
         st.stage_bad.saturating_add(st.prod_bad) as f64,

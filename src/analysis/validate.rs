@@ -86,7 +86,7 @@ pub const MAX_EXACT_COUNT: f64 = 9_007_199_254_740_992.0;
 pub(super) fn validate_arm(look: u32, side: &str, arm: &ArmCounts) -> Result<(), AnalysisError> {
     // Field names are formatted only for an error: this runs on every look.
     let count = |field: &dyn Fn() -> String, value: f64| {
-        if value > MAX_EXACT_COUNT {
+        if value.is_finite() && value > MAX_EXACT_COUNT {
             Err(AnalysisError::TooLarge {
                 look,
                 field: field(),

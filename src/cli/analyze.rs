@@ -30,6 +30,11 @@ struct Input {
     /// share of requests.
     #[serde(default)]
     stage_weight: Option<u8>,
+    /// How many steps of the Canary compare stage with prod (weight strictly between 0
+    /// and 100); the rollback's per-step budget is split among them. Default: 2, as in the
+    /// default steps [0, 30, 60, 100].
+    #[serde(default)]
+    comparative_steps: Option<u32>,
     looks: Vec<InputLook>,
 }
 
@@ -117,8 +122,9 @@ pub fn analyze(text: &str) -> Result<Analysis, String> {
             stage_weight: input.stage_weight.unwrap_or_else(|| weight_of(&counts)),
             elapsed_in_step: Duration::from_secs_f64(look.t),
             min_duration: input.min_duration.0,
-            // One step of the default layout ([0, 30, 60, 100]: two that compare).
-            comparative_steps: comparative_steps(&crate::api::default_steps()),
+            comparative_steps: input
+                .comparative_steps
+                .unwrap_or_else(|| comparative_steps(&crate::api::default_steps())),
         };
         let out = evaluate_look(&input.analysis, &state, &counts, &ctx)
             .map_err(|e| format!("{at}: {e}"))?;

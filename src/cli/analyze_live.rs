@@ -102,7 +102,10 @@ async fn watch(canary: &Canary, telemetry: &Telemetry, opts: &LiveOptions) -> Ex
     };
     eprintln!("step {step} analysed from {step_start}");
     let mut state = AnalysisState::default();
-    let mut recorder = opts.record.as_deref().map(|path| Recorder::new(path, spec));
+    let mut recorder = opts
+        .record
+        .as_deref()
+        .map(|path| Recorder::new(path, spec, status.stage_weight));
     let mut k = 0;
     loop {
         k += 1;
@@ -178,15 +181,18 @@ async fn watch(canary: &Canary, telemetry: &Telemetry, opts: &LiveOptions) -> Ex
 struct Recorder<'a> {
     path: &'a Path,
     spec: &'a crate::api::CanarySpec,
+    /// The step's weight from the manifest's status (0: read from each look's counts).
+    stage_weight: u8,
     total: crate::analysis::LookCounts,
     looks: Vec<serde_json::Value>,
 }
 
 impl<'a> Recorder<'a> {
-    fn new(path: &'a Path, spec: &'a crate::api::CanarySpec) -> Self {
+    fn new(path: &'a Path, spec: &'a crate::api::CanarySpec, stage_weight: u8) -> Self {
         Recorder {
             path,
             spec,
+            stage_weight,
             total: Default::default(),
             looks: Vec::new(),
         }
@@ -200,11 +206,15 @@ impl<'a> Recorder<'a> {
             "stage": self.total.stage,
             "prod": self.total.prod,
         }));
-        let doc = serde_json::json!({
+        let mut doc = serde_json::json!({
             "analysis": self.spec.analysis,
             "minDuration": self.spec.step_duration.min,
+            "comparativeSteps": crate::analysis::comparative_steps(&self.spec.steps),
             "looks": self.looks,
         });
+        if self.stage_weight != 0 {
+            doc["stageWeight"] = self.stage_weight.into();
+        }
         let text = serde_json::to_string_pretty(&doc).expect("counts serialize");
         std::fs::write(self.path, text + "\n")
             .map_err(|e| format!("--record {}: {e}", self.path.display()))

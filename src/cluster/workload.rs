@@ -119,6 +119,12 @@ pub enum PromotionError {
          stage's value without leaving its own pods: name an annotation or another label"
     )]
     SelectorKey(String),
+    #[error(
+        "spec.revision.env names \"{name}\", which stage's container \"{container}\" sets \
+         from a reference (valueFrom), not a value; promotion copies only literal values: name \
+         an env var with a value"
+    )]
+    NotLiteral { container: String, name: String },
 }
 
 /// The JSON patch that gives prod stage's images (containers and init containers, matched by
@@ -170,7 +176,7 @@ pub fn images_patch(
             if s.image != p.image {
                 ops.push(json!({"op": "add", "path": format!("{path}/image"), "value": s.image}));
             }
-            env_ops(&rule.env, s, p, &path, &mut ops);
+            env_ops(&rule.env, s, p, &path, &mut ops)?;
         }
     }
     metadata_ops(&rule.metadata, template(stage), prod, &mut ops)?;
@@ -195,36 +201,52 @@ fn matched(
 }
 
 /// Stage's literal values of the env vars `names`, set in prod's container of the same name
-/// (added when prod's lacks it).
+/// (added when prod's lacks it, removed when stage's lacks it).
 fn env_ops(
     names: &[String],
     stage: &Container,
     prod: &Container,
     path: &str,
     ops: &mut Vec<Value>,
-) {
+) -> Result<(), PromotionError> {
     let prod_env = prod.env.as_deref().unwrap_or_default();
+    let mut removed = Vec::new();
+    let mut added_list = false;
     for name in names {
-        let Some(value) = stage
-            .env
-            .iter()
-            .flatten()
-            .find(|e| &e.name == name)
-            .map(|e| e.value.clone().unwrap_or_default())
-        else {
-            continue;
+        let found = stage.env.iter().flatten().find(|e| &e.name == name);
+        let value = match found {
+            Some(e) if e.value_from.is_some() => {
+                return Err(PromotionError::NotLiteral {
+                    container: stage.name.clone(),
+                    name: name.clone(),
+                })
+            }
+            Some(e) => e.value.clone().unwrap_or_default(),
+            None => {
+                removed.extend(prod_env.iter().position(|e| &e.name == name));
+                continue;
+            }
         };
+        let entry = json!({"name": name, "value": value});
         match prod_env.iter().position(|e| &e.name == name) {
-            Some(j) if prod_env[j].value.as_deref() == Some(value.as_str()) => {}
-            Some(j) => ops.push(json!({"op": "replace", "path": format!("{path}/env/{j}"),
-                "value": {"name": name, "value": value}})),
-            None if prod.env.is_none() => ops
-                .push(json!({"op": "add", "path": format!("{path}/env"),
-                "value": [{"name": name, "value": value}]})),
-            None => ops.push(json!({"op": "add", "path": format!("{path}/env/-"),
-                "value": {"name": name, "value": value}})),
+            Some(j)
+                if prod_env[j].value.as_deref() == Some(value.as_str())
+                    && prod_env[j].value_from.is_none() => {}
+            Some(j) => ops
+                .push(json!({"op": "replace", "path": format!("{path}/env/{j}"), "value": entry})),
+            None if prod.env.is_none() && !added_list => {
+                added_list = true;
+                ops.push(json!({"op": "add", "path": format!("{path}/env"), "value": [entry]}))
+            }
+            None => ops.push(json!({"op": "add", "path": format!("{path}/env/-"), "value": entry})),
         }
     }
+    // Highest index first, so each removal leaves the others' indices as they were.
+    removed.sort_unstable_by(|a, b| b.cmp(a));
+    for j in removed {
+        ops.push(json!({"op": "remove", "path": format!("{path}/env/{j}")}));
+    }
+    Ok(())
 }
 
 /// Stage's values of the pod-template annotations or labels `keys`, set in prod's template.
@@ -241,6 +263,8 @@ fn metadata_ops(
         .and_then(|s| s.selector.match_labels.clone())
         .unwrap_or_default();
     let stage_meta = stage.metadata.clone().unwrap_or_default();
+    // Maps this patch creates in prod's template (the first key adds the whole map).
+    let mut created: Vec<&str> = Vec::new();
     for key in keys {
         let escaped = key.replace('~', "~0").replace('/', "~1");
         let (map, value, prod_map) = match stage_meta.annotations.as_ref().and_then(|a| a.get(key))
@@ -253,13 +277,29 @@ fn metadata_ops(
                     }
                     ("labels", v, &prod_meta.labels)
                 }
-                None => continue,
+                None => {
+                    // Stage does not set it: neither may prod, or they never match.
+                    for (map, prod_map) in [
+                        ("annotations", &prod_meta.annotations),
+                        ("labels", &prod_meta.labels),
+                    ] {
+                        if prod_map.as_ref().is_some_and(|m| m.contains_key(key)) {
+                            if map == "labels" && selector.contains_key(key) {
+                                return Err(PromotionError::SelectorKey(key.clone()));
+                            }
+                            ops.push(json!({"op": "remove",
+                                "path": format!("/spec/template/metadata/{map}/{escaped}")}));
+                        }
+                    }
+                    continue;
+                }
             },
         };
         if prod_map.as_ref().and_then(|m| m.get(key)) == Some(value) {
             continue;
         }
-        if prod_map.is_none() {
+        if prod_map.is_none() && !created.contains(&map) {
+            created.push(map);
             ops.push(
                 json!({"op": "add", "path": format!("/spec/template/metadata/{map}"),
                 "value": {key: value}}),
@@ -468,6 +508,56 @@ mod tests {
         assert_eq!(env[0].value.as_deref(), Some("postgres://prod-db/app"));
         assert_eq!(env[1].value.as_deref(), Some("true"));
         assert_eq!(after.spec.as_ref().unwrap().replicas, Some(6));
+    }
+
+    #[test]
+    fn a_named_value_stage_does_not_set_is_removed_from_prod_and_references_are_refused() {
+        let rule = RevisionSpec {
+            metadata: vec!["app.kubernetes.io/version".into(), "release-train".into()],
+            env: vec!["FEATURE_X".into()],
+        };
+        let mut prod = environment("prod", "demoapp:v1", "1.0.0");
+        let tpl = &mut prod.spec.as_mut().unwrap().template;
+        tpl.metadata
+            .as_mut()
+            .unwrap()
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert("release-train".into(), "blue".into());
+        let mut stage = environment("stage", "demoapp:v2", "2.0.0");
+        let pod = stage.spec.as_mut().unwrap().template.spec.as_mut().unwrap();
+        pod.containers[0]
+            .env
+            .as_mut()
+            .unwrap()
+            .retain(|e| e.name != "FEATURE_X");
+        let after = promoted(&stage, &prod, &rule);
+        assert_eq!(revision(&after, &rule), revision(&stage, &rule));
+        let env = after
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0]
+            .env
+            .clone()
+            .unwrap();
+        assert!(env.iter().all(|e| e.name != "FEATURE_X"));
+        assert_eq!(env[0].value.as_deref(), Some("postgres://prod-db/app"));
+
+        let pod = stage.spec.as_mut().unwrap().template.spec.as_mut().unwrap();
+        pod.containers[0].env.as_mut().unwrap().push(
+            serde_json::from_value(json!({"name": "FEATURE_X",
+                "valueFrom": {"configMapKeyRef": {"name": "flags", "key": "x"}}}))
+            .unwrap(),
+        );
+        let err = images_patch(&stage, &prod, &rule).unwrap_err();
+        assert!(matches!(err, PromotionError::NotLiteral { .. }), "{err}");
+        assert!(err.to_string().contains("valueFrom"), "{err}");
     }
 
     #[test]

@@ -144,7 +144,9 @@ fn summarize(status: &mut CanaryStatus, now: Timestamp) {
     let pending = status.waiting_for_stage.is_some() && !status.phase.is_active();
     let (ready, reason): (&str, String) = match (&blocked, status.phase) {
         (Some((reason, _)), _) => ("False", reason.clone()),
-        (None, Phase::Idle | Phase::Succeeded) if pending => ("Unknown", "Progressing".into()),
+        (None, Phase::Idle | Phase::Succeeded | Phase::RolledBack) if pending => {
+            ("Unknown", "Progressing".into())
+        }
         (None, Phase::Idle | Phase::Succeeded) => ("True", status.phase.as_str().into()),
         (None, Phase::RolledBack | Phase::Paused) => ("False", status.phase.as_str().into()),
         (None, _) => ("Unknown", "Progressing".into()),
@@ -156,10 +158,10 @@ fn summarize(status: &mut CanaryStatus, now: Timestamp) {
     let active = blocked.is_none() && ready == "Unknown";
     let (reconciling_reason, stalled, stalled_reason) = match (&blocked, status.phase) {
         (Some((reason, _)), _) => ("Blocked", true, reason.clone()),
+        (None, _) if active => ("Progressing", false, "Progressing".into()),
         (None, Phase::RolledBack | Phase::Paused) => {
             ("Finished", true, status.phase.as_str().into())
         }
-        (None, _) if active => ("Progressing", false, "Progressing".into()),
         (None, _) => ("Finished", false, status.phase.as_str().into()),
     };
     set_condition(
@@ -616,6 +618,15 @@ impl Round<'_> {
         }
         match self.spec.traffic_drift {
             TrafficDriftPolicy::Reassert => {
+                if self.is_contested() {
+                    // Until a person resumes, canaryd leaves the route to the other writer.
+                    self.event(
+                        true,
+                        "TrafficDrift",
+                        format!("{what}; not written back while the weights are contested (resume to take them back)"),
+                    );
+                    return;
+                }
                 if let Some(writer) = self.contested(seen.last_writer.clone()) {
                     let message = format!(
                         "{what}; {writer} changed the weights back {CONTESTED_AFTER} times within \
@@ -624,7 +635,12 @@ impl Round<'_> {
                         humantime::format_duration(CONTESTED_WINDOW)
                     );
                     self.condition("TrafficContested", true, "ForeignWriter", &message);
-                    self.pause(message);
+                    if self.status.phase == Phase::Paused {
+                        self.event(true, "TrafficDrift", format!("{message}; staying paused"));
+                        self.say(message);
+                    } else {
+                        self.pause(message);
+                    }
                     return;
                 }
                 self.event(
@@ -643,32 +659,44 @@ impl Round<'_> {
         }
     }
 
-    /// Counts one foreign change of the weights in `status.trafficContest` (a new window
-    /// after [`CONTESTED_WINDOW`]); returns who keeps changing them once that happened
-    /// [`CONTESTED_AFTER`] times within the window.
+    /// Records one foreign change of the weights in `status.trafficContest` (the most recent
+    /// [`CONTESTED_AFTER`]); returns who keeps changing them once the last
+    /// [`CONTESTED_AFTER`] changes all fell within [`CONTESTED_WINDOW`] (a sliding window).
     fn contested(&mut self, writer: Option<String>) -> Option<String> {
         let window = jiff::SignedDuration::try_from(CONTESTED_WINDOW).expect("a small duration");
-        let contest = match self.status.traffic_contest.take() {
-            Some(c) if self.now.duration_since(c.since) <= window => TrafficContest {
-                count: c.count + 1,
-                since: c.since,
-                writer: writer.or(c.writer),
-            },
-            _ => TrafficContest {
-                count: 1,
-                since: self.now,
-                writer,
-            },
-        };
+        let mut contest = self
+            .status
+            .traffic_contest
+            .take()
+            .unwrap_or(TrafficContest {
+                changes: Vec::new(),
+                writer: None,
+            });
+        contest.changes.push(self.now);
+        let excess = contest
+            .changes
+            .len()
+            .saturating_sub(CONTESTED_AFTER as usize);
+        contest.changes.drain(..excess);
+        contest.writer = writer.or(contest.writer);
         let name = contest
             .writer
             .as_deref()
             .map_or("another writer".to_string(), |w| {
                 format!("field manager \"{w}\"")
             });
-        let reached = contest.count >= CONTESTED_AFTER;
+        let reached = contest.changes.len() == CONTESTED_AFTER as usize
+            && self.now.duration_since(contest.changes[0]) <= window;
         self.status.traffic_contest = Some(contest);
         reached.then_some(name)
+    }
+
+    /// `TrafficContested=True`: another writer owns the weights until a person resumes.
+    fn is_contested(&self) -> bool {
+        self.status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "TrafficContested" && c.status == "True")
     }
 
     /// A person resumed, or a new rollout started: foreign writes are counted afresh.

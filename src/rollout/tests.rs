@@ -706,12 +706,25 @@ fn a_writer_that_keeps_changing_the_weights_back_pauses_the_rollout_naming_it() 
         "{}",
         c.message
     );
+    // Contested: the other writer keeps the route until a person resumes, however long.
+    let paused_from = sim.status.paused_from;
+    for _ in 0..3 {
+        sim.wait(400);
+        let a = foreign(&mut sim);
+        assert!(
+            set_weights(&a).is_empty(),
+            "never written back while contested"
+        );
+        assert!(!notified(&a, NotifyEvent::Paused), "paused once");
+        assert_eq!(sim.status.phase, Phase::Paused);
+        assert_eq!(sim.status.paused_from, paused_from);
+    }
     // Resumed by a person: counted afresh, the condition clears.
     sim.command("resume-1", Verb::Resume);
     assert_eq!(sim.status.phase, Phase::Progressing);
     assert_eq!(condition(&sim.status, "TrafficContested").status, "False");
 
-    // Changes far apart are not a fight.
+    // Changes far apart are not a fight; the window slides over the most recent ones.
     let mut sim = Sim::new(seed_spec());
     sim.start_and_pass_pre_traffic("v2");
     for _ in 0..=CONTESTED_AFTER {
@@ -719,6 +732,13 @@ fn a_writer_that_keeps_changing_the_weights_back_pauses_the_rollout_naming_it() 
         assert_eq!(set_weights(&foreign(&mut sim)), vec![30]);
     }
     assert_ne!(sim.status.phase, Phase::Paused);
+    sim.wait(60);
+    let a = foreign(&mut sim);
+    assert!(
+        set_weights(&a).is_empty(),
+        "the last three within the window"
+    );
+    assert_eq!(sim.status.phase, Phase::Paused);
 }
 
 fn condition<'a>(status: &'a CanaryStatus, type_: &str) -> &'a crate::api::Condition {

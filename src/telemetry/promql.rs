@@ -224,7 +224,7 @@ pub fn render(template: &str, vars: &ArmVars, window: Duration) -> Result<String
 
 /// The exact number of events each series of the counter `selector` counted over
 /// `(t - window, t]`, where `t` is the query's evaluation time: the difference of two raw
-/// samples (the last in the window and the last at or before `t - window`), never
+/// samples (the last in the window and the last in the 5 minutes up to `t - window`), never
 /// `increase()`, which extrapolates to the window's edges and drops the gap before the next
 /// window. Consecutive windows that share their edges therefore tile time: every event is
 /// counted in exactly one look, as an integer.
@@ -232,7 +232,8 @@ pub fn render(template: &str, vars: &ArmVars, window: Duration) -> Result<String
 /// - A series born inside the window (no sample at `t - window`) counts from 0.
 /// - A series whose counter went down (a reset: its container restarted) counts its value
 ///   at `t` in that window, the events since the reset; its events between the window's
-///   start and the reset are lost. Two samples cannot say more; a restart is rare, and it
+///   start and the reset are lost (and a counter that reset and climbed past its old value
+///   within one window counts only the difference). Two samples cannot say more; a restart is rare, and it
 ///   drops requests and bad events of the same pod over the same time together.
 /// - A series that ends inside the window (a pod that went away) counts up to its last
 ///   sample (`last_over_time`).
@@ -240,7 +241,11 @@ pub fn exact_count(selector: &str, window: Duration) -> String {
     let w = format_window(window);
     // The last sample in the window, also of a series that ended in it (a pod gone).
     let last = format!("last_over_time({selector}[{w}])");
-    format!("(({last} - ({selector} offset {w} or {last} * 0)) >= 0 or {last})")
+    // The last sample at or before the window's start, looking back as far as an instant
+    // query does (5m) but past stale markers: a scrape that failed just before the start
+    // must not make the series look born in this window.
+    let before = format!("last_over_time({selector}[5m] offset {w})");
+    format!("(({last} - ({before} or {last} * 0)) >= 0 or {last})")
 }
 
 /// A PromQL duration: whole seconds when possible, else milliseconds.
@@ -362,7 +367,7 @@ mod tests {
     fn an_exact_count_is_a_difference_of_raw_samples_with_births_and_resets() {
         assert_eq!(
             exact_count("x{a=\"b\"}", Duration::from_secs(60)),
-            r#"((last_over_time(x{a="b"}[60s]) - (x{a="b"} offset 60s or last_over_time(x{a="b"}[60s]) * 0)) >= 0 or last_over_time(x{a="b"}[60s]))"#
+            r#"((last_over_time(x{a="b"}[60s]) - (last_over_time(x{a="b"}[5m] offset 60s) or last_over_time(x{a="b"}[60s]) * 0)) >= 0 or last_over_time(x{a="b"}[60s]))"#
         );
     }
 

@@ -72,8 +72,8 @@ spec:
   virtualService: {name: critical, namespace: victim}
   prod:  {host: critical.victim.svc.cluster.local, deployment: {namespace: victim, name: critical}}
   stage: {host: evil.tenant.svc.cluster.local, deployment: {name: evil}}
-  stepDuration: {min: 3s, max: 1m}
-  analysis: {interval: 3s}
+  stepDuration: {min: 4s, max: 1m}
+  analysis: {interval: 4s}
 "#;
 
 /// A lab without Alertmanager.

@@ -675,8 +675,8 @@ pub struct CanaryStatus {
     /// foreign change of the weights gets exactly one reaction.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traffic_version: Option<String>,
-    /// Foreign weight changes canaryd wrote over during this rollout: how many, since when,
-    /// and the last writer's field manager; too many pause the rollout.
+    /// Foreign weight changes canaryd wrote over during this rollout: when, and the last
+    /// writer's field manager; too many within a window pause the rollout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traffic_contest: Option<TrafficContest>,
     /// Weights canaryd decided and is writing, recorded before the write; cleared once the
@@ -701,12 +701,13 @@ pub struct CanaryStatus {
     pub notifications: NotificationStatus,
 }
 
-/// Someone else changing canaryd's weights back, counted within a window.
+/// Someone else changing canaryd's weights back: when it last did (the most recent few).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TrafficContest {
-    pub count: u32,
-    pub since: Timestamp,
+    /// The times of the most recent foreign changes, oldest first (at most 3).
+    #[schemars(length(max = 3))]
+    pub changes: Vec<Timestamp>,
     /// The field manager of the last foreign write (managedFields), when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub writer: Option<String>,

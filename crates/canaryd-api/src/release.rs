@@ -3,7 +3,7 @@
 //! replicas, config references, service accounts, labels), so none of that is a revision.
 //!
 //! A revision is written in words a person reads: `demoapp:v2` for a pod of one container,
-//! `app=demoapp:v2, worker=jobs:v2` for several, `init:migrate=tools:v2` for an init
+//! `app=demoapp:v2, worker=jobs:v2` for several (by container name), `init:migrate=tools:v2` for an init
 //! container, then the named values in brackets. Equal revisions are equal releases.
 
 use std::borrow::Cow;
@@ -25,10 +25,16 @@ pub fn revision(template: &PodTemplateSpec, rule: &RevisionSpec) -> String {
     if containers.len() == 1 && inits.is_empty() {
         parts.push(image_identity(containers[0].image.as_deref().unwrap_or("")).into_owned());
     } else {
-        for c in containers {
+        // By name: the same containers in another order are the same release (promotion
+        // matches them by name).
+        let mut named: Vec<&Container> = containers.iter().collect();
+        named.sort_by(|a, b| a.name.cmp(&b.name));
+        for c in named {
             parts.push(format!("{}={}", c.name, image_of(c)));
         }
-        for c in inits {
+        let mut named: Vec<&Container> = inits.iter().collect();
+        named.sort_by(|a, b| a.name.cmp(&b.name));
+        for c in named {
             parts.push(format!("init:{}={}", c.name, image_of(c)));
         }
     }
@@ -184,6 +190,15 @@ mod tests {
         assert_eq!(
             revision(&t, &RevisionSpec::default()),
             "app=demoapp:v2, worker=jobs:v2, init:migrate=tools:v2"
+        );
+        let swapped = template(json!({"spec": {
+            "initContainers": [{"name": "migrate", "image": "tools:v2"}],
+            "containers": [{"name": "worker", "image": "jobs:v2"}, {"name": "app", "image": "demoapp:v2"}]
+        }}));
+        assert_eq!(
+            revision(&swapped, &RevisionSpec::default()),
+            revision(&t, &RevisionSpec::default()),
+            "the order of containers is not a release"
         );
     }
 

@@ -12,7 +12,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use rand_distr::{Binomial, Distribution, Poisson};
 
-const ALPHA: f64 = 0.01;
+pub(crate) const ALPHA: f64 = 0.01;
 const ROLLOUTS_PER_CASE: u32 = 30;
 const CASES: u32 = 100;
 
@@ -110,7 +110,8 @@ fn rolled_back(spec: &AnalysisSpec, s: &Scenario, stage_factor: f64, rng: &mut S
     false
 }
 
-fn spec() -> AnalysisSpec {
+/// The analysis every A/A test runs: errors and latency over 250 ms at alpha 1 %.
+pub(crate) fn spec() -> AnalysisSpec {
     let mut spec = AnalysisSpec {
         alpha: ALPHA,
         ..AnalysisSpec::default()

@@ -13,7 +13,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use rand_distr::{Binomial, Distribution, Poisson};
 
-const ALPHA: f64 = 0.01;
+use crate::analyze_aa::{spec, ALPHA};
 /// The simulation's clock tick; scrape offsets, outages and look edges are multiples of it.
 const TICK: u64 = 5;
 
@@ -186,15 +186,6 @@ fn rolled_back(spec: &AnalysisSpec, s: &Scenario, rng: &mut StdRng) -> bool {
         }
     }
     false
-}
-
-fn spec() -> AnalysisSpec {
-    let mut spec = AnalysisSpec {
-        alpha: ALPHA,
-        ..AnalysisSpec::default()
-    };
-    spec.metrics[1].thresholds_ms = vec![250.0];
-    spec
 }
 
 /// Rollouts run and rolled back over random scenarios at one scrape interval.

@@ -1004,17 +1004,6 @@ mod tests {
             1,
         );
         good.metadata.namespace = Some("team-b".into());
-        // A Canary that may not touch what it names, or whose route another one drives.
-        for (type_, status) in [("ReferencesAllowed", "False"), ("Conflict", "True")] {
-            let blocked = json!({"phase": "Idle", "observedGeneration": 2, "conditions": [
-                {"type": type_, "status": status, "reason": "R", "message": "the reason"}]});
-            let (how, summary) = settled(&Shown::of(&stored(blocked, 2)), Some("v2")).unwrap();
-            assert_eq!(how, Settled::InvalidSpec, "{type_}");
-            assert!(
-                summary.ends_with("nothing is rolled out: the reason"),
-                "{summary}"
-            );
-        }
         let mut broken = stored(serde_json::Value::Null, 1);
         broken.metadata.name = Some("broken".into());
         broken.data["spec"]["stepDuration"] = json!({"min": "5 parsecs"});

@@ -233,6 +233,18 @@ impl Sim {
         self.look(verdict, true)
     }
 
+    /// From a traffic step: every step advances, prod is promoted, passes its checks and
+    /// gets all traffic back.
+    fn run_to_success(&mut self) {
+        while self.status.phase == Phase::Progressing {
+            self.pass_step();
+        }
+        self.idle_round();
+        self.gate_result(true);
+        self.idle_round();
+        assert_eq!(self.status.phase, Phase::Succeeded);
+    }
+
     fn phase_weight(&self) -> (Phase, u8) {
         (self.status.phase, self.status.stage_weight)
     }
@@ -810,13 +822,7 @@ fn ready_promoted_and_rolled_back_follow_every_transition() {
         condition(&sim.status, "RolledBack").last_transition_time,
         rolled_back_at
     );
-    while sim.status.phase == Phase::Progressing {
-        sim.pass_step();
-    }
-    sim.idle_round();
-    sim.gate_result(true);
-    sim.idle_round();
-    assert_eq!(sim.status.phase, Phase::Succeeded);
+    sim.run_to_success();
     assert_eq!(
         summary(&sim.status),
         sr([
@@ -1584,13 +1590,7 @@ fn event(actions: &[Action], reason: &str) -> Option<(bool, String)> {
 fn waiting_for_v3(spec: CanarySpec) -> Sim {
     let mut sim = Sim::new(spec);
     sim.start_and_pass_pre_traffic("v2");
-    while sim.status.phase == Phase::Progressing {
-        sim.pass_step();
-    }
-    sim.idle_round();
-    sim.gate_result(true);
-    sim.idle_round();
-    assert_eq!(sim.status.phase, Phase::Succeeded);
+    sim.run_to_success();
     sim.wait(3600);
     sim.stage = stuck("v3");
     let a = sim.idle_round();

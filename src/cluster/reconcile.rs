@@ -181,8 +181,10 @@ async fn observe(
         ctx.deployments.get(&at)
     };
     let (stage, prod) = (deployment(&spec.stage), deployment(&spec.prod));
+    // Only a rollout under way can promote: an idle Canary pays nothing for this check.
+    let promoting_possible = status.phase.is_active();
     let promotion_problem = match (&stage, &prod, spec.promotion.mode) {
-        (Some(s), Some(p), PromotionMode::Images | PromotionMode::Manual) => {
+        (Some(s), Some(p), PromotionMode::Images | PromotionMode::Manual) if promoting_possible => {
             workload::images_patch(s, p, &spec.revision)
                 .err()
                 .map(|e| e.to_string())

@@ -164,6 +164,75 @@ impl Grid {
     }
 }
 
+/// What one step's bad events could have detected: `m` bad events in both arms, `b_s` of
+/// them stage's, and `share` = sum of m_i pi_i over the step's looks.
+#[derive(Clone, Copy, Debug)]
+pub struct StepEvents {
+    pub bad: f64,
+    pub stage_bad: f64,
+    pub share: f64,
+}
+
+impl Grid {
+    /// The smallest grid ratio x above the tolerance at which the step's own rollback test,
+    /// evaluated once on this step's bad events, rejects with probability at least `power`
+    /// had stage's ratio been x. `log_threshold` is what the step's mixture alone must reach
+    /// (ln of the rollback threshold over the step part's weight); `step_ll` is the step's
+    /// log-likelihood.
+    ///
+    /// The mixture is at least w_x L(x) / L(r0) (w_x: x's normalised prior weight), so the
+    /// test rejects when b_s ln(x / r0) + D_x >= log_threshold - ln w_x, where
+    /// D_x = -sum_i m_i ln((1 + pi_i (x - 1)) / (1 + pi_i (r0 - 1))) depends on the m_i and
+    /// pi_i only (read back from the likelihoods). Given the m_i, b_s under ratio x is a sum
+    /// of Binomial(m_i, q_i(x)); within a step the allocation is fixed, so it is taken as
+    /// one Binomial(m, q(x)) at the step's mean share. A lower bound on the power of the
+    /// sequential rule (which may also reject at any earlier look, and has the rollout-wide
+    /// part besides); the same test rejects more often at any ratio above x.
+    pub fn detectable_ratio(
+        &self,
+        step_ll: &[f64],
+        events: StepEvents,
+        log_threshold: f64,
+        power: f64,
+    ) -> Option<f64> {
+        use statrs::distribution::{Binomial, DiscreteCDF};
+        let StepEvents {
+            bad,
+            stage_bad,
+            share,
+        } = events;
+        if bad < 1.0 || step_ll.len() != self.len {
+            return None;
+        }
+        let pi = (share / bad).clamp(0.0, 1.0);
+        if !(pi > 0.0 && pi < 1.0) {
+            return None;
+        }
+        let t = self.tolerance_idx;
+        let log_norm = log_sum_exp2(&[], &self.log_weights[t + 1..self.len]);
+        let m = bad.round() as u64;
+        for j in t + 1..self.len {
+            let ln_ratio = self.log_ratios[j] - self.log_ratios[t];
+            let d = step_ll[j] - step_ll[t] - stage_bad * ln_ratio;
+            let needed = log_threshold - (self.log_weights[j] - log_norm);
+            let k = ((needed - d) / ln_ratio).ceil().max(0.0);
+            let r = self.ratios[j];
+            let q = r * pi / (r * pi + 1.0 - pi);
+            let p = if k <= 0.0 {
+                1.0
+            } else if k > m as f64 {
+                0.0
+            } else {
+                Binomial::new(q, m).map_or(0.0, |b| b.sf(k as u64 - 1))
+            };
+            if p >= power {
+                return Some(r);
+            }
+        }
+        None
+    }
+}
+
 /// ln sum_i exp(xs[i] + ws[i]); with `xs` empty, ln sum_i exp(ws[i]).
 fn log_sum_exp2(xs: &[f64], ws: &[f64]) -> f64 {
     let term = |i: usize| xs.get(i).copied().unwrap_or(0.0) + ws[i];

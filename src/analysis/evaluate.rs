@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::counts::{ArmCounts, Bucket, LookCounts};
-use super::eprocess::{self, Grid};
+use super::eprocess::{self, Grid, StepEvents};
 use super::series::{rollback_threshold, series_of, SeriesSpec, Source};
 use super::validate::{validate_arm, AnalysisError};
 use super::{explain, histogram};
@@ -41,6 +41,8 @@ pub struct LookOutcome {
     pub metrics: Vec<MetricReport>,
     /// Whether stage had requests in this look (the lifecycle's noData policy).
     pub stage_has_data: bool,
+    /// Whether a look is held back, not yet judged (see the pooling in the module docs).
+    pub held: bool,
 }
 
 /// Integer counts of one series in one look.
@@ -117,6 +119,10 @@ pub fn evaluate_look(
         if st.step != ctx.step {
             st.step = ctx.step;
             st.step_log_likelihood.iter_mut().for_each(|x| *x = 0.0);
+            st.step_stage_requests = 0;
+            st.step_bad = 0;
+            st.step_stage_bad = 0;
+            st.step_stage_share_of_bad = 0.0;
         }
         if live {
             let total = c.stage_requests + c.prod_requests;
@@ -144,8 +150,19 @@ pub fn evaluate_look(
             }
         }
         let rate = |bad: u64, n: u64| (n > 0).then(|| bad as f64 / n as f64);
+        let mut detectable = None;
         let (log_e, lower, upper) = match &grid {
             Some(g) => {
+                detectable = g.detectable_ratio(
+                    &st.step_log_likelihood,
+                    StepEvents {
+                        bad: st.step_bad as f64,
+                        stage_bad: st.step_stage_bad as f64,
+                        share: st.step_stage_share_of_bad,
+                    },
+                    log_threshold - step_weight_ln,
+                    1.0 - spec.at_max.beta,
+                );
                 let full = g.log_e_above(&st.log_likelihood, g.tolerance_idx);
                 let step = g.log_e_above(&st.step_log_likelihood, g.tolerance_idx);
                 let log_e = eprocess::log_add(0.5f64.ln() + full, step_weight_ln + step);
@@ -185,6 +202,7 @@ pub fn evaluate_look(
             ratio_lower: lower,
             ratio_upper: upper,
             margin: s.margin,
+            detectable_ratio: detectable,
             stage_rate: rate(st.stage_bad, st.stage_requests),
             prod_rate: if guardrail {
                 None
@@ -201,6 +219,7 @@ pub fn evaluate_look(
         next.series.push(st);
     }
 
+    let held = !holding.is_empty();
     let (mut verdict, mut reason) =
         explain::decide(&series, &reports, &restarted, ctx, live, stage_has_data);
     if !holding.is_empty() {
@@ -221,6 +240,7 @@ pub fn evaluate_look(
         reason,
         metrics: reports,
         stage_has_data,
+        held,
     })
 }
 
@@ -267,6 +287,7 @@ fn fold(st: &mut SeriesState, grid: Option<&Grid>, look: &HeldCounts) {
     st.stage_bad = st.stage_bad.saturating_add(look.stage_bad);
     st.prod_requests = st.prod_requests.saturating_add(look.prod_requests);
     st.prod_bad = st.prod_bad.saturating_add(look.prod_bad);
+    st.step_stage_requests = st.step_stage_requests.saturating_add(look.stage_requests);
     if let Some(g) = grid {
         let total = (look.stage_requests + look.prod_requests) as f64;
         let (bs, bp) = (look.stage_bad as f64, look.prod_bad as f64);
@@ -274,6 +295,14 @@ fn fold(st: &mut SeriesState, grid: Option<&Grid>, look: &HeldCounts) {
             let pi = (look.stage_share_of_bad / (bs + bp)).clamp(0.0, 1.0);
             g.fold(&mut st.log_likelihood, bs, bp, pi);
             g.fold(&mut st.step_log_likelihood, bs, bp, pi);
+            if pi > 0.0 && pi < 1.0 {
+                // What the step's likelihood holds, for its detectable ratio.
+                st.step_bad = st
+                    .step_bad
+                    .saturating_add(look.stage_bad.saturating_add(look.prod_bad));
+                st.step_stage_bad = st.step_stage_bad.saturating_add(look.stage_bad);
+                st.step_stage_share_of_bad += look.stage_share_of_bad;
+            }
         }
     }
 }

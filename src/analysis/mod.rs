@@ -99,6 +99,7 @@
 //!
 //! [`AnalysisState`]: crate::api::AnalysisState
 
+mod at_max;
 pub mod counts;
 mod eprocess;
 mod evaluate;
@@ -107,6 +108,7 @@ mod histogram;
 mod series;
 mod validate;
 
+pub use at_max::{at_max, power_summary, AtMax};
 pub use counts::{ArmCounts, Bucket, LookCounts, RatioCounts};
 pub use evaluate::{comparative_steps, evaluate_look, LookContext, LookOutcome};
 pub use validate::AnalysisError;

@@ -10,8 +10,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::analysis::{
-    comparative_steps, evaluate_look, ArmCounts, Bucket, LookContext, LookCounts, LookOutcome,
-    RatioCounts,
+    at_max, comparative_steps, evaluate_look, ArmCounts, AtMax, Bucket, LookContext, LookCounts,
+    LookOutcome, RatioCounts,
 };
 use crate::api::{
     duration::HumanDuration, validate, AnalysisSpec, AnalysisState, CanarySpec, Verdict,
@@ -35,6 +35,10 @@ struct Input {
     /// default steps [0, 30, 60, 100].
     #[serde(default)]
     comparative_steps: Option<u32>,
+    /// The step maximum: at the first look with `t` at or past it and no decision before,
+    /// `analysis.atMax` decides (`advance`, `pause`, or keep comparing for `extendBy`).
+    #[serde(default)]
+    max_duration: Option<HumanDuration>,
     looks: Vec<InputLook>,
 }
 
@@ -53,6 +57,9 @@ pub struct Analysis {
     looks: Vec<(f64, LookOutcome)>,
     /// Index of the look that decided, if any.
     decided: Option<usize>,
+    /// The decision of `analysis.atMax` at the step maximum, if it decided: `advance` or
+    /// `pause`, and why.
+    at_max: Option<(&'static str, String)>,
 }
 
 /// Exit code of a rollback decision with `--fail-on-rollback`.
@@ -130,11 +137,35 @@ pub fn analyze(text: &str) -> Result<Analysis, String> {
             .map_err(|e| format!("{at}: {e}"))?;
         state = out.state.clone();
         let decided = out.verdict != Verdict::Continue;
+        let at_max = match input.max_duration {
+            Some(max)
+                if !decided
+                    && look.t >= max.0.as_secs_f64()
+                    && (1..100).contains(&ctx.stage_weight) =>
+            {
+                let over = Duration::from_secs_f64(look.t) - max.0;
+                let served = state.series.iter().any(|s| s.step_stage_requests > 0);
+                match at_max(
+                    &input.analysis.at_max,
+                    max.0,
+                    over,
+                    &out.metrics,
+                    out.held,
+                    served,
+                ) {
+                    AtMax::Advance(why) => Some(("advance", why)),
+                    AtMax::Pause(why) => Some(("pause", why)),
+                    AtMax::Extend(_) => None,
+                }
+            }
+            _ => None,
+        };
         looks.push((look.t, out));
-        if decided {
+        if decided || at_max.is_some() {
             return Ok(Analysis {
                 decided: Some(looks.len() - 1),
                 looks,
+                at_max,
             });
         }
         prev = Some(look);
@@ -142,6 +173,7 @@ pub fn analyze(text: &str) -> Result<Analysis, String> {
     Ok(Analysis {
         looks,
         decided: None,
+        at_max: None,
     })
 }
 
@@ -250,25 +282,49 @@ fn increment(
 }
 
 impl Analysis {
-    /// The decision: that of the deciding look, else `continue`.
+    /// The decision: that of the deciding look (`advance` at the step maximum too), else
+    /// `continue` (also for `pause`, which is no verdict of the engine).
     pub fn verdict(&self) -> Verdict {
-        self.last().1.verdict
+        match &self.at_max {
+            Some(("advance", _)) => Verdict::Advance,
+            Some(_) => Verdict::Continue,
+            None => self.last().1.verdict,
+        }
     }
 
     fn last(&self) -> &(f64, LookOutcome) {
         &self.looks[self.decided.unwrap_or(self.looks.len() - 1)]
     }
 
+    /// The decision's name: a look's verdict, or `pause` from `analysis.atMax`.
+    pub fn decision(&self) -> &'static str {
+        match &self.at_max {
+            Some((d, _)) => d,
+            None => self.verdict().as_str(),
+        }
+    }
+
+    fn reason(&self) -> &str {
+        match &self.at_max {
+            Some((_, why)) => why,
+            None => &self.last().1.reason,
+        }
+    }
+
     pub fn to_json(&self) -> serde_json::Value {
-        let (t, out) = self.last();
+        let (t, _) = self.last();
         let looks: Vec<serde_json::Value> =
             self.looks.iter().map(|(t, o)| look_json(*t, o)).collect();
-        json!({
-            "decision": out.verdict.as_str(),
+        let mut doc = json!({
+            "decision": self.decision(),
             "decided_at": self.decided.map(|_| *t),
-            "reason": out.reason,
+            "reason": self.reason(),
             "looks": looks,
-        })
+        });
+        if self.at_max.is_some() {
+            doc["at_max"] = json!(true);
+        }
+        doc
     }
 
     /// The decision in plain words, for a person.
@@ -276,16 +332,21 @@ impl Analysis {
         let (t, out) = self.last();
         let mut s = match self.decided {
             Some(i) => format!(
-                "Decision: {} at t={t}s (look {} of the recording).\n",
-                out.verdict.as_str(),
-                i + 1
+                "Decision: {} at t={t}s (look {} of the recording{}).\n",
+                self.decision(),
+                i + 1,
+                if self.at_max.is_some() {
+                    ", at the step maximum"
+                } else {
+                    ""
+                }
             ),
             None => format!(
                 "Decision: continue. After {} look(s), up to t={t}s, nothing is proven yet.\n",
                 self.looks.len()
             ),
         };
-        s.push_str(&format!("Why: {}.\n", out.reason));
+        s.push_str(&format!("Why: {}.\n", self.reason()));
         s.push_str("Per metric at that look:\n");
         s.push_str(&metric_lines(out));
         s
@@ -304,6 +365,7 @@ pub(super) fn look_json(t: f64, o: &LookOutcome) -> serde_json::Value {
                 "e_value": m.e_value,
                 "ratio_lower": m.ratio_lower,
                 "ratio_upper": m.ratio_upper,
+                "detectable_ratio": m.detectable_ratio,
             })
         })
         .collect();
@@ -333,6 +395,14 @@ pub(super) fn metric_lines(out: &LookOutcome) -> String {
             m.ratio_lower,
             m.margin,
         ));
+        if !m.name.starts_with("slo:") {
+            match m.detectable_ratio {
+                Some(d) => s.push_str(&format!(
+                    "; this step would have caught a regression of {d:.2}x or more"
+                )),
+                None => s.push_str("; too few bad events in this step to catch even 16x"),
+            }
+        }
         if let Some(b) = m.boundary_ms {
             s.push_str(&format!("; histogram boundary used: {b} ms"));
         }

@@ -1031,7 +1031,7 @@ mod tests {
                     "team-b",
                     "flaskapp",
                     "Progressing",
-                    "2/3",
+                    "2/2",
                     "60",
                     "demoapp:v2",
                     "demoapp:v1",

@@ -731,7 +731,7 @@ async fn an_invalid_spec_is_a_condition_not_a_crash_loop() {
         ("SpecValid", "False")
     );
     assert!(
-        cond.message.contains("spec.steps: ends at 40"),
+        cond.message.contains("spec.steps[2]: 40 does not exceed"),
         "{}",
         cond.message
     );

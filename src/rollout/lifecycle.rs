@@ -6,6 +6,7 @@
 //! last step (100 %) --held for min dwell with data--> Promoting (update prod, prod checks)
 //! Promoting --prod ready and checked--> SwitchingBack (prod 100 %) --weights seen--> Succeeded
 //! any active phase --rollback verdict / failed gate / abort--> RolledBack (prod 100 %)
+//! Progressing --step maximum, not proven worse (analysis.atMax)--> next step, or Paused
 //! any active phase --max duration, no data, drift (pause policy)--> Paused --resume--> back
 //! any active phase --stage revision changed--> traffic to prod, start over for the new one
 //! ```
@@ -13,13 +14,13 @@
 use jiff::Timestamp;
 
 use super::*;
-use crate::analysis::{evaluate_look, AnalysisError, LookContext};
+use crate::analysis::{at_max, evaluate_look, AnalysisError, AtMax, LookContext};
 use crate::api::limits::{bounded, MAX_HISTORY_TEXT, MAX_TEXT};
 use crate::api::release;
 use crate::api::{
     AnalysisSpec, AnalysisState, CanarySpec, CanaryStatus, Condition, DecisionRecord, HistoryEntry,
-    NoDataAction, PendingGate, Phase, PromotionMode, ReadinessAction, StageWait, TrafficContest,
-    TrafficDriftPolicy, TrafficIntent, Verdict,
+    MetricReport, NoDataAction, PendingGate, Phase, PromotionMode, ReadinessAction, StageWait,
+    TrafficContest, TrafficDriftPolicy, TrafficIntent, Verdict,
 };
 
 /// How a look's counts are judged: [`evaluate_look`] in [`decide`]; tests pin the verdict.
@@ -901,16 +902,34 @@ impl Round<'_> {
                 };
             }
         }
-        if self.elapsed_in_step() > self.spec.step_duration.max.span() {
+        let max = self.spec.step_duration.max;
+        if self.elapsed_in_step() > max.span() {
             let last = self
                 .status
                 .last_decision
                 .as_ref()
                 .map(|d| d.reason.clone())
                 .unwrap_or_else(|| "no analysis yet".into());
+            if (1..100).contains(&weight) && data_ok && gates_clear {
+                let over = (self.elapsed_in_step() - max.span()).unsigned_abs();
+                let (metrics, held, served) = self.step_evidence();
+                let policy = &self.spec.analysis.at_max;
+                match at_max(policy, max.0, over, &metrics, held, served) {
+                    AtMax::Advance(why) => {
+                        self.because(Cause::Analysis);
+                        return self.advance(format!("step maximum reached: {why}"));
+                    }
+                    AtMax::Extend(why) => {
+                        return self.say(format!("{weight} % to stage: {why}"));
+                    }
+                    AtMax::Pause(why) => {
+                        return self
+                            .pause(format!("{why} at {weight} % to stage (last look: {last})"));
+                    }
+                }
+            }
             return self.pause(format!(
-                "no decision within {} at {weight} % to stage (last look: {last})",
-                self.spec.step_duration.max
+                "no decision within {max} at {weight} % to stage (last look: {last})"
             ));
         }
         if let Some(j) = judged {
@@ -1270,6 +1289,26 @@ impl Round<'_> {
                 Some(j)
             }
         }
+    }
+
+    /// What this step's analysis showed so far: the last look's reports, whether a look is
+    /// held back, and whether stage served requests during the step.
+    fn step_evidence(&self) -> (Vec<MetricReport>, bool, bool) {
+        let step = self.status.step;
+        let metrics = self
+            .status
+            .last_decision
+            .as_ref()
+            .filter(|d| d.step == step && d.verdict == Verdict::Continue)
+            .map(|d| d.metrics.clone())
+            .unwrap_or_default();
+        let series = self.status.analysis.iter().flat_map(|a| &a.series);
+        let held = series.clone().any(|s| s.held.is_some());
+        let served = !metrics.is_empty()
+            && series
+                .filter(|s| s.step == step)
+                .any(|s| s.step_stage_requests > 0);
+        (metrics, held, served)
     }
 
     /// Records a decision that was not a plain look (gates, timeouts, commands), keeping

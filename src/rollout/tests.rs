@@ -21,6 +21,7 @@ prod:  {host: flaskapp.prod.svc.cluster.local,  deployment: {namespace: prod,  n
 stage: {host: flaskapp.stage.svc.cluster.local, deployment: {namespace: stage, name: flaskapp}}
 steps: [0, 30, 60, 100]
 stepDuration: {min: 2m, max: 30m}
+analysis: {slo: {maxErrorRate: 0.1}}
 "#,
     )
     .unwrap();
@@ -49,6 +50,7 @@ fn outcome(verdict: Verdict, reason: String, stage_has_data: bool) -> LookOutcom
         reason,
         metrics: vec![],
         stage_has_data,
+        held: false,
     }
 }
 
@@ -189,6 +191,30 @@ impl Sim {
             format!("analysis says {}", verdict.as_str()),
             has_data,
         );
+        self.judged_round(obs, Some(outcome))
+    }
+
+    /// A look in which stage served requests and nothing was proven: the errors metric
+    /// could have caught a regression of `detectable` (None: not even 16x).
+    fn at_max_look(&mut self, detectable: Option<f64>) -> Vec<Action> {
+        let mut obs = self.obs();
+        obs.look = Some(Look {
+            step: self.status.step,
+            window_end: self.now,
+            result: LookResult::Counts(Default::default()),
+        });
+        let mut outcome = outcome(Verdict::Continue, "nothing proven yet".into(), true);
+        outcome.metrics = vec![crate::api::MetricReport {
+            name: "errors".into(),
+            detectable_ratio: detectable,
+            ..Default::default()
+        }];
+        outcome.state.series = vec![crate::api::SeriesState {
+            name: "errors".into(),
+            step: self.status.step,
+            step_stage_requests: 500,
+            ..Default::default()
+        }];
         self.judged_round(obs, Some(outcome))
     }
 
@@ -469,16 +495,105 @@ fn stage_reverted_to_prods_revision_means_nothing_to_do() {
 }
 
 #[test]
-fn no_decision_within_the_maximum_step_duration_pauses() {
+fn no_decision_within_the_maximum_step_duration_pauses_under_at_max_pause() {
+    let mut spec = seed_spec();
+    spec.analysis.at_max.action = crate::api::AtMaxAction::Pause;
+    let mut sim = Sim::new(spec);
+    sim.start_and_pass_pre_traffic("v2");
+    for _ in 0..61 {
+        sim.wait(30);
+        sim.at_max_look(Some(1.2));
+    }
+    assert_eq!(sim.phase_weight(), (Phase::Paused, 30), "weights are held");
+    assert!(
+        sim.status
+            .message
+            .contains("no decision within 30m (atMax: pause)"),
+        "{}",
+        sim.status.message
+    );
+    assert_eq!(sim.status.paused_from, Some(Phase::Progressing));
+}
+
+#[test]
+fn a_step_without_stage_requests_pauses_at_its_maximum_whatever_the_policy() {
     let mut sim = Sim::new(seed_spec());
     sim.start_and_pass_pre_traffic("v2");
     for _ in 0..61 {
         sim.wait(30);
         sim.look(Verdict::Continue, true);
     }
-    assert_eq!(sim.phase_weight(), (Phase::Paused, 30), "weights are held");
-    assert!(sim.status.message.contains("no decision within 30m"));
-    assert_eq!(sim.status.paused_from, Some(Phase::Progressing));
+    assert_eq!(sim.phase_weight(), (Phase::Paused, 30));
+    assert!(
+        sim.status
+            .message
+            .contains("stage served no requests within 30m"),
+        "{}",
+        sim.status.message
+    );
+}
+
+#[test]
+fn at_the_maximum_a_step_not_proven_worse_advances_saying_what_it_could_have_caught() {
+    let mut sim = Sim::new(seed_spec());
+    sim.start_and_pass_pre_traffic("v2");
+    for _ in 0..60 {
+        sim.wait(30);
+        sim.at_max_look(Some(1.68));
+    }
+    assert_eq!(
+        sim.phase_weight(),
+        (Phase::Progressing, 30),
+        "not before the maximum"
+    );
+    sim.wait(30);
+    sim.at_max_look(Some(1.68));
+    assert_eq!(sim.phase_weight(), (Phase::Progressing, 60));
+    let decision = sim.status.last_decision.as_ref().unwrap();
+    assert_eq!(decision.verdict, Verdict::Advance);
+    assert_eq!(
+        decision.reason,
+        "step maximum reached: not proven worse within 30m; with 80 % power this step would \
+         have caught errors at 1.7x or worse"
+    );
+}
+
+#[test]
+fn with_a_detectable_ratio_the_step_extends_until_the_power_is_reached_then_pauses() {
+    let mut spec = seed_spec();
+    spec.analysis.at_max.detectable_ratio = Some(1.5);
+    let mut sim = Sim::new(spec.clone());
+    sim.start_and_pass_pre_traffic("v2");
+    for _ in 0..61 {
+        sim.wait(30);
+        sim.at_max_look(Some(1.7));
+    }
+    assert_eq!(sim.phase_weight(), (Phase::Progressing, 30));
+    assert!(
+        sim.status.message.contains("comparing for up to 15m more"),
+        "{}",
+        sim.status.message
+    );
+    // The power arrives during the extension: the step advances.
+    sim.wait(30);
+    sim.at_max_look(Some(1.4));
+    assert_eq!(sim.phase_weight(), (Phase::Progressing, 60));
+
+    // It never arrives: pause at the maximum plus extendBy.
+    let mut sim = Sim::new(spec);
+    sim.start_and_pass_pre_traffic("v2");
+    for _ in 0..91 {
+        sim.wait(30);
+        sim.at_max_look(Some(1.7));
+    }
+    assert_eq!(sim.phase_weight(), (Phase::Paused, 30));
+    assert!(
+        sim.status
+            .message
+            .contains("a regression of 1.5x (detectableRatio) would not"),
+        "{}",
+        sim.status.message
+    );
 }
 
 #[test]
@@ -2007,6 +2122,10 @@ mod largest_valid_canary {
             .map(|i| (i * 100 / (MAX_STEPS - 1)) as u8)
             .collect();
         spec.analysis.metrics = metrics;
+        spec.analysis.slo = None;
+        spec.analysis.unguarded_full_load = true;
+        // The pauses below are pauses at the step maximum.
+        spec.analysis.at_max.action = crate::api::AtMaxAction::Pause;
         spec.checks = (0..MAX_CHECKS)
             .map(|i| CheckSpec {
                 name: nasty(&format!("check {i} "), MAX_NAME),

@@ -51,13 +51,14 @@ fn a_bad_canary_is_explained_field_by_field() {
         "/config/canary-flaskapp.yaml"
     ))
     .unwrap()
-    .replace("steps: [0, 30, 60, 100]", "steps: [0, 60, 30]")
+    .replace("steps: [0, 30, 60, 100]", "steps: [0, 60, 30, 100]")
+    .replace("slo: {maxErrorRate: 0.01, maxLatencyMs: {p99: 1000}}", "")
     .replace("alpha: 0.01", "alpha: 0.7");
     std::fs::write(&path, text).unwrap();
     let (code, _, err) = canaryd(&["validate", path.to_str().unwrap()]);
     assert_eq!(code, 2);
     assert!(
-        err.contains("spec.steps: ends at 30; end with 100"),
+        err.contains("spec.steps: holds stage at 100 %") && err.contains("unguardedFullLoad"),
         "{err}"
     );
     assert!(

@@ -36,8 +36,10 @@ pub struct CanarySpec {
     pub prod: Environment,
     /// The environment that receives new revisions first.
     pub stage: Environment,
-    /// Stage traffic weight (percent) of each step. The first step must be 0 (the
-    /// pre-traffic test), the last 100; strictly increasing.
+    /// Stage traffic weight (percent) of each step, strictly increasing from 0 (the
+    /// pre-traffic test); default [0, 30, 60]. After the last step stage takes all traffic
+    /// while prod is updated. A step at 100 % (a hold at full load before promotion) needs
+    /// an SLO guardrail or `analysis.unguardedFullLoad`.
     #[serde(default = "default_steps")]
     #[schemars(length(min = 2, max = MAX_STEPS), inner(range(min = 0, max = 100)))]
     pub steps: Vec<u8>,
@@ -159,7 +161,7 @@ pub struct AlertState {
 }
 
 pub fn default_steps() -> Vec<u8> {
-    vec![0, 30, 60, 100]
+    vec![0, 30, 60]
 }
 
 /// Reference to the VirtualService and, optionally, the named HTTP route in it.
@@ -206,7 +208,8 @@ pub struct StepDuration {
     /// Minimum time at a step before canaryd may advance (default 2m).
     #[serde(default = "default_step_min")]
     pub min: HumanDuration,
-    /// Maximum time at a step without a decision (default 30m).
+    /// Maximum time at a step without a decision (default 30m); `analysis.atMax` says what
+    /// happens then.
     #[serde(default = "default_step_max")]
     pub max: HumanDuration,
 }
@@ -287,6 +290,15 @@ pub struct AnalysisSpec {
     /// What happens when stage's telemetry is missing (no traffic, Prometheus down).
     #[serde(default)]
     pub no_data: NoDataPolicy,
+    /// What happens when a step that compares stage with prod reaches `stepDuration.max`
+    /// with stage neither proven worse nor proven within its margins.
+    #[serde(default)]
+    pub at_max: AtMaxPolicy,
+    /// Allow a step at 100 % without an SLO guardrail. At 100 % prod gets no traffic, so
+    /// nothing is compared there and only a guardrail can catch a release that breaks at
+    /// full load; without one, such a step only exposes every user to stage for longer.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unguarded_full_load: bool,
 }
 
 pub fn default_alpha() -> f64 {
@@ -324,8 +336,67 @@ impl Default for AnalysisSpec {
             metrics: default_metrics(),
             slo: None,
             no_data: NoDataPolicy::default(),
+            at_max: AtMaxPolicy::default(),
+            unguarded_full_load: false,
         }
     }
+}
+
+/// The decision at a step's maximum duration, when the comparison has proven nothing either
+/// way (too few bad events to bound the ratio, the usual case at low traffic).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AtMaxPolicy {
+    /// `advance` (the default): stage was not proven worse, so the step advances, and the
+    /// decision states the smallest regression the step could have caught. `pause`: wait
+    /// for a person.
+    #[serde(default)]
+    pub action: AtMaxAction,
+    /// With `advance`: advance at the maximum only if a regression of this ratio (stage's
+    /// bad rate over prod's) would have been caught with probability at least `1 - beta`,
+    /// judged from the step's own bad events; otherwise keep comparing for up to
+    /// `extendBy`, then pause. Unset: advance whatever the power.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1.0, max = MAX_RATIO))]
+    pub detectable_ratio: Option<f64>,
+    /// The accepted probability of missing a regression of `detectableRatio` (default 0.2:
+    /// 80 % power). Also the power the detectable ratio of every decision is reported at.
+    #[serde(default = "default_beta")]
+    #[schemars(range(min = 0.0, max = 0.5))]
+    pub beta: f64,
+    /// With `detectableRatio`: how much longer than `stepDuration.max` a step may run to
+    /// reach that power before it pauses (default 15m).
+    #[serde(default = "default_extend_by")]
+    pub extend_by: HumanDuration,
+}
+
+pub fn default_beta() -> f64 {
+    0.2
+}
+
+fn default_extend_by() -> HumanDuration {
+    HumanDuration::from_secs(900)
+}
+
+impl Default for AtMaxPolicy {
+    fn default() -> Self {
+        Self {
+            action: AtMaxAction::default(),
+            detectable_ratio: None,
+            beta: default_beta(),
+            extend_by: default_extend_by(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum AtMaxAction {
+    /// Advance: not proven worse within the maximum (the default).
+    #[default]
+    Advance,
+    /// Pause for a person, with the last look's figures.
+    Pause,
 }
 
 /// One compared metric. Every metric is a rate of "bad" requests among all requests, so
@@ -863,6 +934,17 @@ pub struct SeriesState {
     /// The same log-likelihood since the current step started.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub step_log_likelihood: Vec<f64>,
+    /// Since the current step started: stage's requests, the bad events of both arms, those
+    /// of stage, and the sum over looks of each look's bad events times stage's share of
+    /// its requests (what the detectable ratio is computed from).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub step_stage_requests: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub step_bad: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub step_stage_bad: u64,
+    #[serde(default, skip_serializing_if = "is_zero_f64")]
+    pub step_stage_share_of_bad: f64,
     /// Counts of looks held back, not yet folded: a look whose bad events in both arms
     /// together jumped far above the rollout's rate (a burst that hit both arms, which
     /// scrape timing may split across looks differently per arm) is pooled with the looks
@@ -941,6 +1023,11 @@ pub struct MetricReport {
     pub ratio_upper: Option<f64>,
     /// Ratio to advance below (for a guardrail: the limit on the stage's rate).
     pub margin: f64,
+    /// The smallest rate ratio that this step's bad events would have rolled back with
+    /// probability at least `1 - analysis.atMax.beta` (None: not even the largest, 16x).
+    /// Comparisons only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detectable_ratio: Option<f64>,
     /// Observed rates of bad requests over the rollout.
     pub stage_rate: Option<f64>,
     pub prod_rate: Option<f64>,
@@ -991,4 +1078,12 @@ pub struct HistoryEntry {
     pub step: u32,
     pub stage_weight: u8,
     pub message: String,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+fn is_zero_f64(x: &f64) -> bool {
+    *x == 0.0
 }

@@ -293,7 +293,7 @@ fn validate_steps(spec: &CanarySpec, errors: &mut Vec<SpecError>) {
         errors.push(err(
             field,
             format!("has {} step(s)", steps.len()),
-            "list at least [0, 100], for example [0, 30, 60, 100]",
+            "list at least two steps, for example [0, 30, 60]",
         ));
         return;
     }
@@ -304,11 +304,22 @@ fn validate_steps(spec: &CanarySpec, errors: &mut Vec<SpecError>) {
             "start with 0, the pre-traffic test step",
         ));
     }
-    if steps[steps.len() - 1] != 100 {
+    let guarded = spec.analysis.slo.as_ref().is_some_and(|s| {
+        s.max_error_rate.is_some()
+            || s.max_latency_ms
+                .as_ref()
+                .is_some_and(|l| !l.limits().is_empty())
+    });
+    if steps.contains(&100) && !guarded && !spec.analysis.unguarded_full_load {
         errors.push(err(
             field,
-            format!("ends at {}", steps[steps.len() - 1]),
-            "end with 100, so stage holds all traffic before prod is promoted",
+            "holds stage at 100 %, where prod gets no traffic and nothing can be compared, \
+             but spec.analysis.slo sets no limit, so a release that breaks only at full load \
+             would be promoted",
+            "add a guardrail (spec.analysis.slo.maxErrorRate, for example 0.05, or \
+             maxLatencyMs), end the steps below 100 (for example [0, 30, 60]: promotion then \
+             moves stage to 100 % while prod is updated), or set \
+             spec.analysis.unguardedFullLoad: true",
         ));
     }
     if let Some(bad) = steps.iter().find(|&&w| w > 100) {
@@ -392,7 +403,34 @@ fn validate_durations(spec: &CanarySpec, errors: &mut Vec<SpecError>) {
     }
 }
 
+fn validate_at_max(spec: &CanarySpec, errors: &mut Vec<SpecError>) {
+    let p = &spec.analysis.at_max;
+    if let Some(x) = p.detectable_ratio {
+        if !(x > 1.0 && x <= MAX_RATIO) {
+            errors.push(err(
+                "spec.analysis.atMax.detectableRatio",
+                format!("is {x}"),
+                format!("use a rate ratio above 1 and at most {MAX_RATIO}, for example 2"),
+            ));
+        }
+    }
+    if !(p.beta > 0.0 && p.beta <= 0.5) {
+        errors.push(err(
+            "spec.analysis.atMax.beta",
+            format!("is {}", p.beta),
+            "use a probability above 0 and at most 0.5, for example 0.2 (80 % power)",
+        ));
+    }
+    max_duration(
+        "spec.analysis.atMax.extendBy".into(),
+        p.extend_by,
+        MAX_DURATION,
+        errors,
+    );
+}
+
 fn validate_analysis(spec: &CanarySpec, errors: &mut Vec<SpecError>) {
+    validate_at_max(spec, errors);
     let a = &spec.analysis;
     if !(a.alpha > 0.0 && a.alpha < 0.5) {
         errors.push(err(
@@ -638,23 +676,65 @@ stage: {host: flaskapp.stage.svc.cluster.local, deployment: {namespace: stage, n
     #[test]
     fn the_seed_canary_with_defaults_is_valid() {
         let spec = seed_spec();
-        assert_eq!(spec.steps, vec![0, 30, 60, 100]);
+        assert_eq!(spec.steps, vec![0, 30, 60]);
         assert_eq!(validate(&spec, "prod"), Ok(()));
     }
 
     #[test]
-    fn steps_must_start_at_zero_end_at_100_and_increase() {
+    fn steps_must_start_at_zero_and_increase() {
         let mut spec = seed_spec();
         spec.steps = vec![10, 50, 50, 90];
         let errors = validate(&spec, "prod").unwrap_err();
         let text = describe(&errors);
         assert!(text.contains("spec.steps: starts at 10"), "{text}");
-        assert!(text.contains("spec.steps: ends at 90"), "{text}");
         assert!(text.contains("spec.steps[2]: 50 does not exceed"), "{text}");
         spec.steps = vec![0];
         assert_eq!(fields(&spec), vec!["spec.steps"]);
-        spec.steps = vec![0, 150, 100];
+        spec.steps = vec![0, 150];
         assert!(fields(&spec).contains(&"spec.steps".to_string()));
+    }
+
+    #[test]
+    fn a_step_at_100_needs_a_guardrail_or_an_explicit_opt_out() {
+        let mut spec = seed_spec();
+        spec.steps = vec![0, 30, 60, 100];
+        let text = describe(&validate(&spec, "prod").unwrap_err());
+        assert!(
+            text.contains("spec.steps: holds stage at 100 %")
+                && text.contains("spec.analysis.slo.maxErrorRate")
+                && text.contains("unguardedFullLoad: true"),
+            "{text}"
+        );
+        spec.analysis.slo = Some(SloSpec {
+            max_latency_ms: Some(LatencyQuantiles::default()),
+            ..SloSpec::default()
+        });
+        assert_eq!(
+            fields(&spec),
+            vec!["spec.steps"],
+            "an SLO without a limit guards nothing"
+        );
+        spec.analysis.slo = Some(SloSpec {
+            max_error_rate: Some(0.05),
+            ..SloSpec::default()
+        });
+        assert_eq!(validate(&spec, "prod"), Ok(()));
+        spec.analysis.slo = None;
+        spec.analysis.unguarded_full_load = true;
+        assert_eq!(validate(&spec, "prod"), Ok(()));
+    }
+
+    #[test]
+    fn the_at_max_policy_is_checked_with_the_fix() {
+        let mut spec = seed_spec();
+        spec.analysis.at_max.detectable_ratio = Some(1.0);
+        spec.analysis.at_max.beta = 0.7;
+        let text = describe(&validate(&spec, "prod").unwrap_err());
+        assert!(
+            text.contains("spec.analysis.atMax.detectableRatio: is 1; use a rate ratio above 1")
+                && text.contains("spec.analysis.atMax.beta: is 0.7; use a probability"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -115,6 +115,8 @@ spec:
     metrics:
       - {name: errors,  kind: errorRate, margin: 1.5}
       - {name: latency, kind: latency, thresholdsMs: [250], margin: 1.5}
+    # The guardrail of the 100 % step, where prod gets no traffic: 10 % errors is broken.
+    slo: {maxErrorRate: 0.1}
   promotion: {mode: images}
 "#,
     )

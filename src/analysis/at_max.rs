@@ -1,0 +1,189 @@
+//! The decision at a step's maximum duration when the comparison has proven nothing either
+//! way, under `analysis.atMax` (README, "At the step maximum").
+//!
+//! * `advance` (the default), without `detectableRatio`: the step advances. Stage was not
+//!   proven worse; the decision states, per metric, the smallest regression the step's bad
+//!   events would have caught (with probability `1 - beta`), so a person reading it knows
+//!   what "not proven worse" was worth.
+//! * `advance` with `detectableRatio` X: the step advances only once every compared metric's
+//!   detectable ratio is at most X; it keeps comparing for up to `extendBy` past the maximum,
+//!   then pauses. A step whose true ratio is X or more survives its rollback test with
+//!   probability at most `beta` once that power is reached, so
+//!   P(advancing a step whose ratio is at least X) <= alpha + beta: alpha for the advance
+//!   proven within the margins, beta for the advance at the maximum.
+//! * `pause`: wait for a person.
+//!
+//! Never on missing data: a step in which stage served no requests pauses, and a look held
+//! back for pooling is judged first.
+
+use std::time::Duration;
+
+use crate::api::{AtMaxAction, AtMaxPolicy, MetricReport};
+
+/// What a step at (or past) its maximum does now.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AtMax {
+    Advance(String),
+    /// Keep comparing (the reason says for what).
+    Extend(String),
+    Pause(String),
+}
+
+/// `max` is the step maximum, `over` how long the step has run past it, `metrics` the last
+/// look's reports of this step, `held` whether a look is held back, `stage_served` whether
+/// stage had requests during the step.
+pub fn at_max(
+    policy: &AtMaxPolicy,
+    max: Duration,
+    over: Duration,
+    metrics: &[MetricReport],
+    held: bool,
+    stage_served: bool,
+) -> AtMax {
+    let max = humantime::format_duration(max);
+    if policy.action == AtMaxAction::Pause {
+        return AtMax::Pause(format!("no decision within {max} (atMax: pause)"));
+    }
+    if !stage_served {
+        return AtMax::Pause(format!(
+            "stage served no requests within {max}, so nothing was compared"
+        ));
+    }
+    if held {
+        return AtMax::Extend(format!(
+            "step maximum {max} reached while a look is held back; judging it first"
+        ));
+    }
+    let caught = power_summary(metrics, policy.beta);
+    let Some(x) = policy.detectable_ratio else {
+        return AtMax::Advance(format!("not proven worse within {max}; {caught}"));
+    };
+    let reached = comparative(metrics).all(|m| m.detectable_ratio.is_some_and(|d| d <= x));
+    let extend = humantime::format_duration(policy.extend_by.0);
+    if reached {
+        AtMax::Advance(format!(
+            "not proven worse within {max}; {caught} (detectableRatio {x} reached)"
+        ))
+    } else if over < policy.extend_by.0 {
+        AtMax::Extend(format!(
+            "not proven worse within {max}, but {caught}; comparing for up to {extend} more \
+             until a regression of {x}x would be caught"
+        ))
+    } else {
+        AtMax::Pause(format!(
+            "not proven worse within {max} and {extend} more, but {caught}: a regression of \
+             {x}x (detectableRatio) would not have been caught"
+        ))
+    }
+}
+
+fn comparative(metrics: &[MetricReport]) -> impl Iterator<Item = &MetricReport> {
+    metrics.iter().filter(|m| !m.name.starts_with("slo:"))
+}
+
+/// "with 80 % power this step would have caught errors at 1.7x or worse, latency@250 ...".
+pub fn power_summary(metrics: &[MetricReport], beta: f64) -> String {
+    let parts: Vec<String> = comparative(metrics)
+        .map(|m| match m.detectable_ratio {
+            Some(d) => format!("{} at {}x or worse", m.name, ratio_text(d)),
+            None => format!("{} not even at 16x (too few bad events)", m.name),
+        })
+        .collect();
+    if parts.is_empty() {
+        return "nothing is compared".into();
+    }
+    format!(
+        "with {:.0} % power this step would have caught {}",
+        (1.0 - beta) * 100.0,
+        parts.join(", ")
+    )
+}
+
+/// A ratio with two significant digits: 1.2, 2.4, 16.
+fn ratio_text(r: f64) -> String {
+    if r >= 10.0 {
+        format!("{r:.0}")
+    } else {
+        let s = format!("{r:.1}");
+        s.trim_end_matches(".0").to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(name: &str, detectable: Option<f64>) -> MetricReport {
+        MetricReport {
+            name: name.into(),
+            detectable_ratio: detectable,
+            ..MetricReport::default()
+        }
+    }
+
+    const MAX: Duration = Duration::from_secs(900);
+
+    #[test]
+    fn the_default_advances_and_says_what_the_step_could_have_caught() {
+        let policy = AtMaxPolicy::default();
+        let metrics = [
+            report("errors", Some(1.68)),
+            report("latency@250", None),
+            report("slo:maxErrorRate", None),
+        ];
+        let AtMax::Advance(why) = at_max(&policy, MAX, Duration::ZERO, &metrics, false, true)
+        else {
+            panic!("expected an advance");
+        };
+        assert_eq!(
+            why,
+            "not proven worse within 15m; with 80 % power this step would have caught \
+             errors at 1.7x or worse, latency@250 not even at 16x (too few bad events)"
+        );
+    }
+
+    #[test]
+    fn missing_traffic_pause_policy_and_held_looks_never_advance() {
+        let policy = AtMaxPolicy::default();
+        let metrics = [report("errors", Some(1.2))];
+        let no_traffic = at_max(&policy, MAX, Duration::ZERO, &metrics, false, false);
+        assert!(matches!(no_traffic, AtMax::Pause(ref w) if w.contains("no requests")));
+        let held = at_max(&policy, MAX, Duration::ZERO, &metrics, true, true);
+        assert!(matches!(held, AtMax::Extend(_)));
+        let pause = AtMaxPolicy {
+            action: AtMaxAction::Pause,
+            ..policy
+        };
+        let paused = at_max(&pause, MAX, Duration::ZERO, &metrics, false, true);
+        assert!(matches!(paused, AtMax::Pause(ref w) if w.contains("atMax: pause")));
+    }
+
+    #[test]
+    fn a_detectable_ratio_extends_the_step_then_pauses() {
+        let policy = AtMaxPolicy {
+            detectable_ratio: Some(2.0),
+            ..AtMaxPolicy::default()
+        };
+        let weak = [report("errors", Some(2.4))];
+        let strong = [report("errors", Some(1.7))];
+        let early = Duration::from_secs(60);
+        assert!(matches!(
+            at_max(&policy, MAX, early, &weak, false, true),
+            AtMax::Extend(ref w) if w.contains("up to 15m more")
+        ));
+        assert!(matches!(
+            at_max(&policy, MAX, early, &strong, false, true),
+            AtMax::Advance(ref w) if w.contains("detectableRatio 2 reached")
+        ));
+        let late = policy.extend_by.0;
+        assert!(matches!(
+            at_max(&policy, MAX, late, &weak, false, true),
+            AtMax::Pause(ref w) if w.contains("would not have been caught")
+        ));
+        let none = [report("errors", None)];
+        assert!(matches!(
+            at_max(&policy, MAX, late, &none, false, true),
+            AtMax::Pause(_)
+        ));
+    }
+}

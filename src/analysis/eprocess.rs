@@ -287,6 +287,89 @@ mod tests {
         r * pi / (r * pi + 1.0 - pi)
     }
 
+    /// A 30 % step of 20 looks with 12 bad events each, stage at prod's rate.
+    fn healthy_step(g: &Grid) -> (Vec<f64>, StepEvents, [f64; 20]) {
+        let (pi, m): (f64, [f64; 20]) = (0.3, [12.0; 20]);
+        let mut ll = vec![0.0; g.len()];
+        let (mut bad, mut stage_bad) = (0.0, 0.0);
+        for &mi in &m {
+            let bs = (mi * pi).round();
+            g.fold(&mut ll, bs, mi - bs, pi);
+            bad += mi;
+            stage_bad += bs;
+        }
+        let events = StepEvents {
+            bad,
+            stage_bad,
+            share: bad * pi,
+        };
+        (ll, events, m)
+    }
+
+    #[test]
+    fn the_detectable_ratio_is_caught_by_the_steps_rollback_test_with_its_power() {
+        use rand::SeedableRng;
+        use rand_distr::{Binomial, Distribution};
+        let g = Grid::new(1.0, 1.5);
+        let (ll, events, m) = healthy_step(&g);
+        // Two series at alpha 1 %, the step part weighted 1/4: the step's mixture must reach
+        // 2 / 0.01 / 0.25 = 800 on its own.
+        let log_threshold = 800f64.ln();
+        let x = g
+            .detectable_ratio(&ll, events, log_threshold, 0.8)
+            .expect("240 bad events detect something");
+        assert!(x > 1.5 && x < 4.0, "{x}");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let runs = 2000;
+        let caught = (0..runs)
+            .filter(|_| {
+                let mut sim = vec![0.0; g.len()];
+                for &mi in &m {
+                    let bs = Binomial::new(mi as u64, q(x, 0.3)).unwrap().sample(&mut rng) as f64;
+                    g.fold(&mut sim, bs, mi - bs, 0.3);
+                }
+                g.log_e_above(&sim, g.tolerance_idx) >= log_threshold
+            })
+            .count();
+        // At least the stated power, less three standard errors of the simulation.
+        let power = caught as f64 / runs as f64;
+        assert!(power >= 0.8 - 3.0 * (0.8f64 * 0.2 / runs as f64).sqrt(), "{power} at {x}");
+    }
+
+    #[test]
+    fn more_events_detect_smaller_regressions_and_none_detect_nothing() {
+        let g = Grid::new(1.0, 1.5);
+        let (ll, events, _) = healthy_step(&g);
+        let log_threshold = 800f64.ln();
+        let mut twice = ll.clone();
+        for l in &mut twice {
+            *l *= 2.0;
+        }
+        let doubled = StepEvents {
+            bad: 2.0 * events.bad,
+            stage_bad: 2.0 * events.stage_bad,
+            share: 2.0 * events.share,
+        };
+        let once = g.detectable_ratio(&ll, events, log_threshold, 0.8).unwrap();
+        let more = g.detectable_ratio(&twice, doubled, log_threshold, 0.8).unwrap();
+        assert!(more < once, "{more} vs {once}");
+        let none = StepEvents {
+            bad: 0.0,
+            stage_bad: 0.0,
+            share: 0.0,
+        };
+        assert_eq!(g.detectable_ratio(&vec![0.0; g.len()], none, log_threshold, 0.8), None);
+        // Three bad events cannot reach an e-value of 800 even at 16x.
+        let few = StepEvents {
+            bad: 3.0,
+            stage_bad: 1.0,
+            share: 0.9,
+        };
+        let mut ll3 = vec![0.0; g.len()];
+        g.fold(&mut ll3, 1.0, 2.0, 0.3);
+        assert_eq!(g.detectable_ratio(&ll3, few, log_threshold, 0.8), None);
+    }
+
     #[test]
     fn grid_holds_tolerance_and_margin_exactly() {
         let g = Grid::new(1.1, 1.5);

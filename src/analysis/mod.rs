@@ -24,11 +24,19 @@
 //! where evidence is slow to come), little on 16x, which any mixture detects at once. The
 //! state of a series is these ~27 numbers (twice, see below) and four counters.
 //!
-//! * **Rollback**: M_t = sum over r_j > r0 of w_j L_t(r_j) / L_t(r0). For any true r <= r0 each
-//!   look's factor has conditional expectation (q q_j/q0 + (1-q)(1-q_j)/(1-q0))^m <= 1, so M is
-//!   a test supermartingale for the whole composite null (b_s given m is in fact
-//!   hypergeometric; it is dominated by the binomial in convex order, Hoeffding 1963, so the
-//!   bound still holds), and by Ville's inequality
+//! * **Rollback**: M_t = sum over r_j > r0 of w_j L_t(r_j) / L_t(r0). For any true r <= r0,
+//!   q = q_i(r) <= q0 and each look's factor has conditional expectation
+//!   (q q_j/q0 + (1-q)(1-q_j)/(1-q0))^m, which is 1 at q = q0 and increasing in q (its
+//!   derivative q_j/q0 - (1-q_j)/(1-q0) is positive for q_j > q0), hence <= 1: M is a test
+//!   supermartingale for the whole composite null r <= r0, for any r0 >= 1. This is exact
+//!   when bad events are Poisson given the traffic. With each request bad independently (rates
+//!   p_s = r p_p), b_s given m is Fisher's noncentral hypergeometric with odds ratio
+//!   r (1 - p_p) / (1 - r p_p); at r0 = 1 that is the central hypergeometric, which the
+//!   binomial dominates in convex order (Hoeffding 1963), so the bound holds as stated. For
+//!   r0 > 1 the test is exact for the null "odds ratio at most r0", which differs from "rate
+//!   ratio at most r0" by the factor (1 - p_p) / (1 - r0 p_p): at rates of a few percent
+//!   (p_p = 2 %, r0 = 1.2: 0.4 %) the tolerance is effectively that much smaller. By Ville's
+//!   inequality
 //!   P(sup_t M_t >= 1/a) <= a (Lindon, Sanden, Shirikian, KDD 2022, arXiv 2205.14762; with a
 //!   constant allocation it is the Beta/Dirichlet-multinomial mixture of Lindon & Malek,
 //!   NeurIPS 2022, arXiv 2011.03567, with a discrete prior; a unit test checks the closed form).
@@ -89,13 +97,17 @@
 //! above it, which never overstates the slow requests. Their evidence uses stage's totals over
 //! the whole rollout, so it holds across steps too.
 //!
-//! # What it cannot do
+//! # What it cannot do, and the step maximum
 //!
 //! Proving "at most `margin` times prod" takes bad events: with none in either arm the bounds
 //! stay open and the step waits, whatever the traffic. At a few requests per second, or a
-//! base rate of 0.1 %, a 30-minute step rarely collects enough (BENCHMARKS.md: such healthy
-//! rollouts reach the step's maximum and wait for a person). Rollback needs evidence too, but
-//! a real regression produces it.
+//! base rate of 0.1 %, a 30-minute step rarely collects enough. Rollback needs evidence too,
+//! but a real regression produces it. What a step does when its maximum comes with nothing
+//! proven is a stated policy ([`at_max`], `analysis.atMax`); each look reports per compared
+//! series the **detectable ratio**: the smallest grid ratio x that the step's own rollback
+//! test, evaluated once on this step's bad events, would reject with probability at least
+//! 1 - beta had stage's ratio been x (`Grid::detectable_ratio` derives it; a lower bound on
+//! the power of the sequential rule).
 //!
 //! [`AnalysisState`]: crate::api::AnalysisState
 

@@ -1,7 +1,8 @@
 //! Decision quality of canaryd's analysis against three baselines, on simulated rollouts
 //! with known truth. Run: `cargo bench --bench decision_quality` (5000 rollouts per family
-//! and policy, about a minute on 2 cores; add `-- --rollouts 200`
-//! for a quick pass). Prints a Markdown table; BENCHMARKS.md explains it.
+//! and policy; 1000 simulate in about 25 s on 2 cores; add `-- --rollouts 200` for a quick
+//! pass). Prints two Markdown tables (every policy, then the decision at the step maximum
+//! side by side); BENCHMARKS.md explains them.
 //!
 //! A rollout goes through the 30 % and 60 % steps with 30 s looks (step 0 is the synthetic
 //! checks, not simulated; reaching 100 % is full promotion, where prod gets no traffic and
@@ -10,8 +11,13 @@
 //! at the same weight at the same time see identical requests.
 //!
 //! Policies (baselines implemented from their public descriptions):
-//! * canaryd: `evaluate_look`, alpha 1 %, errors and requests slower than 250 ms, margin 1.5;
-//!   step duration min 2 m, max 30 m (then the rollout pauses for a human: "stalled").
+//! * canaryd: `evaluate_look`, alpha 1 %, errors and requests slower than 250 ms, margin 1.5,
+//!   step duration min 2 m; at the first look at or past the step maximum without a decision,
+//!   `at_max` decides, as the lifecycle does. Three `analysis.atMax` policies:
+//!   `pause` with a 30 m maximum (the rollout waits for a human: "stalled"); `advance` (the
+//!   default) with 15 m; `advance` with `detectableRatio: 2` and 15 m, extended by up to
+//!   15 m. A step advanced by `at_max` was not proven within its margins; the tables count
+//!   the promotions that had such a step.
 //! * Flagger-style: every minute, stage alone against fixed thresholds (error rate at most
 //!   twice prod's nominal rate, p99 at most 500 ms); no stage data is a failed check; roll
 //!   back at the 5th failed check of the rollout; otherwise advance after 10 minutes.
@@ -25,8 +31,8 @@
 
 use std::time::Duration;
 
-use canaryd::analysis::{evaluate_look, ArmCounts, Bucket, LookContext, LookCounts};
-use canaryd::api::{AnalysisSpec, AnalysisState, Verdict};
+use canaryd::analysis::{at_max, evaluate_look, ArmCounts, AtMax, Bucket, LookContext, LookCounts};
+use canaryd::api::{AnalysisSpec, AnalysisState, AtMaxAction, AtMaxPolicy, Verdict};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use rand_distr::{Binomial, Distribution, Poisson};
@@ -35,7 +41,11 @@ use statrs::distribution::{ContinuousCDF, Normal};
 const LOOK_S: u64 = 30;
 const STEPS: [(u32, u8); 2] = [(1, 30), (2, 60)];
 const CANARYD_MIN_S: u64 = 120;
-const CANARYD_MAX_S: u64 = 1800;
+const CANARYD_PAUSE: &str = "canaryd (atMax pause, 30m)";
+const CANARYD_ADVANCE: &str = "canaryd (atMax advance, 15m)";
+const CANARYD_DETECTABLE: &str = "canaryd (detectableRatio 2, 15m+15m)";
+const FLAGGER: &str = "Flagger-style";
+const KAYENTA: &str = "Kayenta-style";
 const BASELINE_STEP_S: u64 = 600;
 /// Bucket boundaries (ms) of the simulated histograms; the last is +Inf.
 const LE: [f64; 8] = [
@@ -359,8 +369,13 @@ impl World {
 #[derive(Clone, Copy, PartialEq)]
 enum Decision {
     Continue,
+    /// Proven, or (baselines) the fixed step length is over.
     Advance,
+    /// canaryd at the step maximum, not proven within the margins.
+    AdvanceAtMax,
     Rollback,
+    /// The rollout waits for a human.
+    Stall,
 }
 
 /// A policy sees one look at a time; `reset_step` is called when a step starts.
@@ -368,13 +383,14 @@ trait Policy {
     fn reset_rollout(&mut self);
     fn reset_step(&mut self);
     fn look(&mut self, step: u32, weight: u8, elapsed_s: u64, stage: &Arm, prod: &Arm) -> Decision;
-    /// Longest a step lasts before the rollout stalls (needs a human).
+    /// The step maximum: a rollback after it was caught while the step was extended.
     fn max_step_s(&self) -> u64;
 }
 
 struct Canaryd {
     spec: AnalysisSpec,
     state: AnalysisState,
+    max_s: u64,
 }
 
 impl Policy for Canaryd {
@@ -398,13 +414,23 @@ impl Policy for Canaryd {
         let out = evaluate_look(&self.spec, &self.state, &counts, &ctx).expect("valid counts");
         self.state = out.state;
         match out.verdict {
-            Verdict::Continue => Decision::Continue,
             Verdict::Advance => Decision::Advance,
             Verdict::Rollback => Decision::Rollback,
+            Verdict::Continue if elapsed_s < self.max_s => Decision::Continue,
+            Verdict::Continue => {
+                let served = self.state.series.iter().any(|s| s.step_stage_requests > 0);
+                let over = Duration::from_secs(elapsed_s - self.max_s);
+                let max = Duration::from_secs(self.max_s);
+                match at_max(&self.spec.at_max, max, over, &out.metrics, out.held, served) {
+                    AtMax::Advance(_) => Decision::AdvanceAtMax,
+                    AtMax::Extend(_) => Decision::Continue,
+                    AtMax::Pause(_) => Decision::Stall,
+                }
+            }
         }
     }
     fn max_step_s(&self) -> u64 {
-        CANARYD_MAX_S
+        self.max_s
     }
 }
 
@@ -561,14 +587,17 @@ impl Policy for ZTest {
 
 enum Outcome {
     /// Time (s since the first traffic step) and stage requests served; whether it was in
-    /// the first step.
+    /// the first step, and after the step maximum (in an extension).
     RolledBack {
         t: u64,
         exposure: u64,
         first_step: bool,
+        past_max: bool,
     },
+    /// `at_max`: at least one step advanced at its maximum, not proven within the margins.
     Promoted {
         t: u64,
+        at_max: bool,
     },
     Stalled,
 }
@@ -577,6 +606,7 @@ fn run_rollout(world: &World, rollout: u64, policy: &mut dyn Policy) -> Outcome 
     policy.reset_rollout();
     let mut slot = 0;
     let mut exposure = 0;
+    let mut at_max = false;
     for (i, &(step, weight)) in STEPS.iter().enumerate() {
         policy.reset_step();
         let mut elapsed = 0;
@@ -591,15 +621,23 @@ fn run_rollout(world: &World, rollout: u64, policy: &mut dyn Policy) -> Outcome 
                         t: slot * LOOK_S,
                         exposure,
                         first_step: i == 0,
+                        past_max: elapsed > policy.max_step_s(),
                     }
                 }
                 Decision::Advance => break,
-                Decision::Continue if elapsed >= policy.max_step_s() => return Outcome::Stalled,
+                Decision::AdvanceAtMax => {
+                    at_max = true;
+                    break;
+                }
+                Decision::Stall => return Outcome::Stalled,
                 Decision::Continue => {}
             }
         }
     }
-    Outcome::Promoted { t: slot * LOOK_S }
+    Outcome::Promoted {
+        t: slot * LOOK_S,
+        at_max,
+    }
 }
 
 fn policies(family: &Family) -> Vec<(&'static str, Box<dyn Policy>)> {
@@ -608,16 +646,40 @@ fn policies(family: &Family) -> Vec<(&'static str, Box<dyn Policy>)> {
         ..AnalysisSpec::default()
     };
     spec.metrics[1].thresholds_ms = vec![250.0];
+    let canaryd = |at_max: AtMaxPolicy, max_s: u64| -> Box<dyn Policy> {
+        Box::new(Canaryd {
+            spec: AnalysisSpec {
+                at_max,
+                ..spec.clone()
+            },
+            state: AnalysisState::default(),
+            max_s,
+        })
+    };
     vec![
         (
-            "canaryd",
-            Box::new(Canaryd {
-                spec,
-                state: AnalysisState::default(),
-            }),
+            CANARYD_PAUSE,
+            canaryd(
+                AtMaxPolicy {
+                    action: AtMaxAction::Pause,
+                    ..AtMaxPolicy::default()
+                },
+                1800,
+            ),
+        ),
+        (CANARYD_ADVANCE, canaryd(AtMaxPolicy::default(), 900)),
+        (
+            CANARYD_DETECTABLE,
+            canaryd(
+                AtMaxPolicy {
+                    detectable_ratio: Some(2.0),
+                    ..AtMaxPolicy::default()
+                },
+                900,
+            ),
         ),
         (
-            "Flagger-style",
+            FLAGGER,
             Box::new(Flagger {
                 max_error_rate: 2.0 * family.base_error,
                 max_p99_ms: 500.0,
@@ -625,7 +687,7 @@ fn policies(family: &Family) -> Vec<(&'static str, Box<dyn Policy>)> {
                 minute: (Arm::default(), 0),
             }),
         ),
-        ("Kayenta-style", Box::new(Kayenta::default())),
+        (KAYENTA, Box::new(Kayenta::default())),
         ("naive z-test", Box::new(ZTest::default())),
     ]
 }
@@ -636,8 +698,46 @@ struct Tally {
     rollback_t: Vec<u64>,
     exposure: Vec<u64>,
     first_step: usize,
+    past_max: usize,
     promoted_t: Vec<u64>,
+    promoted_at_max: usize,
     stalled: usize,
+}
+
+impl Tally {
+    fn add(&mut self, outcome: Outcome) {
+        self.rollouts += 1;
+        match outcome {
+            Outcome::RolledBack {
+                t,
+                exposure,
+                first_step,
+                past_max,
+            } => {
+                self.rollback_t.push(t);
+                self.exposure.push(exposure);
+                self.first_step += first_step as usize;
+                self.past_max += past_max as usize;
+            }
+            Outcome::Promoted { t, at_max } => {
+                self.promoted_t.push(t);
+                self.promoted_at_max += at_max as usize;
+            }
+            Outcome::Stalled => self.stalled += 1,
+        }
+    }
+
+    fn pct(&self, k: usize) -> String {
+        format!("{:.1} %", 100.0 * k as f64 / self.rollouts as f64)
+    }
+}
+
+fn tally_of<'a>(tallies: &'a [(&str, Tally)], name: &str) -> &'a Tally {
+    &tallies
+        .iter()
+        .find(|(n, _)| *n == name)
+        .expect("a policy")
+        .1
 }
 
 fn quantile(v: &mut [u64], q: f64) -> Option<u64> {
@@ -687,20 +787,7 @@ fn main() {
                         for (name, mut policy) in policies(fam) {
                             let mut t = Tally::default();
                             for r in 0..rollouts {
-                                t.rollouts += 1;
-                                match run_rollout(&world, r, policy.as_mut()) {
-                                    Outcome::RolledBack {
-                                        t: at,
-                                        exposure,
-                                        first_step,
-                                    } => {
-                                        t.rollback_t.push(at);
-                                        t.exposure.push(exposure);
-                                        t.first_step += first_step as usize;
-                                    }
-                                    Outcome::Promoted { t: at } => t.promoted_t.push(at),
-                                    Outcome::Stalled => t.stalled += 1,
-                                }
+                                t.add(run_rollout(&world, r, policy.as_mut()));
                             }
                             tallies.push((name, t));
                         }
@@ -719,28 +806,60 @@ fn main() {
     results.sort_by_key(|(fi, _)| *fi);
 
     println!("{rollouts} rollouts per family and policy; steps 30 % and 60 %, 30 s looks.\n");
-    println!("| family | policy | rolled back | caught at 30 % | median / p90 time to rollback (min) | median exposure (stage requests) | promoted | median time to promotion (min) | stalled (needs a human) |");
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| family | policy | rolled back | caught at 30 % | median / p90 time to rollback (min) | median exposure (stage requests) | promoted | promoted with a step advanced at the max | median time to promotion (min) | stalled (needs a human) |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (fi, tallies) in &mut results {
         let fam = &fams[*fi];
         for (name, t) in tallies.iter_mut() {
-            let n = t.rollouts as f64;
-            let pct = |k: usize| format!("{:.1} %", 100.0 * k as f64 / n);
-            let rb = t.rollback_t.len();
+            let at_max = if [CANARYD_PAUSE, CANARYD_ADVANCE, CANARYD_DETECTABLE].contains(name) {
+                t.pct(t.promoted_at_max)
+            } else {
+                "–".into()
+            };
             println!(
-                "| {} | {} | {} | {} | {} / {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} / {} | {} | {} | {} | {} | {} |",
                 fam.name,
                 name,
-                pct(rb),
-                pct(t.first_step),
+                t.pct(t.rollback_t.len()),
+                t.pct(t.first_step),
                 minutes(quantile(&mut t.rollback_t, 0.5)),
                 minutes(quantile(&mut t.rollback_t, 0.9)),
                 quantile(&mut t.exposure, 0.5).map_or("–".into(), |e| e.to_string()),
-                pct(t.promoted_t.len()),
+                t.pct(t.promoted_t.len()),
+                at_max,
                 minutes(quantile(&mut t.promoted_t, 0.5)),
-                pct(t.stalled),
+                t.pct(t.stalled),
             );
         }
+    }
+
+    println!("\nAt the step maximum: promoted (in brackets: with a step advanced at the max, not proven within the margins), rolled back (in brackets: after the max, in the extension) and stalled, of all rollouts.\n");
+    println!("| family | atMax pause, 30m: promoted / stalled | atMax advance, 15m: rolled back | atMax advance, 15m: promoted (at the max) | detectableRatio 2: rolled back (after the max) | detectableRatio 2: promoted (at the max) | detectableRatio 2: stalled | Flagger-style: promoted | Kayenta-style: promoted |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (fi, tallies) in &results {
+        let of = |name| tally_of(tallies, name);
+        let (pause, advance, detectable) = (
+            of(CANARYD_PAUSE),
+            of(CANARYD_ADVANCE),
+            of(CANARYD_DETECTABLE),
+        );
+        let promoted = |t: &Tally| t.pct(t.promoted_t.len());
+        println!(
+            "| {} | {} / {} | {} | {} ({}) | {} ({}) | {} ({}) | {} | {} | {} |",
+            fams[*fi].name,
+            promoted(pause),
+            pause.pct(pause.stalled),
+            advance.pct(advance.rollback_t.len()),
+            promoted(advance),
+            advance.pct(advance.promoted_at_max),
+            detectable.pct(detectable.rollback_t.len()),
+            detectable.pct(detectable.past_max),
+            promoted(detectable),
+            detectable.pct(detectable.promoted_at_max),
+            detectable.pct(detectable.stalled),
+            promoted(of(FLAGGER)),
+            promoted(of(KAYENTA)),
+        );
     }
     eprintln!("simulated in {:.1} s", started.elapsed().as_secs_f64());
 }

@@ -13,6 +13,13 @@
 //!   proven within the margins, beta for the advance at the maximum.
 //! * `pause`: wait for a person.
 //!
+//! Before an advance at the maximum, one more test: on the step's bad events, a single
+//! one-sided binomial test that stage is worse than its tolerance, at `finalAlpha` split over
+//! the compared metrics. A release that leans worse without proof (a regression too small
+//! or too new for the running test) pauses instead of advancing; a healthy step pauses there
+//! with probability at most `finalAlpha`. It never rolls back, so the rollback guarantee
+//! (alpha) is untouched.
+//!
 //! Never on missing data: a step in which stage served no requests pauses, and a look held
 //! back for pooling is judged first.
 
@@ -52,6 +59,21 @@ pub fn at_max(
     if held {
         return AtMax::Extend(format!(
             "step maximum {max} reached while a look is held back; judging it first"
+        ));
+    }
+    let compared = comparative(metrics).count().max(1) as f64;
+    let leaning = comparative(metrics).find_map(|m| {
+        m.worse_p_value
+            .filter(|&p| p <= policy.final_alpha / compared)
+            .map(|p| (m, p))
+    });
+    if let Some((m, p)) = leaning {
+        return AtMax::Pause(format!(
+            "not proven worse within {max}, but {} leans worse: one test at the maximum on \
+             this step's bad events gives p = {} (finalAlpha {})",
+            m.name,
+            p_text(p),
+            policy.final_alpha
         ));
     }
     let caught = power_summary(metrics, policy.beta);
@@ -97,6 +119,15 @@ pub fn power_summary(metrics: &[MetricReport], beta: f64) -> String {
         (1.0 - beta) * 100.0,
         parts.join(", ")
     )
+}
+
+/// A p-value with two significant digits: 0.0042, 1.2e-7.
+fn p_text(p: f64) -> String {
+    if p >= 1e-4 {
+        format!("{}", (p * 1e4).round() / 1e4)
+    } else {
+        format!("{p:.1e}")
+    }
 }
 
 /// A ratio with two significant digits: 1.2, 2.4, 16.
@@ -156,6 +187,39 @@ mod tests {
         };
         let paused = at_max(&pause, MAX, Duration::ZERO, &metrics, false, true);
         assert!(matches!(paused, AtMax::Pause(ref w) if w.contains("atMax: pause")));
+    }
+
+    #[test]
+    fn a_release_that_leans_worse_at_the_maximum_pauses_instead_of_advancing() {
+        let policy = AtMaxPolicy::default();
+        let leaning = |p: f64| MetricReport {
+            worse_p_value: Some(p),
+            ..report("errors", Some(1.7))
+        };
+        // Two compared metrics: the 1 % is split, 0.5 % each.
+        let metrics = [leaning(0.004), report("latency@250", Some(2.0))];
+        let AtMax::Pause(why) = at_max(&policy, MAX, Duration::ZERO, &metrics, false, true) else {
+            panic!("expected a pause");
+        };
+        assert_eq!(
+            why,
+            "not proven worse within 15m, but errors leans worse: one test at the maximum on \
+             this step's bad events gives p = 0.004 (finalAlpha 0.01)"
+        );
+        let metrics = [leaning(0.006), report("latency@250", Some(2.0))];
+        assert!(matches!(
+            at_max(&policy, MAX, Duration::ZERO, &metrics, false, true),
+            AtMax::Advance(_)
+        ));
+        let off = AtMaxPolicy {
+            final_alpha: 0.0,
+            ..policy
+        };
+        let metrics = [leaning(1e-9)];
+        assert!(matches!(
+            at_max(&off, MAX, Duration::ZERO, &metrics, false, true),
+            AtMax::Advance(_)
+        ));
     }
 
     #[test]

@@ -233,6 +233,28 @@ impl Grid {
     }
 }
 
+/// One-sided p-value of "stage's rate is at most `r0` times prod's" from a step's bad events,
+/// tested once: P(Binomial(m, q(r0)) >= b_s) at the step's mean share (the allocation is
+/// fixed within a step; q is concave in the share, so the mean share only overstates the
+/// null's mean and the test errs on the side of not rejecting). None without bad events in
+/// both arms' traffic.
+pub fn worse_p_value(events: StepEvents, r0: f64) -> Option<f64> {
+    use statrs::distribution::{Binomial, DiscreteCDF};
+    if events.bad < 1.0 {
+        return None;
+    }
+    let pi = (events.share / events.bad).clamp(0.0, 1.0);
+    if !(pi > 0.0 && pi < 1.0) {
+        return None;
+    }
+    let q0 = r0 * pi / (r0 * pi + 1.0 - pi);
+    let (m, b) = (events.bad.round() as u64, events.stage_bad.round() as u64);
+    if b == 0 {
+        return Some(1.0);
+    }
+    Binomial::new(q0, m).ok().map(|d| d.sf(b - 1))
+}
+
 /// ln sum_i exp(xs[i] + ws[i]); with `xs` empty, ln sum_i exp(ws[i]).
 fn log_sum_exp2(xs: &[f64], ws: &[f64]) -> f64 {
     let term = |i: usize| xs.get(i).copied().unwrap_or(0.0) + ws[i];
@@ -325,7 +347,9 @@ mod tests {
             .filter(|_| {
                 let mut sim = vec![0.0; g.len()];
                 for &mi in &m {
-                    let bs = Binomial::new(mi as u64, q(x, 0.3)).unwrap().sample(&mut rng) as f64;
+                    let bs = Binomial::new(mi as u64, q(x, 0.3))
+                        .unwrap()
+                        .sample(&mut rng) as f64;
                     g.fold(&mut sim, bs, mi - bs, 0.3);
                 }
                 g.log_e_above(&sim, g.tolerance_idx) >= log_threshold
@@ -333,7 +357,33 @@ mod tests {
             .count();
         // At least the stated power, less three standard errors of the simulation.
         let power = caught as f64 / runs as f64;
-        assert!(power >= 0.8 - 3.0 * (0.8f64 * 0.2 / runs as f64).sqrt(), "{power} at {x}");
+        assert!(
+            power >= 0.8 - 3.0 * (0.8f64 * 0.2 / runs as f64).sqrt(),
+            "{power} at {x}"
+        );
+    }
+
+    #[test]
+    fn the_final_test_is_the_binomial_tail_at_the_tolerance() {
+        let events = |stage_bad: f64| StepEvents {
+            bad: 100.0,
+            stage_bad,
+            share: 50.0,
+        };
+        // P(Binomial(100, 1/2) >= 65) = 0.00176.
+        let p = worse_p_value(events(65.0), 1.0).unwrap();
+        assert!((p - 0.00176).abs() < 2e-5, "{p}");
+        assert_eq!(worse_p_value(events(0.0), 1.0), Some(1.0));
+        // A higher tolerance makes the same counts less surprising.
+        // q(1.5) = 0.6 at an even share: P(Binomial(100, 0.6) >= 65) = 0.18.
+        let at_tolerance = worse_p_value(events(65.0), 1.5).unwrap();
+        assert!((at_tolerance - 0.18).abs() < 0.01, "{at_tolerance}");
+        let none = StepEvents {
+            bad: 0.0,
+            stage_bad: 0.0,
+            share: 0.0,
+        };
+        assert_eq!(worse_p_value(none, 1.0), None);
     }
 
     #[test]
@@ -351,14 +401,19 @@ mod tests {
             share: 2.0 * events.share,
         };
         let once = g.detectable_ratio(&ll, events, log_threshold, 0.8).unwrap();
-        let more = g.detectable_ratio(&twice, doubled, log_threshold, 0.8).unwrap();
+        let more = g
+            .detectable_ratio(&twice, doubled, log_threshold, 0.8)
+            .unwrap();
         assert!(more < once, "{more} vs {once}");
         let none = StepEvents {
             bad: 0.0,
             stage_bad: 0.0,
             share: 0.0,
         };
-        assert_eq!(g.detectable_ratio(&vec![0.0; g.len()], none, log_threshold, 0.8), None);
+        assert_eq!(
+            g.detectable_ratio(&vec![0.0; g.len()], none, log_threshold, 0.8),
+            None
+        );
         // Three bad events cannot reach an e-value of 800 even at 16x.
         let few = StepEvents {
             bad: 3.0,

@@ -79,7 +79,6 @@ pub fn evaluate_look(
     let advance_log_threshold = (1.0 / spec.alpha).ln();
     let live = ctx.stage_weight > 0;
     let stage_has_data = counts.stage.requests.round() > 0.0;
-    let step_weight_ln = step_weight(ctx).ln();
 
     let mut next = AnalysisState {
         looks: look,
@@ -91,39 +90,67 @@ pub fn evaluate_look(
     let mut holding: Vec<&str> = Vec::new();
     for (s, c) in series.iter().zip(&per_series) {
         let guardrail = s.source.is_guardrail();
+        // The rollout-wide likelihood lives on the base grid plus the tolerance only, so an
+        // edit of the margin keeps it; the step's adds the margin (the advance bound).
+        let rollout_grid = (!guardrail).then(|| Grid::new(s.tolerance, s.tolerance));
         let grid = (!guardrail).then(|| Grid::new(s.tolerance, s.margin));
-        let glen = grid.map_or(0, |g| g.len());
+        let (rlen, glen) = (
+            rollout_grid.map_or(0, |g| g.len()),
+            grid.map_or(0, |g| g.len()),
+        );
+        let fresh = || SeriesState {
+            name: s.name.clone(),
+            tolerance: s.tolerance,
+            margin: s.margin,
+            log_likelihood: vec![0.0; rlen],
+            step: ctx.step,
+            step_log_likelihood: vec![0.0; glen],
+            ..SeriesState::default()
+        };
         let mut st = match state.series.iter().find(|x| x.name == s.name) {
-            Some(old)
-                if old.tolerance == s.tolerance
-                    && old.margin == s.margin
-                    && old.log_likelihood.len() == glen =>
-            {
-                old.clone()
+            None => fresh(),
+            Some(old) if guardrail => {
+                if old.tolerance == s.tolerance {
+                    old.clone()
+                } else {
+                    restarted.push(Restart::Rollout(s.name.as_str()));
+                    fresh()
+                }
             }
-            found => {
-                if found.is_some() {
-                    restarted.push(s.name.as_str());
+            Some(old) => {
+                let mut st = old.clone();
+                if old.tolerance != s.tolerance || old.log_likelihood.len() != rlen {
+                    // A new null: the rollout's evidence restarts, with a smaller weight
+                    // than the one it replaces (see `generation_weight`).
+                    st.restarts = st.restarts.saturating_add(1);
+                    st.log_likelihood = vec![0.0; rlen];
+                    st.step_log_likelihood.clear();
+                    restarted.push(Restart::Rollout(s.name.as_str()));
+                } else if old.margin != s.margin && old.step == ctx.step {
+                    restarted.push(Restart::Step(s.name.as_str()));
                 }
-                SeriesState {
-                    name: s.name.clone(),
-                    tolerance: s.tolerance,
-                    margin: s.margin,
-                    log_likelihood: vec![0.0; glen],
-                    step: ctx.step,
-                    step_log_likelihood: vec![0.0; glen],
-                    ..SeriesState::default()
+                let step_grid_kept = st.step_log_likelihood.len() == glen && old.margin == s.margin;
+                if !step_grid_kept && old.step == ctx.step {
+                    // The step's evidence restarts mid-step, down-weighted likewise.
+                    st.step_restarts = st.step_restarts.saturating_add(1);
+                    st.step_generation = st.step_restarts;
+                    reset_step(&mut st, glen);
                 }
+                st.tolerance = s.tolerance;
+                st.margin = s.margin;
+                st
             }
         };
         if st.step != ctx.step {
             st.step = ctx.step;
-            st.step_log_likelihood.iter_mut().for_each(|x| *x = 0.0);
-            st.step_stage_requests = 0;
-            st.step_bad = 0;
-            st.step_stage_bad = 0;
-            st.step_stage_share_of_bad = 0.0;
+            st.step_generation = 0;
+            reset_step(&mut st, glen);
         }
+        let step_weight_ln = step_weight(ctx).ln() + generation_weight(st.step_generation).ln();
+        let rollout_weight_ln = 0.5f64.ln() + generation_weight(st.restarts).ln();
+        // A restarted step's confidence sequence gets its share of alpha the same way.
+        let advance_log_threshold =
+            advance_log_threshold - generation_weight(st.step_generation).ln();
         if live {
             let total = c.stage_requests + c.prod_requests;
             let share = if total > 0.0 {
@@ -146,26 +173,29 @@ pub fn evaluate_look(
                 st.held = Some(look);
                 holding.push(s.name.as_str());
             } else {
-                fold(&mut st, grid.as_ref(), &look);
+                fold(&mut st, rollout_grid.as_ref().zip(grid.as_ref()), &look);
             }
         }
         let rate = |bad: u64, n: u64| (n > 0).then(|| bad as f64 / n as f64);
-        let mut detectable = None;
+        let (mut detectable, mut worse_p) = (None, None);
         let (log_e, lower, upper) = match &grid {
             Some(g) => {
+                let rg = rollout_grid.as_ref().expect("a comparison has both grids");
+                let events = StepEvents {
+                    bad: st.step_bad as f64,
+                    stage_bad: st.step_stage_bad as f64,
+                    share: st.step_stage_share_of_bad,
+                };
                 detectable = g.detectable_ratio(
                     &st.step_log_likelihood,
-                    StepEvents {
-                        bad: st.step_bad as f64,
-                        stage_bad: st.step_stage_bad as f64,
-                        share: st.step_stage_share_of_bad,
-                    },
+                    events,
                     log_threshold - step_weight_ln,
                     1.0 - spec.at_max.beta,
                 );
-                let full = g.log_e_above(&st.log_likelihood, g.tolerance_idx);
+                worse_p = eprocess::worse_p_value(events, s.tolerance);
+                let full = rg.log_e_above(&st.log_likelihood, rg.tolerance_idx);
                 let step = g.log_e_above(&st.step_log_likelihood, g.tolerance_idx);
-                let log_e = eprocess::log_add(0.5f64.ln() + full, step_weight_ln + step);
+                let log_e = eprocess::log_add(rollout_weight_ln + full, step_weight_ln + step);
                 // Step-local: a release that regresses only at this weight cannot ride on
                 // the evidence of the steps before it.
                 let (lo, hi) = g.bounds(&st.step_log_likelihood, advance_log_threshold);
@@ -203,6 +233,7 @@ pub fn evaluate_look(
             ratio_upper: upper,
             margin: s.margin,
             detectable_ratio: detectable,
+            worse_p_value: worse_p,
             stage_rate: rate(st.stage_bad, st.stage_requests),
             prod_rate: if guardrail {
                 None
@@ -281,19 +312,19 @@ fn pooled(a: &HeldCounts, b: &HeldCounts) -> HeldCounts {
 /// the m_i, stage's bad events are a sum of binomials with that mean, which the binomial of
 /// that share dominates in convex order, so the likelihood ratio stays a supermartingale
 /// factor under the null.
-fn fold(st: &mut SeriesState, grid: Option<&Grid>, look: &HeldCounts) {
+fn fold(st: &mut SeriesState, grids: Option<(&Grid, &Grid)>, look: &HeldCounts) {
     // Saturating: a rollout long enough to count 2^64 requests keeps its last rates.
     st.stage_requests = st.stage_requests.saturating_add(look.stage_requests);
     st.stage_bad = st.stage_bad.saturating_add(look.stage_bad);
     st.prod_requests = st.prod_requests.saturating_add(look.prod_requests);
     st.prod_bad = st.prod_bad.saturating_add(look.prod_bad);
     st.step_stage_requests = st.step_stage_requests.saturating_add(look.stage_requests);
-    if let Some(g) = grid {
+    if let Some((rg, g)) = grids {
         let total = (look.stage_requests + look.prod_requests) as f64;
         let (bs, bp) = (look.stage_bad as f64, look.prod_bad as f64);
         if total > 0.0 && bs + bp > 0.0 {
             let pi = (look.stage_share_of_bad / (bs + bp)).clamp(0.0, 1.0);
-            g.fold(&mut st.log_likelihood, bs, bp, pi);
+            rg.fold(&mut st.log_likelihood, bs, bp, pi);
             g.fold(&mut st.step_log_likelihood, bs, bp, pi);
             if pi > 0.0 && pi < 1.0 {
                 // What the step's likelihood holds, for its detectable ratio.
@@ -312,6 +343,38 @@ fn fold(st: &mut SeriesState, grid: Option<&Grid>, look: &HeldCounts) {
 /// where nothing can be compared.
 fn step_weight(ctx: &LookContext) -> f64 {
     0.5 / f64::from(ctx.comparative_steps.max(1))
+}
+
+/// Share of alpha kept for evidence restarted by spec edits during a rollout.
+const RESTART_RESERVE: f64 = 0.05;
+
+/// The factor on an e-process's weight (and on the advance sequence's alpha) by generation:
+/// 0 for the process a rollout or step starts with, k for the one started by the k-th spec
+/// edit that restarted it. 1 - 1/20 for generation 0, then 1/20 * 2^-k: the weights of every
+/// process that can ever start still sum to at most 1, so edits never spend fresh alpha.
+fn generation_weight(generation: u32) -> f64 {
+    if generation == 0 {
+        1.0 - RESTART_RESERVE
+    } else {
+        RESTART_RESERVE * 0.5f64.powi(generation.min(1000) as i32)
+    }
+}
+
+/// Clears the step-local part of a series: its likelihood (on the step grid) and counts.
+fn reset_step(st: &mut SeriesState, len: usize) {
+    st.step_log_likelihood = vec![0.0; len];
+    st.step_stage_requests = 0;
+    st.step_bad = 0;
+    st.step_stage_bad = 0;
+    st.step_stage_share_of_bad = 0.0;
+}
+
+/// Evidence a spec edit restarted in this look: the whole series' (a new tolerance or
+/// guardrail limit), or only the current step's (a new margin).
+#[derive(Clone, Copy)]
+pub(super) enum Restart<'a> {
+    Rollout(&'a str),
+    Step(&'a str),
 }
 
 fn estimate(buckets: &[Bucket]) -> Option<LatencyEstimate> {
@@ -644,6 +707,71 @@ pub(super) mod tests {
             assert!(after.step_log_likelihood.iter().all(|&x| x == 0.0));
             assert_eq!(before.log_likelihood, after.log_likelihood);
         }
+    }
+
+    #[test]
+    fn a_margin_edit_keeps_the_rollouts_evidence_and_restarts_only_the_steps() {
+        let s = spec();
+        let counts = LookCounts {
+            stage: arm(300.0, 6.0, 3.0),
+            prod: arm(700.0, 7.0, 7.0),
+        };
+        let state = run(&s, &counts, 5, 30).pop().unwrap().state;
+        let mut edited = s.clone();
+        edited.metrics[0].margin = 2.0;
+        let out = evaluate_look(&edited, &state, &counts, &ctx(1, 30, 180)).unwrap();
+        let (before, after) = (&state.series[0], &out.state.series[0]);
+        assert_eq!(
+            (after.margin, after.restarts, after.step_generation),
+            (2.0, 0, 1)
+        );
+        assert_eq!(after.log_likelihood.len(), before.log_likelihood.len());
+        assert!(
+            after.log_likelihood[0] < before.log_likelihood[0],
+            "the rollout's likelihood kept and extended by this look"
+        );
+        assert_eq!(
+            (before.step_bad, after.step_bad),
+            (65, 13),
+            "the step part: this look only"
+        );
+        assert!(
+            out.reason.contains("the margin of errors changed"),
+            "{}",
+            out.reason
+        );
+        // The latency series was not edited: untouched.
+        assert_eq!(out.state.series[1].step_generation, 0);
+
+        // Editing back and forth restarts the step again, each time with less alpha.
+        let again = evaluate_look(&s, &out.state, &counts, &ctx(1, 30, 210)).unwrap();
+        assert_eq!(again.state.series[0].step_generation, 2);
+        assert!(generation_weight(2) < generation_weight(1));
+        let total: f64 = (0..64).map(generation_weight).sum();
+        assert!(total <= 1.0 + 1e-12, "{total}");
+    }
+
+    #[test]
+    fn a_tolerance_edit_restarts_the_series_with_a_smaller_share_of_alpha() {
+        let s = spec();
+        let worse = LookCounts {
+            stage: arm(300.0, 9.0, 3.0),
+            prod: arm(700.0, 7.0, 7.0),
+        };
+        let state = run(&s, &worse, 3, 30).pop().unwrap().state;
+        let mut edited = s.clone();
+        edited.metrics[0].tolerance = 1.2;
+        let out = evaluate_look(&edited, &state, &worse, &ctx(1, 30, 120)).unwrap();
+        let st = &out.state.series[0];
+        assert_eq!((st.restarts, st.tolerance), (1, 1.2));
+        assert!(out
+            .reason
+            .contains("its evidence restarted, with a smaller share of alpha"));
+        // The same single look from scratch, as generation 0, gives more evidence: the
+        // restarted process weighs less.
+        let fresh =
+            evaluate_look(&edited, &AnalysisState::default(), &worse, &ctx(1, 30, 120)).unwrap();
+        assert!(out.metrics[0].e_value < fresh.metrics[0].e_value);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use super::evaluate::LookContext;
+use super::evaluate::{LookContext, Restart};
 use super::series::{SeriesSpec, Source};
 use crate::api::{MetricReport, Verdict};
 
@@ -15,17 +15,23 @@ use crate::api::{MetricReport, Verdict};
 pub(super) fn decide(
     series: &[SeriesSpec],
     reports: &[MetricReport],
-    restarted: &[&str],
+    restarted: &[Restart],
     ctx: &LookContext,
     live: bool,
     stage_has_data: bool,
 ) -> (Verdict, String) {
     let (verdict, mut reason) = judge(series, reports, ctx, live, stage_has_data);
-    if !restarted.is_empty() {
-        reason.push_str(&format!(
-            " (the spec of {} changed during the rollout; its evidence restarted)",
-            restarted.join(", ")
-        ));
+    for r in restarted {
+        reason.push_str(&match r {
+            Restart::Rollout(name) => format!(
+                " (the spec of {name} changed during the rollout; its evidence restarted, with a \
+                 smaller share of alpha)"
+            ),
+            Restart::Step(name) => format!(
+                " (the margin of {name} changed; this step's evidence restarted, the rollout's \
+                 is kept)"
+            ),
+        });
     }
     for (s, r) in series.iter().zip(reports) {
         if let (Source::Latency { threshold_ms }, Some(b)) = (&s.source, r.boundary_ms) {

@@ -278,7 +278,10 @@ fn at_the_step_maximum_the_policy_decides_and_reports_the_detectable_ratio() {
     let mut input = recording(6.0, 0.01, 0.01, 40);
     let undecided = decision(&input);
     assert_eq!(undecided["decision"], "continue", "{undecided}");
-    assert!(undecided.get("at_max").is_none(), "without maxDuration the output is unchanged");
+    assert!(
+        undecided.get("at_max").is_none(),
+        "without maxDuration the output is unchanged"
+    );
 
     input["maxDuration"] = json!("15m");
     let out = decision(&input);
@@ -287,13 +290,17 @@ fn at_the_step_maximum_the_policy_decides_and_reports_the_detectable_ratio() {
     assert_eq!(out["decided_at"], 900.0, "the first look at or past 15m");
     let reason = out["reason"].as_str().unwrap();
     assert!(
-        reason.starts_with("not proven worse within 15m; with 80 % power this step would have caught errors at"),
+        reason.starts_with(
+            "not proven worse within 15m; with 80 % power this step would have caught errors at"
+        ),
         "{reason}"
     );
     let last = out["looks"].as_array().unwrap().last().unwrap();
     let errors = &last["metrics"][0];
     assert_eq!(errors["name"], "errors");
-    let detectable = errors["detectable_ratio"].as_f64().expect("a detectable ratio");
+    let detectable = errors["detectable_ratio"]
+        .as_f64()
+        .expect("a detectable ratio");
     assert!(detectable > 1.5 && detectable <= 16.0, "{detectable}");
     assert!(reason.contains("latency@250"), "{reason}");
 
@@ -305,7 +312,10 @@ fn at_the_step_maximum_the_policy_decides_and_reports_the_detectable_ratio() {
     assert_eq!(out["at_max"], true);
     assert_eq!(out["decided_at"], 1080.0, "15m plus 3m");
     assert!(
-        out["reason"].as_str().unwrap().contains("a regression of 1.5x (detectableRatio) would not have been caught"),
+        out["reason"]
+            .as_str()
+            .unwrap()
+            .contains("a regression of 1.5x (detectableRatio) would not have been caught"),
         "{out}"
     );
 

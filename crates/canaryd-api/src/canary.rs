@@ -368,6 +368,18 @@ pub struct AtMaxPolicy {
     /// reach that power before it pauses (default 15m).
     #[serde(default = "default_extend_by")]
     pub extend_by: HumanDuration,
+    /// Level of one more test at the maximum, on the step's bad events, that stage is worse
+    /// than its tolerance (split over the compared metrics). When it rejects, the step
+    /// pauses instead of advancing: a release that leans worse without proof is not
+    /// advanced. A healthy step pauses there with probability at most this (default 0.01;
+    /// 0 turns the test off).
+    #[serde(default = "default_final_alpha")]
+    #[schemars(range(min = 0.0, max = 0.5))]
+    pub final_alpha: f64,
+}
+
+fn default_final_alpha() -> f64 {
+    0.01
 }
 
 pub fn default_beta() -> f64 {
@@ -385,6 +397,7 @@ impl Default for AtMaxPolicy {
             detectable_ratio: None,
             beta: default_beta(),
             extend_by: default_extend_by(),
+            final_alpha: default_final_alpha(),
         }
     }
 }
@@ -945,6 +958,16 @@ pub struct SeriesState {
     pub step_stage_bad: u64,
     #[serde(default, skip_serializing_if = "is_zero_f64")]
     pub step_stage_share_of_bad: f64,
+    /// Spec edits during the rollout that restarted this series' evidence: of the tolerance
+    /// (the whole series), and of the margin mid-step (the step's part). Restarted evidence
+    /// gets a smaller share of alpha, so edits never spend it afresh.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub restarts: u32,
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub step_restarts: u32,
+    /// Which restart the current step's evidence started with (0: the step's start).
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub step_generation: u32,
     /// Counts of looks held back, not yet folded: a look whose bad events in both arms
     /// together jumped far above the rollout's rate (a burst that hit both arms, which
     /// scrape timing may split across looks differently per arm) is pooled with the looks
@@ -1028,6 +1051,11 @@ pub struct MetricReport {
     /// Comparisons only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detectable_ratio: Option<f64>,
+    /// One-sided p-value of a single test, on this step's bad events, that stage's rate is
+    /// at most `tolerance` times prod's (what `analysis.atMax.finalAlpha` is compared with).
+    /// Comparisons only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worse_p_value: Option<f64>,
     /// Observed rates of bad requests over the rollout.
     pub stage_rate: Option<f64>,
     pub prod_rate: Option<f64>,
@@ -1086,4 +1114,8 @@ fn is_zero(n: &u64) -> bool {
 
 fn is_zero_f64(x: &f64) -> bool {
     *x == 0.0
+}
+
+fn is_zero_u32(n: &u32) -> bool {
+    *n == 0
 }

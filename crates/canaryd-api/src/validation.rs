@@ -414,6 +414,13 @@ fn validate_at_max(spec: &CanarySpec, errors: &mut Vec<SpecError>) {
             ));
         }
     }
+    if !(p.final_alpha >= 0.0 && p.final_alpha < 0.5) {
+        errors.push(err(
+            "spec.analysis.atMax.finalAlpha",
+            format!("is {}", p.final_alpha),
+            "use a probability from 0 (no test at the maximum) up to 0.5, for example 0.01",
+        ));
+    }
     if !(p.beta > 0.0 && p.beta <= 0.5) {
         errors.push(err(
             "spec.analysis.atMax.beta",

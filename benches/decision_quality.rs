@@ -17,7 +17,9 @@
 //!   `pause` with a 30 m maximum (the rollout waits for a human: "stalled"); `advance` (the
 //!   default) with 15 m; `advance` with `detectableRatio: 2` and 15 m, extended by up to
 //!   15 m. A step advanced by `at_max` was not proven within its margins; the tables count
-//!   the promotions that had such a step.
+//!   the promotions that had such a step. Both `advance` policies keep the default
+//!   `finalAlpha` (0.01): a step whose bad events lean worse on one final binomial test pauses
+//!   ("stalled") instead of advancing.
 //! * Flagger-style: every minute, stage alone against fixed thresholds (error rate at most
 //!   twice prod's nominal rate, p99 at most 500 ms); no stage data is a failed check; roll
 //!   back at the 5th failed check of the rollout; otherwise advance after 10 minutes.

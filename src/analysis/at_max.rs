@@ -61,29 +61,25 @@ pub fn at_max(
             "step maximum {max} reached while a look is held back; judging it first"
         ));
     }
-    let compared = comparative(metrics).count().max(1) as f64;
-    let leaning = comparative(metrics).find_map(|m| {
-        m.worse_p_value
-            .filter(|&p| p <= policy.final_alpha / compared)
-            .map(|p| (m, p))
-    });
-    if let Some((m, p)) = leaning {
-        return AtMax::Pause(format!(
-            "not proven worse within {max}, but {} leans worse: one test at the maximum on \
-             this step's bad events gives p = {} (finalAlpha {})",
-            m.name,
+    let caught = power_summary(metrics, policy.beta);
+    let advance = |why: String| match leaning(policy, metrics) {
+        // One test, only where the step would otherwise advance: never repeated during an
+        // extension, so a healthy step pauses here with probability at most finalAlpha.
+        Some((name, p)) => AtMax::Pause(format!(
+            "not proven worse within {max}, but {name} leans worse: one test at the maximum \
+             on this step's bad events gives p = {} (finalAlpha {})",
             p_text(p),
             policy.final_alpha
-        ));
-    }
-    let caught = power_summary(metrics, policy.beta);
+        )),
+        None => AtMax::Advance(why),
+    };
     let Some(x) = policy.detectable_ratio else {
-        return AtMax::Advance(format!("not proven worse within {max}; {caught}"));
+        return advance(format!("not proven worse within {max}; {caught}"));
     };
     let reached = comparative(metrics).all(|m| m.detectable_ratio.is_some_and(|d| d <= x));
     let extend = humantime::format_duration(policy.extend_by.0);
     if reached {
-        AtMax::Advance(format!(
+        advance(format!(
             "not proven worse within {max}; {caught} (detectableRatio {x} reached)"
         ))
     } else if over < policy.extend_by.0 {
@@ -97,6 +93,17 @@ pub fn at_max(
              {x}x (detectableRatio) would not have been caught"
         ))
     }
+}
+
+/// The first compared metric whose final test rejects at `finalAlpha` split over the compared
+/// metrics, with its p-value.
+fn leaning<'a>(policy: &AtMaxPolicy, metrics: &'a [MetricReport]) -> Option<(&'a str, f64)> {
+    let compared = comparative(metrics).count().max(1) as f64;
+    comparative(metrics).find_map(|m| {
+        m.worse_p_value
+            .filter(|&p| p <= policy.final_alpha / compared)
+            .map(|p| (m.name.as_str(), p))
+    })
 }
 
 fn comparative(metrics: &[MetricReport]) -> impl Iterator<Item = &MetricReport> {
@@ -210,6 +217,17 @@ mod tests {
         assert!(matches!(
             at_max(&policy, MAX, Duration::ZERO, &metrics, false, true),
             AtMax::Advance(_)
+        ));
+        // During a detectableRatio extension the test waits for the step to be ready to
+        // advance: it is run once, not at every look.
+        let extending = AtMaxPolicy {
+            detectable_ratio: Some(1.5),
+            ..policy
+        };
+        let metrics = [leaning(0.001)];
+        assert!(matches!(
+            at_max(&extending, MAX, Duration::ZERO, &metrics, false, true),
+            AtMax::Extend(_)
         ));
         let off = AtMaxPolicy {
             final_alpha: 0.0,

@@ -967,11 +967,14 @@ mod tests {
         let rejected = |seen: i64| {
             json!({"phase": "Idle", "observedGeneration": seen, "conditions": [
                 {"type": "SpecValid", "status": "False", "reason": "Invalid",
-                 "message": "spec.steps: ends at 30; end with 100"}]})
+                 "message": "spec.steps[2]: 30 does not exceed the step before it (60)"}]})
         };
         let (how, summary) = settled(&Shown::of(&stored(rejected(2), 2)), None).unwrap();
         assert_eq!(how, Settled::InvalidSpec);
-        assert!(summary.contains("spec.steps: ends at 30"), "{summary}");
+        assert!(
+            summary.contains("spec.steps[2]: 30 does not exceed"),
+            "{summary}"
+        );
         // The spec changed since: wait for canaryd's word on it.
         assert_eq!(settled(&Shown::of(&stored(rejected(1), 2)), None), None);
         // A Canary that may not touch what it names, or whose route another one drives.

@@ -3,7 +3,8 @@
 //! ```text
 //! Idle/Succeeded/RolledBack --new ready stage revision--> Testing (0 %, pre-traffic gate)
 //! Testing --gate passed--> Progressing (steps[1]) --advance verdict, min dwell--> next step ...
-//! last step (100 %) --held for min dwell with data--> Promoting (update prod, prod checks)
+//! last step passed (a 100 % step: held for min dwell with data) --> Promoting (stage 100 %,
+//!   update prod, prod checks)
 //! Promoting --prod ready and checked--> SwitchingBack (prod 100 %) --weights seen--> Succeeded
 //! any active phase --rollback verdict / failed gate / abort--> RolledBack (prod 100 %)
 //! Progressing --step maximum, not proven worse (analysis.atMax)--> next step, or Paused

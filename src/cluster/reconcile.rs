@@ -420,17 +420,7 @@ async fn act_once(
             reason,
             message,
         } => {
-            let event = KubeEvent {
-                type_: if *warning {
-                    EventType::Warning
-                } else {
-                    EventType::Normal
-                },
-                reason: (*reason).into(),
-                note: Some(message.chars().take(1000).collect()),
-                action: "Rollout".into(),
-                secondary: None,
-            };
+            let event = kube_event(*warning, reason, message);
             let on = canary.object_ref(&());
             let publish = ctx.recorder.publish(&event, &on);
             match ctx.write("an Event", publish).await {
@@ -444,6 +434,28 @@ async fn act_once(
         }
     }
     Ok(None)
+}
+
+/// The Event of one decision. kube's recorder folds an Event into an earlier one (a series,
+/// `x2` in `kubectl describe`) when type, reason and action match, keeping the first note; so
+/// the action carries a digest of the note: the same decision repeated aggregates, and
+/// different decisions under one reason (an abort, then a latency rollback) stay apart, each
+/// with its own message.
+pub fn kube_event(warning: bool, reason: &str, message: &str) -> KubeEvent {
+    use sha2::{Digest, Sha256};
+    let note: String = message.chars().take(1000).collect();
+    let digest = hex::encode(&Sha256::digest(note.as_bytes())[..5]);
+    KubeEvent {
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.into(),
+        action: format!("{reason}-{digest}"),
+        note: Some(note),
+        secondary: None,
+    }
 }
 
 fn kind_name(kind: WebhookKind) -> &'static str {

@@ -13,6 +13,7 @@ mod demo_signals;
 mod deploy_install;
 mod e2e_lab;
 mod environments;
+mod events;
 mod lenient_decoding;
 mod notify_alert_rules;
 mod notify_alertmanager;

@@ -25,6 +25,7 @@
 
 use std::time::Duration;
 
+use super::explain::sig2;
 use crate::api::{AtMaxAction, AtMaxPolicy, MetricReport};
 
 /// What a step at (or past) its maximum does now.
@@ -66,8 +67,9 @@ pub fn at_max(
         // One test, only where the step would otherwise advance: never repeated during an
         // extension, so a healthy step pauses here with probability at most finalAlpha.
         Some((name, p)) => AtMax::Pause(format!(
-            "not proven worse within {max}, but {name} leans worse: one test at the maximum \
+            "not proven worse within {max}, but {} leans worse: one test at the maximum \
              on this step's bad events gives p = {} (finalAlpha {})",
+            words(name),
             p_text(p),
             policy.final_alpha
         )),
@@ -110,12 +112,12 @@ fn comparative(metrics: &[MetricReport]) -> impl Iterator<Item = &MetricReport> 
     metrics.iter().filter(|m| !m.name.starts_with("slo:"))
 }
 
-/// "with 80 % power this step would have caught errors at 1.7x or worse, latency@250 ...".
+/// "with 80 % power this step would have caught errors at 1.7x or worse, latency (slower than 250 ms) ...".
 pub fn power_summary(metrics: &[MetricReport], beta: f64) -> String {
     let parts: Vec<String> = comparative(metrics)
         .map(|m| match m.detectable_ratio {
-            Some(d) => format!("{} at {}x or worse", m.name, ratio_text(d)),
-            None => format!("{} not even at 16x (too few bad events)", m.name),
+            Some(d) => format!("{} at {}x or worse", words(&m.name), sig2(d)),
+            None => format!("{} not even at 16x (too few bad events)", words(&m.name)),
         })
         .collect();
     if parts.is_empty() {
@@ -137,13 +139,11 @@ fn p_text(p: f64) -> String {
     }
 }
 
-/// A ratio with two significant digits: 1.2, 2.4, 16.
-fn ratio_text(r: f64) -> String {
-    if r >= 10.0 {
-        format!("{r:.0}")
-    } else {
-        let s = format!("{r:.1}");
-        s.trim_end_matches(".0").to_string()
+/// A series name in words: `latency@250` is `latency (slower than 250 ms)`.
+fn words(name: &str) -> String {
+    match name.split_once('@') {
+        Some((metric, ms)) => format!("{metric} (slower than {ms} ms)"),
+        None => name.to_string(),
     }
 }
 
@@ -176,7 +176,8 @@ mod tests {
         assert_eq!(
             why,
             "not proven worse within 15m; with 80 % power this step would have caught \
-             errors at 1.7x or worse, latency@250 not even at 16x (too few bad events)"
+             errors at 1.7x or worse, latency (slower than 250 ms) not even at 16x (too few bad \
+             events)"
         );
     }
 

@@ -628,7 +628,7 @@ pub(super) mod tests {
         assert_eq!(outs[first].metrics[1].boundary_ms, Some(250.0));
         assert!(
             outs[first].reason.contains(
-                "300 ms is not a histogram bucket boundary; latency@300 counts requests slower than 250 ms"
+                "300 ms is not a histogram bucket boundary; latency counts requests slower than 250 ms"
             ),
             "{}",
             outs[first].reason
@@ -660,7 +660,7 @@ pub(super) mod tests {
         let out = evaluate_look(&s, &state, &all_stage, &ctx(3, 100, 630)).unwrap();
         assert_eq!(out.verdict, Verdict::Rollback);
         assert!(
-            out.reason.contains("guardrail slo:maxErrorRate"),
+            out.reason.contains("guardrail slo.maxErrorRate"),
             "{}",
             out.reason
         );

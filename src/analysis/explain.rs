@@ -38,7 +38,8 @@ pub(super) fn decide(
             if b != *threshold_ms {
                 reason.push_str(&format!(
                     " ({} ms is not a histogram bucket boundary; {} counts requests slower than {b} ms)",
-                    threshold_ms, s.name
+                    threshold_ms,
+                    s.name.split('@').next().unwrap_or(&s.name)
                 ));
             }
         }
@@ -90,14 +91,14 @@ fn judge(
         .filter(|(_, r)| r.verdict != Verdict::Advance)
         .map(|(s, r)| match r.ratio_upper {
             Some(u) => format!(
-                "{} could still be up to {} times prod's rate (advance needs below {})",
-                s.name,
-                round2(u),
-                round2(s.margin)
+                "{} could still be up to {}x prod's rate (advance needs at most {}x)",
+                label(s),
+                sig2(u),
+                sig2(s.margin)
             ),
             None => format!(
                 "{} has too few bad events to bound its ratio ({} in stage, {} in prod)",
-                s.name,
+                label(s),
                 rate_text(r.stage_rate, r.stage_requests),
                 rate_text(r.prod_rate, r.prod_requests)
             ),
@@ -118,9 +119,9 @@ fn judge(
         .iter()
         .map(|(s, r)| {
             format!(
-                "{} at most {} times prod's rate",
-                s.name,
-                round2(r.ratio_upper.unwrap_or(f64::INFINITY))
+                "{} at most {}x prod's rate",
+                label(s),
+                sig2(r.ratio_upper.unwrap_or(f64::INFINITY))
             )
         })
         .collect();
@@ -146,38 +147,119 @@ fn judge(
 
 fn describe_rollback(s: &SeriesSpec, r: &MetricReport) -> String {
     let evidence = format!(
-        "evidence {} reached the rollback threshold {}",
-        round2(r.e_value),
-        round2(r.rollback_threshold)
+        "evidence {}, rollback at {}",
+        power_of_ten(r.e_value),
+        power_of_ten(r.rollback_threshold)
     );
     match s.source {
         Source::SloErrors | Source::SloLatency { .. } => format!(
             "stage breaks the guardrail {}: {} are bad, the limit is {} % ({evidence})",
-            s.name,
+            label(s),
             rate_text(r.stage_rate, r.stage_requests),
-            round2(s.tolerance * 100.0)
+            sig2(s.tolerance * 100.0)
         ),
         _ => format!(
-            "stage is worse than prod on {}: {} vs {} in prod, ratio at least {} ({evidence})",
-            s.name,
+            "stage is worse than prod on {}: {} vs {} in prod, at least {}x prod's rate ({evidence})",
+            label(s),
             rate_text(r.stage_rate, r.stage_requests),
             rate_text(r.prod_rate, r.prod_requests),
-            round2(r.ratio_lower)
+            sig2(r.ratio_lower)
         ),
+    }
+}
+
+/// How a series is named in words: `latency (slower than 250 ms)` for `latency@250`,
+/// `slo.maxLatencyMs.p99 (1000 ms)` for `slo:p99`.
+fn label(s: &SeriesSpec) -> String {
+    match s.source {
+        Source::Latency { threshold_ms } => {
+            let metric = s.name.split('@').next().unwrap_or(&s.name);
+            format!("{metric} (slower than {} ms)", sig_ms(threshold_ms))
+        }
+        Source::SloErrors => "slo.maxErrorRate".into(),
+        Source::SloLatency { limit_ms } => format!(
+            "slo.maxLatencyMs.{} ({} ms)",
+            s.name.trim_start_matches("slo:"),
+            sig_ms(limit_ms)
+        ),
+        _ => s.name.clone(),
     }
 }
 
 fn rate_text(rate: Option<f64>, requests: u64) -> String {
     match rate {
-        Some(p) => format!("{} % of {requests} requests", round2(p * 100.0)),
+        Some(p) => format!("{} % of {} requests", sig2(p * 100.0), thousands(requests)),
         None => "no requests".into(),
     }
 }
 
-fn round2(x: f64) -> f64 {
+/// Two significant digits (whole numbers from 100 on): 28, 1.7, 0.087, 130.
+pub fn sig2(x: f64) -> String {
+    if !x.is_finite() {
+        return "unbounded".into();
+    }
+    if x == 0.0 {
+        return "0".into();
+    }
     if x.abs() >= 100.0 {
-        x.round()
+        return format!("{}", x.round());
+    }
+    let digits = (1 - x.abs().log10().floor() as i32).max(0) as usize;
+    let text = format!("{x:.digits$}");
+    if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
     } else {
-        (x * 100.0).round() / 100.0
+        text
+    }
+}
+
+/// A bucket boundary in milliseconds as written: 250, 0.5.
+fn sig_ms(ms: f64) -> String {
+    format!("{ms}")
+}
+
+/// Evidence in powers of ten, with one decimal: 10^6.9.
+pub fn power_of_ten(x: f64) -> String {
+    format!("10^{:.1}", x.max(f64::MIN_POSITIVE).log10())
+}
+
+/// 13079 -> 13,079.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_read_as_a_person_writes_them() {
+        let cases = [
+            (27.59, "28"),
+            (1.68, "1.7"),
+            (1.5, "1.5"),
+            (2.0, "2"),
+            (0.0874, "0.087"),
+            (0.004, "0.004"),
+            (130.4, "130"),
+            (16.0, "16"),
+        ];
+        for (x, text) in cases {
+            assert_eq!(sig2(x), text, "{x}");
+        }
+        assert_eq!(sig2(f64::INFINITY), "unbounded");
+        assert_eq!(thousands(13079), "13,079");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_000_000), "1,000,000");
+        assert_eq!(power_of_ten(8_617_478.0), "10^6.9");
+        assert_eq!(power_of_ten(200.0), "10^2.3");
     }
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::analysis::{power_of_ten, sig2};
 use crate::api::{Canary, Phase};
 use canaryd_lab::harness::{Lab, LabOptions};
 use canaryd_lab::scenario::{Scenario, BASELINE_IMAGE};
@@ -193,8 +194,11 @@ async fn demo(args: DemoArgs) -> Result<ExitCode, canaryd_lab::harness::LabError
             );
             for m in &decision.metrics {
                 println!(
-                    "  {:<14} e-value {:>10.1} (rollback at {:.0}), stage/prod ratio at least {:.2}",
-                    m.name, m.e_value, m.rollback_threshold, m.ratio_lower
+                    "  {:<14} evidence {} (rollback at {}), stage at least {}x prod's rate",
+                    m.name,
+                    power_of_ten(m.e_value),
+                    power_of_ten(m.rollback_threshold),
+                    sig2(m.ratio_lower)
                 );
             }
             let rolled_back = |alerts: &[serde_json::Value]| {

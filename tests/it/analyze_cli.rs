@@ -302,7 +302,7 @@ fn at_the_step_maximum_the_policy_decides_and_reports_the_detectable_ratio() {
         .as_f64()
         .expect("a detectable ratio");
     assert!(detectable > 1.5 && detectable <= 16.0, "{detectable}");
-    assert!(reason.contains("latency@250"), "{reason}");
+    assert!(reason.contains("latency (slower than 250 ms)"), "{reason}");
 
     // Asking for the power to catch 1.5x, which this little traffic cannot give: the step
     // keeps comparing for extendBy, then pauses.

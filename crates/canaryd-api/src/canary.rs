@@ -938,14 +938,24 @@ pub struct SeriesState {
     #[serde(default)]
     pub margin: f64,
     /// Log-likelihood of the conditional-binomial model at each point of the rate-ratio
-    /// grid, over the whole rollout.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// grid, over the whole rollout (base64 of little-endian f64s, see `compact`).
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        with = "crate::compact::f64s"
+    )]
+    #[schemars(with = "String")]
     pub log_likelihood: Vec<f64>,
     /// The step the step-local likelihood belongs to.
     #[serde(default)]
     pub step: u32,
-    /// The same log-likelihood since the current step started.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// The same log-likelihood since the current step started (same encoding).
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        with = "crate::compact::f64s"
+    )]
+    #[schemars(with = "String")]
     pub step_log_likelihood: Vec<f64>,
     /// Since the current step started: stage's requests, the bad events of both arms, those
     /// of stage, and the sum over looks of each look's bad events times stage's share of

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod canary;
+pub mod compact;
 pub mod crd;
 pub mod duration;
 pub mod limits;

@@ -298,6 +298,33 @@ fn notified(actions: &[Action], event: NotifyEvent) -> bool {
 }
 
 #[test]
+fn steps_that_end_below_100_promote_from_the_last_one_with_stage_taking_all_traffic() {
+    let mut spec = seed_spec();
+    spec.steps = crate::api::default_steps();
+    assert_eq!(spec.steps, vec![0, 30, 60]);
+    spec.analysis.slo = None;
+    crate::api::validate(&spec, "prod").expect("no 100 % step: no guardrail needed");
+    let mut sim = Sim::new(spec);
+    sim.start_and_pass_pre_traffic("v2");
+    assert_eq!(sim.phase_weight(), (Phase::Progressing, 30));
+    assert_eq!(set_weights(&sim.pass_step()), vec![60]);
+    // The last step passed: stage takes all traffic while prod is brought to it.
+    let a = sim.pass_step();
+    assert_eq!(sim.phase_weight(), (Phase::Promoting, 100));
+    assert_eq!(set_weights(&a), vec![100]);
+    assert!(has(&a, |a| *a
+        == Action::UpdateProd {
+            method: UpdateMethod::Images
+        }));
+    sim.idle_round();
+    sim.gate_result(true);
+    assert_eq!(sim.phase_weight(), (Phase::SwitchingBack, 0));
+    sim.idle_round();
+    assert_eq!(sim.status.phase, Phase::Succeeded);
+    assert_eq!(sim.status.prod_revision.as_deref(), Some("v2"));
+}
+
+#[test]
 fn the_seed_release_goes_0_30_60_100_then_promotes_prod_and_switches_back() {
     let mut sim = Sim::new(seed_spec());
     assert!(

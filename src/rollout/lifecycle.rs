@@ -921,7 +921,8 @@ impl Round<'_> {
                         return self.advance(format!("step maximum reached: {why}"));
                     }
                     AtMax::Extend(why) => {
-                        return self.say(format!("{weight} % to stage: {why}"));
+                        let line = self.progress_line();
+                        return self.say(format!("{line}: {why}"));
                     }
                     AtMax::Pause(why) => {
                         return self
@@ -934,7 +935,8 @@ impl Round<'_> {
             ));
         }
         if let Some(j) = judged {
-            self.say(format!("{weight} % to stage: {}", j.reason));
+            let line = self.progress_line();
+            self.say(format!("{line}: {}", j.reason));
         }
     }
 
@@ -1290,6 +1292,25 @@ impl Round<'_> {
                 Some(j)
             }
         }
+    }
+
+    /// Where the step stands, for the status message: "step 1/3 · 30 % to stage · 1m40s of at
+    /// least 2m (at most 30m)".
+    fn progress_line(&self) -> String {
+        let secs = |d: jiff::SignedDuration| {
+            humantime::format_duration(std::time::Duration::from_secs(d.as_secs().max(0) as u64))
+                .to_string()
+        };
+        let d = &self.spec.step_duration;
+        format!(
+            "step {}/{} · {} % to stage · {} of at least {} (at most {})",
+            self.status.step,
+            self.spec.steps.len().saturating_sub(1),
+            self.status.stage_weight,
+            secs(self.elapsed_in_step()),
+            d.min,
+            d.max
+        )
     }
 
     /// What this step's analysis showed so far: the last look's reports, whether a look is

@@ -597,7 +597,9 @@ fn with_a_detectable_ratio_the_step_extends_until_the_power_is_reached_then_paus
     }
     assert_eq!(sim.phase_weight(), (Phase::Progressing, 30));
     assert!(
-        sim.status.message.contains("comparing for up to 15m more"),
+        sim.status.message.starts_with(
+            "step 1/3 · 30 % to stage · 30m 30s of at least 2m (at most 30m): not proven worse"
+        ) && sim.status.message.contains("comparing for up to 15m more"),
         "{}",
         sim.status.message
     );

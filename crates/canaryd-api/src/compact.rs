@@ -70,7 +70,9 @@ mod tests {
         assert_eq!(serde_json::from_str::<Holder>(old).unwrap(), h);
         // A likelihood grid as the analysis writes it: about half the size of the array.
         let grid = Holder {
-            v: (1..=27).map(|i| -f64::from(i) * 1.234_567_890_123_456_7).collect(),
+            v: (1..=27)
+                .map(|i| -f64::from(i) * 1.234_567_890_123_456_7)
+                .collect(),
         };
         let (compact, array) = (
             serde_json::to_string(&grid).unwrap().len(),

@@ -40,6 +40,25 @@ fn the_shipped_examples_validate() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("Canary prod/flaskapp is valid"), "{out}");
     assert!(out.contains("daemon config is valid"), "{out}");
+
+    // The example manifests hold other kinds too: each is noted and skipped, not a failure.
+    let (code, out, err) = canaryd(&[
+        "validate",
+        "deploy/examples/canary.yaml",
+        "deploy/examples/istio.yaml",
+        "deploy/examples/referencegrant.yaml",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("deploy/examples/canary.yaml: Canary prod/flaskapp is valid"),
+        "{out}"
+    );
+    for kind in ["Gateway", "VirtualService", "ReferenceGrant"] {
+        assert!(
+            out.contains(&format!("skipped kind {kind} (canaryd validate checks")),
+            "{out}"
+        );
+    }
 }
 
 #[test]

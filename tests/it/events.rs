@@ -2,30 +2,13 @@
 //! same decision repeated is one Event with a count, two different decisions under one reason
 //! are two Events. Published through kube's real recorder to the lab's API server.
 
-use canaryd::api::Canary;
 use canaryd::cluster::reconcile::kube_event;
-use canaryd_lab::apiserver::{ApiServer, ApiServerOptions};
-use kube::api::PostParams;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::{Api, Resource};
+use kube::Resource;
 
 #[tokio::test]
 async fn different_decisions_under_one_reason_are_separate_events_and_repeats_aggregate() {
-    let api = ApiServer::start(ApiServerOptions {
-        install_istio_crds: true,
-        install_canary_crd: true,
-        install_reference_grant_crd: true,
-        ..Default::default()
-    })
-    .await
-    .expect("the lab API server starts");
-    api.install(canaryd_lab::harness::SEED)
-        .expect("the seed installs");
-    let canaries: Api<Canary> = Api::namespaced(api.client().unwrap(), "prod");
-    let canary = canaries
-        .create(&PostParams::default(), &canaryd_lab::harness::lab_canary(1))
-        .await
-        .expect("the Canary is created");
+    let (api, canary) = crate::lab_api::with_canary().await;
     let regarding = canary.object_ref(&());
     let recorder = Recorder::new(
         api.client().unwrap(),

@@ -14,6 +14,8 @@ mod deploy_install;
 mod e2e_lab;
 mod environments;
 mod events;
+mod kubectl_plugin;
+mod lab_api;
 mod lenient_decoding;
 mod notify_alert_rules;
 mod notify_alertmanager;

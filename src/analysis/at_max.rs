@@ -25,8 +25,8 @@
 
 use std::time::Duration;
 
-use super::explain::sig2;
-use crate::api::{AtMaxAction, AtMaxPolicy, MetricReport};
+use super::explain::{series_words as words, sig2};
+use crate::api::{AnalysisState, AtMaxAction, AtMaxPolicy, MetricReport};
 
 /// What a step at (or past) its maximum does now.
 #[derive(Clone, Debug, PartialEq)]
@@ -108,6 +108,15 @@ fn leaning<'a>(policy: &AtMaxPolicy, metrics: &'a [MetricReport]) -> Option<(&'a
     })
 }
 
+/// Whether stage served requests during `step`, by the analysis state: the `stage_served`
+/// argument of [`at_max`].
+pub fn stage_served(state: &AnalysisState, step: u32) -> bool {
+    state
+        .series
+        .iter()
+        .any(|s| s.step == step && s.step_stage_requests > 0)
+}
+
 fn comparative(metrics: &[MetricReport]) -> impl Iterator<Item = &MetricReport> {
     metrics.iter().filter(|m| !m.name.starts_with("slo:"))
 }
@@ -136,14 +145,6 @@ fn p_text(p: f64) -> String {
         format!("{}", (p * 1e4).round() / 1e4)
     } else {
         format!("{p:.1e}")
-    }
-}
-
-/// A series name in words: `latency@250` is `latency (slower than 250 ms)`.
-fn words(name: &str) -> String {
-    match name.split_once('@') {
-        Some((metric, ms)) => format!("{metric} (slower than {ms} ms)"),
-        None => name.to_string(),
     }
 }
 

@@ -173,6 +173,18 @@ pub struct StepEvents {
     pub share: f64,
 }
 
+impl StepEvents {
+    /// Stage's share of traffic over the step, weighted by each look's bad events; None
+    /// without bad events, or with one arm idle (nothing to compare).
+    fn mean_share(&self) -> Option<f64> {
+        if self.bad < 1.0 {
+            return None;
+        }
+        let pi = (self.share / self.bad).clamp(0.0, 1.0);
+        (pi > 0.0 && pi < 1.0).then_some(pi)
+    }
+}
+
 impl Grid {
     /// The smallest grid ratio x above the tolerance at which the step's own rollback test,
     /// evaluated once on this step's bad events, rejects with probability at least `power`
@@ -196,18 +208,11 @@ impl Grid {
         power: f64,
     ) -> Option<f64> {
         use statrs::distribution::{Binomial, DiscreteCDF};
-        let StepEvents {
-            bad,
-            stage_bad,
-            share,
-        } = events;
-        if bad < 1.0 || step_ll.len() != self.len {
+        let StepEvents { bad, stage_bad, .. } = events;
+        if step_ll.len() != self.len {
             return None;
         }
-        let pi = (share / bad).clamp(0.0, 1.0);
-        if !(pi > 0.0 && pi < 1.0) {
-            return None;
-        }
+        let pi = events.mean_share()?;
         let t = self.tolerance_idx;
         let log_norm = log_sum_exp2(&[], &self.log_weights[t + 1..self.len]);
         let m = bad.round() as u64;
@@ -240,13 +245,7 @@ impl Grid {
 /// both arms' traffic.
 pub fn worse_p_value(events: StepEvents, r0: f64) -> Option<f64> {
     use statrs::distribution::{Binomial, DiscreteCDF};
-    if events.bad < 1.0 {
-        return None;
-    }
-    let pi = (events.share / events.bad).clamp(0.0, 1.0);
-    if !(pi > 0.0 && pi < 1.0) {
-        return None;
-    }
+    let pi = events.mean_share()?;
     let q0 = r0 * pi / (r0 * pi + 1.0 - pi);
     let (m, b) = (events.bad.round() as u64, events.stage_bad.round() as u64);
     if b == 0 {

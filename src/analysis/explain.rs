@@ -168,14 +168,19 @@ fn describe_rollback(s: &SeriesSpec, r: &MetricReport) -> String {
     }
 }
 
+/// A series name in words: `latency@250` is `latency (slower than 250 ms)`.
+pub(super) fn series_words(name: &str) -> String {
+    match name.split_once('@') {
+        Some((metric, ms)) => format!("{metric} (slower than {ms} ms)"),
+        None => name.to_string(),
+    }
+}
+
 /// How a series is named in words: `latency (slower than 250 ms)` for `latency@250`,
 /// `slo.maxLatencyMs.p99 (1000 ms)` for `slo:p99`.
 fn label(s: &SeriesSpec) -> String {
     match s.source {
-        Source::Latency { threshold_ms } => {
-            let metric = s.name.split('@').next().unwrap_or(&s.name);
-            format!("{metric} (slower than {} ms)", sig_ms(threshold_ms))
-        }
+        Source::Latency { .. } => series_words(&s.name),
         Source::SloErrors => "slo.maxErrorRate".into(),
         Source::SloLatency { limit_ms } => format!(
             "slo.maxLatencyMs.{} ({} ms)",

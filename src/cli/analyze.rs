@@ -10,8 +10,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::analysis::{
-    at_max, comparative_steps, evaluate_look, ArmCounts, AtMax, Bucket, LookContext, LookCounts,
-    LookOutcome, RatioCounts,
+    at_max, comparative_steps, evaluate_look, stage_served, ArmCounts, AtMax, Bucket, LookContext,
+    LookCounts, LookOutcome, RatioCounts,
 };
 use crate::api::{
     duration::HumanDuration, validate, AnalysisSpec, AnalysisState, CanarySpec, Verdict,
@@ -144,7 +144,7 @@ pub fn analyze(text: &str) -> Result<Analysis, String> {
                     && (1..100).contains(&ctx.stage_weight) =>
             {
                 let over = Duration::from_secs_f64(look.t) - max.0;
-                let served = state.series.iter().any(|s| s.step_stage_requests > 0);
+                let served = stage_served(&state, ctx.step);
                 match at_max(
                     &input.analysis.at_max,
                     max.0,

@@ -15,7 +15,7 @@
 use jiff::Timestamp;
 
 use super::*;
-use crate::analysis::{at_max, evaluate_look, AnalysisError, AtMax, LookContext};
+use crate::analysis::{at_max, evaluate_look, stage_served, AnalysisError, AtMax, LookContext};
 use crate::api::limits::{bounded, MAX_HISTORY_TEXT, MAX_TEXT};
 use crate::api::release;
 use crate::api::{
@@ -1324,12 +1324,9 @@ impl Round<'_> {
             .filter(|d| d.step == step && d.verdict == Verdict::Continue)
             .map(|d| d.metrics.clone())
             .unwrap_or_default();
-        let series = self.status.analysis.iter().flat_map(|a| &a.series);
-        let held = series.clone().any(|s| s.held.is_some());
-        let served = !metrics.is_empty()
-            && series
-                .filter(|s| s.step == step)
-                .any(|s| s.step_stage_requests > 0);
+        let state = self.status.analysis.as_ref();
+        let held = state.is_some_and(|a| a.series.iter().any(|s| s.held.is_some()));
+        let served = !metrics.is_empty() && state.is_some_and(|a| stage_served(a, step));
         (metrics, held, served)
     }
 

@@ -169,7 +169,7 @@ fn describe_rollback(s: &SeriesSpec, r: &MetricReport) -> String {
 }
 
 /// A series name in words: `latency@250` is `latency (slower than 250 ms)`.
-pub(super) fn series_words(name: &str) -> String {
+pub fn series_words(name: &str) -> String {
     match name.split_once('@') {
         Some((metric, ms)) => format!("{metric} (slower than {ms} ms)"),
         None => name.to_string(),

@@ -143,6 +143,8 @@ pub async fn run_with(
     ctx.grants = grants;
     ctx.notifier = crate::notify::Notifier::from_config(config, admin.deliveries.clone())?;
     ctx.exported = admin.metrics.clone();
+    ctx.board = admin.board.clone();
+    admin.board.watch(canaries.clone());
     let ctx = Arc::new(ctx);
 
     let controller =
@@ -278,6 +280,7 @@ async fn timed_reconcile(canary: Arc<DynamicObject>, ctx: Arc<Context>) -> Resul
     if deleted && result.is_ok() {
         // The finalizer is gone: so is the Canary, and so are its series.
         ctx.exported.forget_canary(&namespace, &name);
+        ctx.board.forget(&namespace, &name);
     }
     result
 }

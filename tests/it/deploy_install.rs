@@ -246,6 +246,7 @@ fn helm() -> Command {
         .map(|dir| dir.join("helm"))
         .find(|p| p.is_file());
     let data = std::env::var_os("XDG_DATA_HOME")
+        .filter(|d| !d.is_empty())
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
         .unwrap_or_default();

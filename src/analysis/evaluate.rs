@@ -199,6 +199,7 @@ pub fn evaluate_look(
                 // Step-local: a release that regresses only at this weight cannot ride on
                 // the evidence of the steps before it.
                 let (lo, hi) = g.bounds(&st.step_log_likelihood, advance_log_threshold);
+                let (lo, hi) = narrowed(&mut st, lo, hi);
                 (log_e, lo, hi)
             }
             None => (
@@ -367,6 +368,29 @@ fn reset_step(st: &mut SeriesState, len: usize) {
     st.step_bad = 0;
     st.step_stage_bad = 0;
     st.step_stage_share_of_bad = 0.0;
+    st.step_ratio_lower = 0.0;
+    st.step_ratio_upper = None;
+}
+
+/// This look's confidence bounds intersected with the step's earlier ones, kept in `st`.
+/// Every look's interval holds the true ratio at once (with probability 1 - alpha), so their
+/// intersection does too, and it never widens. An empty intersection means the step's data
+/// fits no single ratio (the ratio moved within the step): the running bounds start again
+/// from this look's.
+fn narrowed(st: &mut SeriesState, lower: f64, upper: Option<f64>) -> (f64, Option<f64>) {
+    let lo = lower.max(st.step_ratio_lower);
+    let hi = match (upper, st.step_ratio_upper) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let (lo, hi) = if hi.is_some_and(|h| h < lo) {
+        (lower, upper)
+    } else {
+        (lo, hi)
+    };
+    st.step_ratio_lower = lo;
+    st.step_ratio_upper = hi;
+    (lo, hi)
 }
 
 /// Evidence a spec edit restarted in this look: the whole series' (a new tolerance or
@@ -707,6 +731,54 @@ pub(super) mod tests {
             assert!(after.step_log_likelihood.iter().all(|&x| x == 0.0));
             assert_eq!(before.log_likelihood, after.log_likelihood);
         }
+    }
+
+    #[test]
+    fn the_bounds_never_widen_within_a_step_and_start_again_at_the_next() {
+        let s = spec();
+        let mut state = AnalysisState::default();
+        let mut last: Option<(f64, f64)> = None;
+        let mut unintersected_widened = false;
+        // Equal rates in expectation, with looks that swing: one arm, then the other, has
+        // the more errors.
+        for i in 0..30u64 {
+            let (a, b) = if i % 3 == 0 { (9.0, 2.0) } else { (1.0, 6.0) };
+            let counts = LookCounts {
+                stage: arm(300.0, a, a),
+                prod: arm(700.0, 7.0 * b / 3.0, 7.0 * b / 3.0),
+            };
+            // The same look without the step's earlier bounds: this look's own interval.
+            let mut fresh = state.clone();
+            for st in &mut fresh.series {
+                (st.step_ratio_lower, st.step_ratio_upper) = (0.0, None);
+            }
+            let at = ctx(1, 30, 30 * (i + 1));
+            let alone = evaluate_look(&s, &fresh, &counts, &at).unwrap().metrics[0].clone();
+            let (own_lo, own_hi) = (alone.ratio_lower, alone.ratio_upper);
+            let out = evaluate_look(&s, &state, &counts, &at).unwrap();
+            let m = &out.metrics[0];
+            let (lo, hi) = (m.ratio_lower, m.ratio_upper.unwrap_or(f64::INFINITY));
+            assert!(lo <= hi, "look {i}: empty interval {lo}..{hi}");
+            assert!(lo >= own_lo && hi <= own_hi.unwrap_or(f64::INFINITY));
+            if let Some((plo, phi)) = last {
+                assert!(
+                    lo >= plo && hi <= phi,
+                    "look {i}: {plo}..{phi} widened to {lo}..{hi}"
+                );
+                unintersected_widened |= own_hi.unwrap_or(f64::INFINITY) > phi || own_lo < plo;
+            }
+            last = Some((lo, hi));
+            state = out.state;
+        }
+        assert!(
+            unintersected_widened,
+            "the data should make a single look's bounds swing"
+        );
+        let next = evaluate_look(&s, &state, &LookCounts::default(), &ctx(2, 60, 30)).unwrap();
+        assert_eq!(
+            next.metrics[0].ratio_upper, None,
+            "a new step starts with no bound"
+        );
     }
 
     #[test]

@@ -968,6 +968,13 @@ pub struct SeriesState {
     pub step_stage_bad: u64,
     #[serde(default, skip_serializing_if = "is_zero_f64")]
     pub step_stage_share_of_bad: f64,
+    /// The running intersection of the step's confidence bounds on the rate ratio (no upper
+    /// bound while none was finite): the bounds reported, and advanced on, never widen
+    /// within a step. Valid because a confidence sequence holds at every look at once.
+    #[serde(default, skip_serializing_if = "is_zero_f64")]
+    pub step_ratio_lower: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_ratio_upper: Option<f64>,
     /// Spec edits during the rollout that restarted this series' evidence: of the tolerance
     /// (the whole series), and of the margin mid-step (the step's part). Restarted evidence
     /// gets a smaller share of alpha, so edits never spend it afresh.

@@ -1,6 +1,8 @@
-//! `canaryd demo` stopped at the worst moment, in the middle of the rollout: SIGTERM stops
-//! the lab as Ctrl-C does, and even SIGKILL leaves none of its programs (Prometheus,
-//! Alertmanager, the daemon) running.
+//! `canaryd demo` as a person runs it. Run to its end, it shows the checks passing at step
+//! 0, lists every step in its summary (from the Canary's status history) and, for a bad
+//! release, shows the rollback's alert in the lab's Alertmanager. Stopped at the worst
+//! moment, in the middle of the rollout: SIGTERM stops the lab as Ctrl-C does, and even
+//! SIGKILL leaves none of its programs (Prometheus, Alertmanager, the daemon) running.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -108,5 +110,115 @@ fn sigkill_mid_rollout_leaves_no_program_of_the_demo_running() {
         eventually(|| kids.iter().all(|k| !alive(*k))),
         "still running {STOP_TIMEOUT:?} after SIGKILL: {:?}",
         kids.iter().filter(|k| alive(**k)).collect::<Vec<_>>()
+    );
+}
+
+/// Runs the demo of `scenario` to its end; returns whether it exited 0 and its stdout.
+fn demo(scenario: &str) -> (bool, String) {
+    let out = Command::new(BINARY)
+        .args([
+            "demo",
+            "--scenario",
+            scenario,
+            "--speed",
+            "60",
+            "--rate",
+            "4000",
+        ])
+        .output()
+        .expect("the demo runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stdout.is_empty(),
+        "the demo printed nothing; stderr:\n{stderr}"
+    );
+    (out.status.success(), stdout)
+}
+
+/// The lines from the one starting with `from` up to (not including) the next line that
+/// starts with `until`.
+fn section<'a>(output: &'a str, from: &str, until: &str) -> Vec<&'a str> {
+    output
+        .lines()
+        .skip_while(|l| !l.starts_with(from))
+        .enumerate()
+        .take_while(|(i, l)| *i == 0 || !l.starts_with(until))
+        .map(|(_, l)| l)
+        .collect()
+}
+
+/// The summary's lines, after its heading.
+fn summary(output: &str) -> Vec<&str> {
+    section(output, "What each step did", "The VirtualService")
+        .into_iter()
+        .skip(1)
+        .collect()
+}
+
+#[test]
+fn the_good_demo_shows_its_checks_passing_at_step_0_and_every_step_in_its_summary() {
+    let _one = crate::e2e_lab::ONE_AT_A_TIME.blocking_lock();
+    let (ok, output) = demo("good");
+    assert!(ok, "the good release is promoted:\n{output}");
+    let step_0 = section(&output, "step 0/3:", "step 1/3:");
+    assert!(
+        step_0.iter().any(
+            |l| l.contains("pre-traffic checks passed: check health: 5/5 passed")
+                && l.contains("check home: 1/1 passed")
+        ),
+        "the checks pass at step 0, live:\n{output}"
+    );
+    let summary = summary(&output);
+    let starts: Vec<&str> = summary
+        .iter()
+        .map(|l| l.trim_start().split([',', ':']).next().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        starts,
+        [
+            "step 0 (0 %)",
+            "step 1 (30 %)",
+            "step 2 (60 %)",
+            "step 3 (100 %)",
+            "promotion",
+            "switching back",
+            "succeeded"
+        ],
+        "{output}"
+    );
+    assert!(
+        summary[0].contains("pre-traffic checks passed: check health: 5/5 passed"),
+        "{output}"
+    );
+    assert!(
+        summary[1].contains("advanced: stage is proven not worse"),
+        "{output}"
+    );
+    assert!(summary[3].contains("promoted: "), "{output}");
+}
+
+#[test]
+fn the_bad_errors_demo_rolls_back_at_a_step_and_alertmanager_gets_the_alert() {
+    let _one = crate::e2e_lab::ONE_AT_A_TIME.blocking_lock();
+    let (ok, output) = demo("bad-errors");
+    assert!(ok, "the release with more errors is rolled back:\n{output}");
+    let summary = summary(&output);
+    assert!(
+        summary[0].starts_with("  step 0 (0 %)")
+            && summary[0].contains("pre-traffic checks passed"),
+        "its checks pass (its errors are a rate, for the statistics):\n{output}"
+    );
+    let last = summary.last().copied().unwrap_or_default();
+    assert!(
+        last.contains("rolled back: ") && last.contains("stage is worse than prod on errors"),
+        "the summary ends with the step that rolled back:\n{output}"
+    );
+    assert!(
+        output
+            .lines()
+            .any(|l| l.starts_with("Alertmanager (http://127.0.0.1:")
+                && l.contains("received CanaryRolledBack [severity critical]")),
+        "the notification reached the lab's Alertmanager:\n{output}"
     );
 }

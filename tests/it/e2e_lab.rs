@@ -126,6 +126,34 @@ async fn a_release_with_more_errors_is_rolled_back_at_its_first_traffic_step() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_whose_health_page_fails_is_rolled_back_by_the_checks_before_any_traffic() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (lab, daemon) = released(canaryd_lab::scenario::UNHEALTHY_IMAGE).await;
+    let end = until(&lab, &daemon, finished).await;
+    let status = end.status.clone().unwrap();
+    assert_eq!(status.phase, Phase::RolledBack, "{}", status.message);
+    assert_eq!(
+        journey(&end),
+        [(Phase::Testing, 0), (Phase::RolledBack, 0)],
+        "no user request ever reached it"
+    );
+    let stage_health = format!(
+        "{}: answered 503",
+        lab.mesh
+            .app_url("flaskapp.stage.svc.cluster.local", "/health")
+    );
+    assert!(
+        status
+            .message
+            .contains("pre-traffic checks failed: check health: request 1/5")
+            && status.message.contains(&stage_health),
+        "{}",
+        status.message
+    );
+    assert_eq!(lab.prod_image().await.unwrap(), "demoapp:v1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slower_release_is_rolled_back() {
     let _one = ONE_AT_A_TIME.lock().await;
     let (lab, daemon) = released("demoapp:v4").await;

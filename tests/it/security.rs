@@ -76,10 +76,12 @@ spec:
   analysis: {interval: 4s}
 "#;
 
-/// A lab without Alertmanager.
+/// A lab without Alertmanager, and without the lab's checks: its daemons keep the product's
+/// egress defaults.
 async fn quiet_lab() -> Lab {
     Lab::start(LabOptions {
         alertmanager: false,
+        checks: false,
         ..Default::default()
     })
     .await
@@ -337,9 +339,13 @@ async fn a_check_aimed_at_a_loopback_address_never_reaches_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_answer_body_or_url_credential_reaches_the_status_events_or_alerts() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let lab = Lab::start(LabOptions::default())
-        .await
-        .expect("the lab starts");
+    // The test sets the daemon's egress itself.
+    let lab = Lab::start(LabOptions {
+        checks: false,
+        ..Default::default()
+    })
+    .await
+    .expect("the lab starts");
     const MARKER: &str = "INTERNAL-ONLY-7f3a";
     let (addr, hits) = counting_server(500, MARKER).await;
     let url = format!("http://deployer:hunter2@{addr}/hook?token=tok-9c1e");

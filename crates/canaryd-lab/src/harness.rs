@@ -7,6 +7,7 @@
 //! lab's directory) tells the replicas apart; [`Daemon`] can be killed, stopped and
 //! continued, for fault injection.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::Duration;
@@ -43,8 +44,14 @@ pub struct LabOptions {
     pub scrape_interval: Duration,
     /// Seed of the simulated traffic: the same seed sends the same requests.
     pub seed: u64,
-    /// Also start the real Alertmanager (when installed) and notify it of rollbacks.
+    /// Also start the real Alertmanager (when installed) and notify it of rollbacks: the
+    /// daemon's config lists it as notifier `lab`, and the Canary routes its `RolledBack`
+    /// and `Paused` events there.
     pub alertmanager: bool,
+    /// Give the Canary the lab's HTTP checks ([`lab_checks`], against the mesh's app pages
+    /// on loopback) and let the daemon reach them (see [`Lab::daemon_config_with`]). Off,
+    /// the Canary has no checks and the daemon keeps the product's egress defaults.
+    pub checks: bool,
 }
 
 impl Default for LabOptions {
@@ -56,6 +63,7 @@ impl Default for LabOptions {
             scrape_interval: Duration::from_secs(1),
             seed: jiff::Timestamp::now().as_nanosecond() as u64,
             alertmanager: true,
+            checks: true,
         }
     }
 }
@@ -128,9 +136,26 @@ spec:
     canary
 }
 
+/// The name of the Alertmanager notifier in the lab's daemon config.
+pub const ALERTMANAGER_NOTIFIER: &str = "lab";
+
+/// The lab Canary's checks of the environment under test (`{{ host }}`: stage before and
+/// during the rollout, prod after promotion), on the mesh's app pages at `mesh`: `health`
+/// five times at 0 % and again at every step, `home` once at 0 % (its body names the app).
+pub fn lab_checks(mesh: &Mesh) -> Vec<canaryd_api::canary::CheckSpec> {
+    serde_json::from_value(json!([
+        {"name": "health", "url": mesh.app_url("{{ host }}", "/health"), "count": 5, "everyStep": true},
+        {"name": "home", "url": mesh.app_url("{{ host }}", "/"), "bodyContains": "flaskapp"},
+    ]))
+    .expect("the lab's checks parse")
+}
+
 impl Lab {
     /// Starts everything but canaryd: API server with the seed's objects and the Canary,
-    /// rollouts, mesh traffic and Prometheus (which has scraped the mesh once on return).
+    /// rollouts, mesh traffic and Prometheus (which has scraped the mesh once on return),
+    /// and Alertmanager when asked for. The Canary is [`lab_canary`] with the lab's checks
+    /// (unless `options.checks` is off) and a notification route to Alertmanager (when it
+    /// runs).
     pub async fn start(options: LabOptions) -> Result<Lab, LabError> {
         let dir = tempfile::Builder::new()
             .prefix("canaryd-lab-")
@@ -148,11 +173,7 @@ impl Lab {
         api.install(SEED)
             .map_err(|e| fail("seed objects")(e.to_string()))?;
         let client = api.client().map_err(|e| fail("client")(e.to_string()))?;
-        let canary = lab_canary(options.speed);
-        Api::<Canary>::namespaced(client.clone(), "prod")
-            .create(&PostParams::default(), &canary)
-            .await
-            .map_err(|e| fail("Canary")(e.to_string()))?;
+        let mut canary = lab_canary(options.speed);
 
         let mut tasks = vec![tokio::spawn(super::workloads::run(
             client.clone(),
@@ -161,6 +182,9 @@ impl Lab {
         let mesh = Mesh::start(([127, 0, 0, 1], 0).into())
             .await
             .map_err(|e| fail("mesh")(e.to_string()))?;
+        if options.checks {
+            canary.spec.checks = lab_checks(&mesh);
+        }
         let mut traffic = AppTraffic::for_canary(&canary);
         traffic.requests_per_second = options.requests_per_second;
         traffic.seed = options.seed;
@@ -192,6 +216,16 @@ impl Lab {
         } else {
             None
         };
+        if alertmanager.is_some() {
+            canary.spec.notifications = serde_json::from_value(json!([
+                {"notifier": ALERTMANAGER_NOTIFIER, "events": ["RolledBack", "Paused"]}
+            ]))
+            .expect("the lab's notification route parses");
+        }
+        Api::<Canary>::namespaced(client.clone(), "prod")
+            .create(&PostParams::default(), &canary)
+            .await
+            .map_err(|e| fail("Canary")(e.to_string()))?;
         let lab = Lab {
             api,
             client,
@@ -267,12 +301,24 @@ impl Lab {
         self.daemon_config_with(name, "")
     }
 
-    /// [`Lab::daemon_config`] with more top-level keys (YAML lines) appended.
+    /// [`Lab::daemon_config`] with more top-level keys (YAML lines) appended. With
+    /// `options.checks`, the config has the lab's `egress` setting (so `extra` must not set
+    /// `egress` again).
     pub fn daemon_config_with(&self, name: &str, extra: &str) -> Result<PathBuf, LabError> {
+        self.write_daemon_config(name, extra).map(|(path, _)| path)
+    }
+
+    /// Writes the config of daemon `name`; returns its path and admin listen address.
+    fn write_daemon_config(
+        &self,
+        name: &str,
+        extra: &str,
+    ) -> Result<(PathBuf, SocketAddr), LabError> {
         let first = !self
             .admin_taken
             .swap(true, std::sync::atomic::Ordering::SeqCst);
         let admin_port = if first { self.admin_port } else { 0 };
+        let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
         let scrape = self.options.scrape_interval;
         let interval = lab_canary(self.options.speed)
             .spec
@@ -284,17 +330,39 @@ impl Lab {
             "prometheus: {{url: '{}', timeout: 5s, retries: 1, scrapeInterval: {scrape}}}\n\
              evaluationInterval: {interval}\n\
              leaderElection: {{enabled: true, namespace: {LEASE_NAMESPACE}, leaseDuration: 4s, renewDeadline: 3s}}\n\
-             admin: {{listen: '127.0.0.1:{admin_port}'}}\n\
-             log: {{format: text, level: 'info,kube=warn'}}\n{}",
+             admin: {{listen: '{admin}'}}\n\
+             log: {{format: text, level: 'info,kube=warn'}}\n{}{}",
             self.prometheus.url(),
             self.alertmanager
                 .as_ref()
-                .map(|am| format!("notifiers: [{{type: alertmanager, name: lab, url: '{}'}}]\n", am.url()))
-                .unwrap_or_default()
+                .map(|am| format!(
+                    "notifiers: [{{type: alertmanager, name: {ALERTMANAGER_NOTIFIER}, url: '{}'}}]\n",
+                    am.url()
+                ))
+                .unwrap_or_default(),
+            if self.options.checks {
+                self.egress()
+            } else {
+                String::new()
+            }
         ) + extra;
         let path = self.dir.path().join(format!("{name}.yaml"));
         std::fs::write(&path, text).map_err(|e| fail("daemon config")(e.to_string()))?;
-        Ok(path)
+        Ok((path, admin))
+    }
+
+    /// The lab's `egress` setting. The product refuses loopback addresses by default, and
+    /// the lab's apps answer only there (the mesh's app pages, see [`lab_checks`]): this lab
+    /// lets its daemons reach the mesh's loopback address, besides the default cluster
+    /// service names. A daemon in a cluster keeps the defaults.
+    fn egress(&self) -> String {
+        let defaults = ["*.svc", "*.svc.cluster.local"].map(|h| format!("'{h}'"));
+        format!(
+            "# The lab: its apps answer checks on loopback, which the product refuses by default.\n\
+             egress: {{hosts: [{}, '{}'], allowPrivateAddresses: true}}\n",
+            defaults.join(", "),
+            self.mesh.addr().ip()
+        )
     }
 
     /// Starts `canaryd run` (the given binary) against the lab; its log goes to a file.
@@ -322,7 +390,7 @@ impl Lab {
         extra_config: &str,
         env: &[(&str, &str)],
     ) -> Result<Daemon, LabError> {
-        let config = self.daemon_config_with(name, extra_config)?;
+        let (config, admin) = self.write_daemon_config(name, extra_config)?;
         let kubeconfig = self.dir.path().join(format!("{name}.kubeconfig"));
         self.api
             .write_kubeconfig_as(&kubeconfig, name)
@@ -354,6 +422,7 @@ impl Lab {
             name: name.to_string(),
             child,
             log,
+            admin: (admin.port() != 0).then_some(admin),
         })
     }
 
@@ -500,6 +569,9 @@ pub struct Daemon {
     pub name: String,
     child: Child,
     pub log: PathBuf,
+    /// The listen address of its admin server (metrics, health, pages), from the config the
+    /// lab wrote; `None` when the daemon picked a free port itself (all but the first).
+    pub admin: Option<SocketAddr>,
 }
 
 impl Daemon {

@@ -3,13 +3,21 @@
 //! real time, and serves the resulting Istio metrics on `/metrics` for Prometheus to scrape.
 //! The decisions (who gets which request, how it goes) are in [`super::mesh`]; this module
 //! only moves data between the cluster, the clock and HTTP.
+//!
+//! The same server stands in for the apps' Services, for synthetic checks: the lab has no
+//! cluster DNS, so `http://<mesh>/<service host>/health` and `http://<mesh>/<service host>/`
+//! reach the pods that serve that host now (the workload of the current traffic plan, old
+//! pods during a rollout). `/health` answers 200 `ok`, or 503 for an image that is unhealthy
+//! ([`super::scenario::answers_health`]); `/` answers 200 with the app's name and version.
+//! Neither page samples the image's error rate or latency: those are rates, for the
+//! statistics to judge, not something a handful of synthetic requests can tell.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::header;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
 use axum::routing::get;
 use axum::Router;
 use futures::StreamExt;
@@ -23,7 +31,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::mesh::{self, MeshMetrics, Side, TrafficGenerator, TrafficPlan, Workload};
-use super::scenario::BehaviourTable;
+use super::scenario::{answers_health, BehaviourTable};
 use super::workloads::rollout_complete;
 use canaryd_api::canary::Canary;
 use canaryd_api::virtual_service::{RouteError, VirtualService};
@@ -213,21 +221,33 @@ pub async fn drive(
     }
 }
 
-/// The simulated mesh: one `/metrics` endpoint for the traffic of any number of apps.
+/// The traffic plans of the simulated apps, which say which workload serves which host.
+type Apps = Arc<Mutex<Vec<watch::Receiver<Option<TrafficPlan>>>>>;
+
+/// The simulated mesh: one `/metrics` endpoint for the traffic of any number of apps, and
+/// their pages for checks (`/<service host>/health`, `/<service host>/`).
 pub struct Mesh {
     addr: SocketAddr,
     metrics: MeshMetrics,
+    apps: Apps,
     server: JoinHandle<()>,
 }
 
 impl Mesh {
-    /// Serves `/metrics` on `listen` (port 0 picks a free port; see [`Mesh::addr`]).
+    /// Serves `/metrics` and the apps' pages on `listen` (port 0 picks a free port; see
+    /// [`Mesh::addr`]).
     pub async fn start(listen: SocketAddr) -> std::io::Result<Mesh> {
         let mut registry = Registry::default();
         let metrics = MeshMetrics::register(&mut registry);
+        let apps = Apps::default();
+        let pages = Router::new()
+            .route("/{host}/health", get(health_page))
+            .route("/{host}/", get(home_page))
+            .with_state(apps.clone());
         let router = Router::new()
             .route("/metrics", get(metrics_text))
-            .with_state(Arc::new(registry));
+            .with_state(Arc::new(registry))
+            .merge(pages);
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         let server = tokio::spawn(async move {
@@ -239,12 +259,19 @@ impl Mesh {
         Ok(Mesh {
             addr,
             metrics,
+            apps,
             server,
         })
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The URL of `path` on the pods serving `host` (`{{ host }}` in a check's URL is
+    /// replaced by the environment under test): `http://<addr>/<host><path>`.
+    pub fn app_url(&self, host: &str, path: &str) -> String {
+        format!("http://{}/{host}{path}", self.addr)
     }
 
     /// The scrape target for Prometheus (`host:port`).
@@ -265,6 +292,10 @@ impl Mesh {
         table: BehaviourTable,
     ) -> JoinHandle<()> {
         let (sender, receiver) = watch::channel(None);
+        self.apps
+            .lock()
+            .expect("the apps lock")
+            .push(receiver.clone());
         let generator = TrafficGenerator::new(app.requests_per_second, app.seed);
         let tick = app.tick;
         let drive = drive(receiver, generator, self.metrics.clone(), tick);
@@ -277,6 +308,49 @@ impl Mesh {
 impl Drop for Mesh {
     fn drop(&mut self) {
         self.server.abort();
+    }
+}
+
+/// The workload serving `host` now, if any app's current plan routes to it.
+fn serving(apps: &Apps, host: &str) -> Option<Workload> {
+    let apps = apps.lock().expect("the apps lock");
+    for plans in apps.iter() {
+        if let Some(plan) = plans.borrow().as_ref() {
+            for workload in [&plan.prod.workload, &plan.stage.workload] {
+                if workload.service_host.eq_ignore_ascii_case(host) {
+                    return Some(workload.clone());
+                }
+            }
+        }
+    }
+    None
+}
+
+fn no_such_host(host: &str) -> (StatusCode, String) {
+    (
+        StatusCode::BAD_GATEWAY,
+        format!("lab mesh: no app's traffic plan routes to {host}\n"),
+    )
+}
+
+async fn health_page(State(apps): State<Apps>, Path(host): Path<String>) -> (StatusCode, String) {
+    match serving(&apps, &host) {
+        Some(w) if answers_health(&w.image) => (StatusCode::OK, "ok\n".into()),
+        Some(w) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{} is unhealthy\n", w.image),
+        ),
+        None => no_such_host(&host),
+    }
+}
+
+async fn home_page(State(apps): State<Apps>, Path(host): Path<String>) -> (StatusCode, String) {
+    match serving(&apps, &host) {
+        Some(w) => (
+            StatusCode::OK,
+            format!("{} {} ({})\n", w.app, w.version, w.image),
+        ),
+        None => no_such_host(&host),
     }
 }
 
@@ -377,6 +451,45 @@ mod tests {
             ..stage
         };
         assert!(traffic_plan(&virtual_service(30), None, &prod, &elsewhere, &table).is_err());
+    }
+
+    #[tokio::test]
+    async fn the_app_pages_answer_as_the_pods_serving_each_host() {
+        let table = BehaviourTable::demo();
+        let workload = |host, namespace, image| {
+            Workload::from_deployment(host, &deployment(namespace, 1, image, true)).unwrap()
+        };
+        let prod = workload(PROD, "prod", "demoapp:v3");
+        let stage = workload(STAGE, "stage", super::super::scenario::UNHEALTHY_IMAGE);
+        let plan = traffic_plan(&virtual_service(0), None, &prod, &stage, &table).unwrap();
+        let mesh = Mesh::start(([127, 0, 0, 1], 0).into()).await.unwrap();
+        let (_plans, receiver) = watch::channel(Some(plan));
+        mesh.apps.lock().unwrap().push(receiver);
+
+        let http = crate::http_client().build().unwrap();
+        let get = |url: String| {
+            let http = http.clone();
+            async move {
+                let r = http.get(url).send().await.unwrap();
+                (r.status().as_u16(), r.text().await.unwrap())
+            }
+        };
+        // A release with more errors is healthy; its errors are a rate, not a page.
+        assert_eq!(
+            get(mesh.app_url(PROD, "/health")).await,
+            (200, "ok\n".into())
+        );
+        assert_eq!(
+            get(mesh.app_url(PROD, "/")).await,
+            (200, "flaskapp v3 (demoapp:v3)\n".into())
+        );
+        let (status, body) = get(mesh.app_url(STAGE, "/health")).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (503, "demoapp:unhealthy is unhealthy\n")
+        );
+        let (status, body) = get(mesh.app_url("flaskapp.dev.svc.cluster.local", "/health")).await;
+        assert_eq!(status, 502, "{body}");
     }
 
     #[test]

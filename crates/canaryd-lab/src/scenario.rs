@@ -7,7 +7,9 @@
 //! as v1, `demoapp:v3` fails 5 % of requests, `demoapp:v4` is 60 % slower, and
 //! [`CRASHLOOP_IMAGE`] (`demoapp:crashloop`) never becomes available: its rollout never
 //! finishes, as with a crash loop or an image that cannot be pulled, and the old pods keep
-//! serving. Any other image behaves like the baseline.
+//! serving. [`UNHEALTHY_IMAGE`] (`demoapp:unhealthy`) serves traffic like the baseline but
+//! answers its `/health` page 503, which the Canary's checks catch before any traffic. Any
+//! other image behaves like the baseline.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -23,14 +25,30 @@ pub const BASELINE_IMAGE: &str = "demoapp:v1";
 /// reports it stuck (`ProgressDeadlineExceeded`) once the rollout delay has passed.
 pub const CRASHLOOP_IMAGE: &str = "demoapp:crashloop";
 
-/// Whether pods of `image` ever become available: all but [`CRASHLOOP_IMAGE`] do, matched by
-/// the last path segment without digest (`registry.local/demoapp:crashloop@sha256:..`) and
-/// with the tag cut at its first dot (`demoapp:crashloop.2`), as behaviours are.
-pub fn becomes_available(image: &str) -> bool {
+/// An image whose pods run and serve, but whose `/health` page answers 503 (a release
+/// broken outright: a missing config, a dependency it cannot reach): the lab's app server
+/// ([`super::mesh_server`]) says so to the Canary's checks.
+pub const UNHEALTHY_IMAGE: &str = "demoapp:unhealthy";
+
+/// `image` matched by its last path segment without digest
+/// (`registry.local/demoapp:crashloop@sha256:..`) and with the tag cut at its first dot
+/// (`demoapp:crashloop.2`), as behaviours are.
+fn family(image: &str) -> &str {
     let short = image.split('@').next().unwrap_or(image);
     let short = short.rsplit('/').next().unwrap_or(short);
-    let family = short.split('.').next().unwrap_or(short);
-    family != CRASHLOOP_IMAGE
+    short.split('.').next().unwrap_or(short)
+}
+
+/// Whether pods of `image` ever become available: all but [`CRASHLOOP_IMAGE`] do (matched
+/// as [`family`] says).
+pub fn becomes_available(image: &str) -> bool {
+    family(image) != CRASHLOOP_IMAGE
+}
+
+/// Whether `image` answers its `/health` page 200: all but [`UNHEALTHY_IMAGE`] do (matched
+/// as [`family`] says).
+pub fn answers_health(image: &str) -> bool {
+    family(image) != UNHEALTHY_IMAGE
 }
 
 /// How one version of the app answers requests.
@@ -264,6 +282,22 @@ mod tests {
             "somethingelse:latest",
         ] {
             assert!(becomes_available(image), "{image}");
+        }
+    }
+
+    #[test]
+    fn only_the_unhealthy_image_fails_its_health_page() {
+        assert!(!answers_health(UNHEALTHY_IMAGE));
+        assert!(!answers_health(
+            "registry.local/demoapp:unhealthy.3@sha256:ab"
+        ));
+        for image in [
+            BASELINE_IMAGE,
+            "demoapp:v3",
+            CRASHLOOP_IMAGE,
+            "other:latest",
+        ] {
+            assert!(answers_health(image), "{image}");
         }
     }
 

@@ -157,9 +157,10 @@ fn describe_canary(lab: &Lab, canary: &Canary) {
             "at 0 %"
         };
         println!(
-            "  check {}: {} x GET {} -> {}{}, {when}",
+            "  check {}: {} x {} {} -> {}{}, {when}",
             check.name,
             check.count,
+            check.method,
             check.url.replace("{{ host }}", &spec.stage.host),
             check.expect_status,
             check

@@ -768,9 +768,16 @@ pub struct CanaryStatus {
     /// old weights for someone else's change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traffic_intent: Option<TrafficIntent>,
-    /// The analysis of the current rollout so far (a few numbers per metric); reset when a
-    /// new rollout starts.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The analysis of the current rollout so far (counts and likelihoods per metric), what
+    /// a restarted daemon continues from; reset when a new rollout starts. Stored packed on
+    /// one line (`z1:` and base64 of deflated JSON; `lastDecision` says what it means); the
+    /// object form of older statuses is still read.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::compact::packed"
+    )]
+    #[schemars(with = "Option<String>")]
     pub analysis: Option<AnalysisState>,
     /// The last decision and the statistics behind it.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,7 +1,12 @@
-//! A compact text form for the analysis state's number vectors (the log-likelihood grids):
-//! base64 of each number's 8 little-endian IEEE 754 bytes. Exact, about half the size of a
-//! JSON array, and one line in `kubectl describe` instead of one line per number. The array
-//! form of older statuses is still read.
+//! Compact text forms for the analysis state, which canaryd keeps in the status to continue
+//! after a restart but which is not for people to read (the last decision says what it
+//! means):
+//! - [`f64s`]: a number vector (a log-likelihood grid) as base64 of each number's 8
+//!   little-endian IEEE 754 bytes: exact, about half the size of a JSON array. The array form
+//!   of older statuses is still read.
+//! - [`packed`]: a whole value as one line, `z1:` and base64 of its deflated JSON, so that
+//!   `kubectl describe` shows one line where the state's fields would take fifty. The object
+//!   form of older statuses is still read.
 
 use base64::Engine;
 use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
@@ -49,6 +54,68 @@ pub mod f64s {
     }
 }
 
+/// The tag in front of a [`packed`] value: the format's version.
+const PACKED: &str = "z1:";
+
+/// `#[serde(with = "crate::compact::packed")]` for an `Option<T>` (see the module doc).
+pub mod packed {
+    use std::io::{Read, Write};
+
+    use flate2::{read::DeflateDecoder, write::DeflateEncoder, Compression};
+    use serde::de::DeserializeOwned;
+    use serde::Serialize;
+
+    use super::*;
+
+    pub fn pack<T: Serialize>(value: &T) -> Result<String, String> {
+        let json = serde_json::to_vec(value).map_err(|e| e.to_string())?;
+        let mut deflated = DeflateEncoder::new(Vec::new(), Compression::best());
+        deflated
+            .write_all(&json)
+            .and_then(|()| deflated.finish())
+            .map(|bytes| format!("{PACKED}{}", B64.encode(bytes)))
+            .map_err(|e| e.to_string())
+    }
+
+    pub fn unpack<T: DeserializeOwned>(text: &str) -> Result<T, String> {
+        let body = text
+            .strip_prefix(PACKED)
+            .ok_or_else(|| format!("does not start with {PACKED}"))?;
+        let bytes = B64.decode(body).map_err(|e| format!("not base64: {e}"))?;
+        let mut json = Vec::new();
+        // Bounded: a status is at most 1.5 MiB, and so is what it may inflate to here.
+        DeflateDecoder::new(bytes.as_slice())
+            .take(1 << 24)
+            .read_to_end(&mut json)
+            .map_err(|e| format!("not deflated: {e}"))?;
+        serde_json::from_slice(&json).map_err(|e| e.to_string())
+    }
+
+    pub fn serialize<T: Serialize, S: Serializer>(
+        value: &Option<T>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            None => s.serialize_none(),
+            Some(v) => s.serialize_str(&pack(v).map_err(serde::ser::Error::custom)?),
+        }
+    }
+
+    pub fn deserialize<'de, T: DeserializeOwned, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<T>, D::Error> {
+        match Option::<serde_json::Value>::deserialize(d)? {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::String(text)) => {
+                unpack(&text).map(Some).map_err(D::Error::custom)
+            }
+            Some(object) => serde_json::from_value(object)
+                .map(Some)
+                .map_err(D::Error::custom),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde::{Deserialize, Serialize};
@@ -81,5 +148,49 @@ mod tests {
         assert!(compact * 10 < array * 6, "{compact} vs {array}");
         let bad = serde_json::from_str::<Holder>(r#"{"v": "AAAA"}"#).unwrap_err();
         assert!(bad.to_string().contains("8-byte"), "{bad}");
+    }
+
+    #[test]
+    fn the_analysis_state_is_one_line_in_the_status_and_the_object_form_is_still_read() {
+        use crate::canary::{AnalysisState, CanaryStatus, SeriesState};
+        let state = AnalysisState {
+            looks: 7,
+            series: (0..3)
+                .map(|i| SeriesState {
+                    name: format!("series-{i}"),
+                    stage_requests: 14_181,
+                    prod_requests: 33_845,
+                    log_likelihood: (0..29).map(|k| -f64::from(k * i) * 0.37).collect(),
+                    step_log_likelihood: (0..29).map(|k| f64::from(k) * 0.11).collect(),
+                    ..SeriesState::default()
+                })
+                .collect(),
+            ..AnalysisState::default()
+        };
+        let status = CanaryStatus {
+            analysis: Some(state.clone()),
+            ..CanaryStatus::default()
+        };
+        let json = serde_json::to_value(&status).unwrap();
+        let packed = json["analysis"].as_str().expect("a string");
+        assert!(packed.starts_with("z1:") && !packed.contains('\n'));
+        let object_form = serde_json::to_string(&state).unwrap();
+        assert!(
+            packed.len() < object_form.len(),
+            "{} vs {}",
+            packed.len(),
+            object_form.len()
+        );
+        let back: CanaryStatus = serde_json::from_value(json).unwrap();
+        assert_eq!(back.analysis, Some(state.clone()));
+
+        // A status written before the state was packed.
+        let old = serde_json::json!({"phase": "Progressing", "analysis": serde_json::to_value(&state).unwrap()});
+        let read: CanaryStatus = serde_json::from_value(old).unwrap();
+        assert_eq!(read.analysis, Some(state));
+
+        let bad = serde_json::from_value::<CanaryStatus>(serde_json::json!({"analysis": "AAAA"}))
+            .unwrap_err();
+        assert!(bad.to_string().contains("z1:"), "{bad}");
     }
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the demo and the tests need on a fresh Debian machine: the real Prometheus,
-# Alertmanager (and promtool), kubectl, python3, lua5.4 and helm. Nothing is started here: the
+# Alertmanager (and promtool), kubectl, python3, lua5.4, chromium and helm. Nothing is started here: the
 # demo and the tests start private instances on loopback ports.
 set -euo pipefail
 
@@ -12,6 +12,8 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 # Runs the Argo CD health check of a Canary (tests/it/argocd_health.rs).
 command -v lua5.4 >/dev/null 2>&1 || need+=(lua5.4)
+# Loads the rollout page in a real browser (tests/it/rollout_page.rs).
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}" >&2

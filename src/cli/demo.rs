@@ -118,6 +118,9 @@ async fn demo(args: DemoArgs) -> Result<ExitCode, LabError> {
             "canaryd runs (log: {}); its admin server: http://{admin} (/metrics, /healthz)",
             daemon.log.display()
         );
+        println!(
+            "rollout page (live, open it in a browser): http://{admin}/rollouts/prod/flaskapp"
+        );
     }
 
     println!("releasing {image} to stage (like `helm upgrade --set deployment.tag=...`)");

@@ -337,7 +337,7 @@ impl Frame {
         Self {
             width: 1000.0,
             height,
-            left: 70.0,
+            left: 100.0,
             start,
             end,
             y_min,
@@ -362,9 +362,14 @@ impl Frame {
         let bottom = self.height - BOTTOM;
         for i in 0..=4 {
             let t = self.start + self.end.duration_since(self.start) * i / 4;
+            let anchor = match i {
+                0 => "start",
+                4 => "end",
+                _ => "middle",
+            };
             let _ = write!(
                 axis,
-                r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+                r#"<text x="{:.1}" y="{:.1}" text-anchor="{anchor}">{}</text>"#,
                 self.x(t),
                 bottom + 14.0,
                 clock(t)
@@ -436,11 +441,17 @@ fn weight_chart(
         .first()
         .map_or(status.stage_weight, |h| h.stage_weight);
     let _ = write!(path, "M{:.1},{:.1}", f.x(start), f.y(f64::from(weight)));
+    // A phase's name where it starts, unless it would overlap the one before.
+    let mut labelled = f64::NEG_INFINITY;
     for h in history {
         let x = f.x(h.at);
         let _ = write!(path, " L{x:.1},{:.1}", f.y(f64::from(weight)));
         weight = h.stage_weight;
         let _ = write!(path, " L{x:.1},{:.1}", f.y(f64::from(weight)));
+        if x - labelled < 90.0 || x > f.width - 80.0 {
+            continue;
+        }
+        labelled = x;
         let _ = write!(
             out,
             r#"<text x="{:.1}" y="{:.1}" class="phase-label">{}</text>"#,
@@ -509,8 +520,13 @@ fn evidence_chart(looks: &Looks, series: usize, start: Timestamp, end: Timestamp
     for (look, e, _) in &points {
         dot(&mut out, &f, look, *e);
     }
+    let what = if looks.names[series].starts_with("slo:") {
+        "Evidence that stage breaks the limit (log scale), at every look"
+    } else {
+        "Evidence that stage is worse than prod (log scale), at every look"
+    };
     html! {
-        p.muted { "Evidence that stage is worse (log scale), at every look" }
+        p.muted { (what) }
         (f.svg("evidence that stage is worse against the rollback threshold", out))
     }
 }

@@ -21,6 +21,7 @@ mod notify_alert_rules;
 mod notify_alertmanager;
 mod notify_webhook;
 mod readyz_restarts;
+mod rollout_page;
 mod security;
 mod telemetry_analyze_live;
 mod telemetry_client;

@@ -1287,7 +1287,7 @@ impl Round<'_> {
                     step: self.status.step,
                     stage_weight: self.status.stage_weight,
                     reason: bounded(&j.reason, MAX_TEXT),
-                    metrics: j.metrics.clone(),
+                    metrics: j.metrics.iter().map(MetricReport::rounded).collect(),
                 });
                 Some(j)
             }

@@ -1099,6 +1099,42 @@ pub struct MetricReport {
     pub cles: Option<f64>,
 }
 
+impl MetricReport {
+    /// The report as the status keeps it: statistics to four significant digits (what a
+    /// person reads and a dashboard draws; the decision was taken on the exact values).
+    pub fn rounded(&self) -> Self {
+        let r = sig4;
+        let q = |l: &LatencyEstimate| LatencyEstimate {
+            p50: r(l.p50),
+            p90: r(l.p90),
+            p99: r(l.p99),
+        };
+        Self {
+            e_value: r(self.e_value),
+            rollback_threshold: r(self.rollback_threshold),
+            ratio_lower: r(self.ratio_lower),
+            ratio_upper: self.ratio_upper.map(r),
+            detectable_ratio: self.detectable_ratio.map(r),
+            worse_p_value: self.worse_p_value.map(r),
+            stage_rate: self.stage_rate.map(r),
+            prod_rate: self.prod_rate.map(r),
+            stage_latency_ms: self.stage_latency_ms.as_ref().map(q),
+            prod_latency_ms: self.prod_latency_ms.as_ref().map(q),
+            cles: self.cles.map(r),
+            ..self.clone()
+        }
+    }
+}
+
+/// `x` to four significant digits, through its decimal form, so that it is written as
+/// 0.3094 and not 0.30940000000000001 (infinities and NaN as they are).
+fn sig4(x: f64) -> f64 {
+    if !x.is_finite() {
+        return x;
+    }
+    format!("{x:.3e}").parse().unwrap_or(x)
+}
+
 /// Latency quantiles (ms) of one arm, estimated from histogram buckets.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, JsonSchema)]
 pub struct LatencyEstimate {
@@ -1142,4 +1178,44 @@ fn is_zero_f64(x: &f64) -> bool {
 
 fn is_zero_u32(n: &u32) -> bool {
     *n == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_in_the_status_carries_four_significant_digits() {
+        let report = MetricReport {
+            name: "errors".into(),
+            e_value: 0.309_378_485_722_358_27,
+            rollback_threshold: 300.0,
+            ratio_lower: 0.707_106_781_186_547_6,
+            ratio_upper: Some(1.681_792_830_507_429),
+            margin: 1.5,
+            stage_rate: Some(0.010_154_431_986_460_757),
+            worse_p_value: Some(1.572_099_577_732_22e-120),
+            stage_latency_ms: Some(LatencyEstimate {
+                p50: 65.917_571_234_735_42,
+                p90: 150.107_758_620_689_65,
+                p99: 392.187_499_999_999_4,
+            }),
+            stage_requests: 14_181,
+            ..MetricReport::default()
+        }
+        .rounded();
+        let json = serde_json::to_string(&report).unwrap();
+        for written in [
+            r#""eValue":0.3094"#,
+            r#""rollbackThreshold":300.0"#,
+            r#""ratioLower":0.7071"#,
+            r#""ratioUpper":1.682"#,
+            r#""stageRate":0.01015"#,
+            r#""worsePValue":1.572e-120"#,
+            r#""p99":392.2"#,
+            r#""stageRequests":14181"#,
+        ] {
+            assert!(json.contains(written), "{written} not in {json}");
+        }
+    }
 }

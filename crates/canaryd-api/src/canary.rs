@@ -1190,7 +1190,7 @@ mod tests {
             name: "errors".into(),
             e_value: 0.309_378_485_722_358_27,
             rollback_threshold: 300.0,
-            ratio_lower: 0.707_106_781_186_547_6,
+            ratio_lower: 0.707_316_781_186_547_6,
             ratio_upper: Some(1.681_792_830_507_429),
             margin: 1.5,
             stage_rate: Some(0.010_154_431_986_460_757),
@@ -1208,7 +1208,7 @@ mod tests {
         for written in [
             r#""eValue":0.3094"#,
             r#""rollbackThreshold":300.0"#,
-            r#""ratioLower":0.7071"#,
+            r#""ratioLower":0.7073"#,
             r#""ratioUpper":1.682"#,
             r#""stageRate":0.01015"#,
             r#""worsePValue":1.572e-120"#,

@@ -22,7 +22,7 @@ use serde::Deserialize;
 use super::board::{Look, Looks};
 use super::Admin;
 use crate::analysis::{power_of_ten, series_words, sig2};
-use crate::api::{CanarySpec, CanaryStatus, HistoryEntry, Phase, Verdict};
+use crate::api::{CanarySpec, CanaryStatus, HistoryEntry, Phase};
 use crate::cluster::decode;
 
 /// How often the page fetches its main part again.
@@ -207,14 +207,7 @@ fn time_span(
         .or_else(|| history.first().map(|h| h.at))
         .or_else(|| looks.looks.front().map(|l| l.at))
         .unwrap_or(now);
-    let running = matches!(
-        status.phase,
-        Phase::Testing
-            | Phase::Progressing
-            | Phase::Promoting
-            | Phase::SwitchingBack
-            | Phase::Paused
-    );
+    let running = status.phase.is_active();
     let last = history
         .last()
         .map(|h| h.at)
@@ -413,14 +406,6 @@ fn escape(text: &str) -> String {
     maud::html! { (text) }.into_string()
 }
 
-fn verdict_class(v: Verdict) -> &'static str {
-    match v {
-        Verdict::Continue => "continue",
-        Verdict::Advance => "advance",
-        Verdict::Rollback => "rollback",
-    }
-}
-
 /// The weight routed to stage over time: a step line through the history's changes, the
 /// planned steps as rules, and every look as a dot coloured by its verdict.
 fn weight_chart(
@@ -477,7 +462,7 @@ fn dot(out: &mut String, f: &Frame, look: &Look, v: f64) {
         r#"<circle cx="{:.1}" cy="{:.1}" r="3.5" class="look {}"><title>{} UTC: {}</title></circle>"#,
         f.x(look.at),
         f.y(v),
-        verdict_class(look.verdict),
+        look.verdict.as_str(),
         clock(look.at),
         look.verdict.as_str()
     );

@@ -848,6 +848,13 @@ fn two_releases_render_side_by_side_without_sharing_a_name() {
 /// The values every chart user expects do what they say.
 #[test]
 fn the_conventional_values_take_effect() {
+    const POD_KEYS: [&str; 5] = [
+        "nodeSelector",
+        "tolerations",
+        "affinity",
+        "priorityClassName",
+        "imagePullSecrets",
+    ];
     let pod = |objects: &[Value]| of_kind(objects, "Deployment")[0]["spec"]["template"].clone();
 
     let values = everything_on();
@@ -855,13 +862,7 @@ fn the_conventional_values_take_effect() {
     check_types(&objects);
     let template = pod(&objects);
     let spec = &template["spec"];
-    for key in [
-        "nodeSelector",
-        "tolerations",
-        "affinity",
-        "priorityClassName",
-        "imagePullSecrets",
-    ] {
+    for key in POD_KEYS {
         assert_eq!(spec[key], values[key], "{key} reaches the pod");
     }
     assert_eq!(template["metadata"]["labels"]["team"], "platform");
@@ -880,13 +881,7 @@ fn the_conventional_values_take_effect() {
         json!({"example.com/role": "canaryd"})
     );
     let defaults = pod(&render_chart(&self::values()));
-    for key in [
-        "nodeSelector",
-        "tolerations",
-        "affinity",
-        "priorityClassName",
-        "imagePullSecrets",
-    ] {
+    for key in POD_KEYS {
         assert!(
             defaults["spec"].get(key).is_none(),
             "{key} unset by default"

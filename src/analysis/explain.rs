@@ -191,6 +191,42 @@ fn label(s: &SeriesSpec) -> String {
     }
 }
 
+/// One metric's report on one line, as the status's `lastDecision.summary`, `canaryd status`
+/// and notifications show it: `errors: continue · stage 0.51 % of 12,000 requests, prod 0.5 %
+/// of 28,000 · evidence 10^-1.8 of 10^2.5 to roll back · stage/prod 0.35 to 1.7 (advance
+/// below 1.5)`.
+pub fn report_line(m: &MetricReport) -> String {
+    let bounds = format!(
+        "{} to {}",
+        sig2(m.ratio_lower),
+        m.ratio_upper.map_or("unbounded".to_string(), sig2)
+    );
+    let against = if m.name.starts_with("slo:") {
+        format!("stage's rate / limit {bounds}")
+    } else {
+        format!("stage/prod {bounds} (advance below {})", sig2(m.margin))
+    };
+    let prod = match m.prod_rate {
+        Some(p) => format!("{} % of {}", sig2(p * 100.0), thousands(m.prod_requests)),
+        None => "no requests".into(),
+    };
+    let rates = if m.name.starts_with("slo:") {
+        format!("stage {}", rate_text(m.stage_rate, m.stage_requests))
+    } else {
+        format!(
+            "stage {}, prod {prod}",
+            rate_text(m.stage_rate, m.stage_requests)
+        )
+    };
+    format!(
+        "{}: {} · {rates} · evidence {} of {} to roll back · {against}",
+        series_words(&m.name),
+        m.verdict.as_str(),
+        power_of_ten(m.e_value),
+        power_of_ten(m.rollback_threshold),
+    )
+}
+
 fn rate_text(rate: Option<f64>, requests: u64) -> String {
     match rate {
         Some(p) => format!("{} % of {} requests", sig2(p * 100.0), thousands(requests)),

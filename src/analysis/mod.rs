@@ -123,5 +123,5 @@ mod validate;
 pub use at_max::{at_max, power_summary, stage_served, AtMax};
 pub use counts::{ArmCounts, Bucket, LookCounts, RatioCounts};
 pub use evaluate::{comparative_steps, evaluate_look, LookContext, LookOutcome};
-pub use explain::{power_of_ten, series_words, sig2};
+pub use explain::{power_of_ten, report_line, series_words, sig2};
 pub use validate::AnalysisError;

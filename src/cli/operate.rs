@@ -15,7 +15,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Client;
 
-use crate::analysis::{power_of_ten, sig2};
+use crate::analysis::report_line;
 use crate::api::{Canary, CanaryStatus, Phase};
 use crate::cluster::{commands, decode};
 use crate::config::{Config, LogFormat};
@@ -809,28 +809,7 @@ pub fn describe(c: &Canary) -> String {
             d.reason
         );
         for m in &d.metrics {
-            let bounds = format!(
-                "{} to {}",
-                sig2(m.ratio_lower),
-                m.ratio_upper.map_or("unbounded".to_string(), sig2)
-            );
-            let against = if m.name.starts_with("slo:") {
-                format!("stage's rate / limit {bounds}")
-            } else {
-                format!(
-                    "stage/prod ratio {} (advance below {})",
-                    bounds,
-                    sig2(m.margin)
-                )
-            };
-            let _ = writeln!(
-                out,
-                "    {:<16} {:<9} evidence {} of {} to roll back; {against}",
-                m.name,
-                m.verdict.as_str(),
-                power_of_ten(m.e_value),
-                power_of_ten(m.rollback_threshold),
-            );
+            let _ = writeln!(out, "    {}", report_line(m));
         }
     }
     for cond in &s.conditions {

@@ -5,6 +5,7 @@ use jiff::Timestamp;
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use crate::analysis::report_line;
 use crate::api::{AlertState, DecisionRecord, NotificationEvent, PendingNotification};
 
 /// What a message says about its Canary, besides the event itself.
@@ -74,28 +75,10 @@ fn event_title(event: NotificationEvent) -> &'static str {
     }
 }
 
-/// The statistics behind the last decision, one line per metric.
+/// The statistics behind the last decision, one line per metric (as in the status's
+/// `lastDecision.summary`).
 pub fn numbers(decision: &DecisionRecord) -> Vec<String> {
-    decision
-        .metrics
-        .iter()
-        .map(|m| {
-            let rate = |r: Option<f64>| r.map_or("n/a".to_string(), |r| format!("{:.3} %", r * 100.0));
-            let upper = m.ratio_upper.map_or("unbounded".into(), |u| format!("{u:.2}"));
-            format!(
-                "{}: {} (stage {} of {} requests, prod {}; stage/prod ratio in [{:.2}, {upper}], margin {:.2}; evidence {:.1} of {:.0} needed to roll back)",
-                m.name,
-                m.verdict.as_str(),
-                rate(m.stage_rate),
-                m.stage_requests,
-                rate(m.prod_rate),
-                m.ratio_lower,
-                m.margin,
-                m.e_value,
-                m.rollback_threshold,
-            )
-        })
-        .collect()
+    decision.metrics.iter().map(report_line).collect()
 }
 
 /// A Slack incoming-webhook message: a header, the decision, the numbers and links.

@@ -135,10 +135,12 @@ fn the_description_names_the_numbers() {
     };
     let text = messages::describe("rolled back at 30 % to stage", Some(&decision));
     assert!(
-        text.contains("errors: rollback (stage 5.000 % of 1000 requests, prod 1.000 %"),
+        text.contains(
+            "errors: rollback · stage 5 % of 1,000 requests, prod 1 % of 0 · evidence 10^2.6 \
+             of 10^2.3 to roll back · stage/prod 3.1 to 9 (advance below 1.5)"
+        ),
         "{text}"
     );
-    assert!(text.contains("evidence 412.0 of 200 needed"), "{text}");
 }
 
 #[test]

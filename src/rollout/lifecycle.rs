@@ -15,7 +15,9 @@
 use jiff::Timestamp;
 
 use super::*;
-use crate::analysis::{at_max, evaluate_look, stage_served, AnalysisError, AtMax, LookContext};
+use crate::analysis::{
+    at_max, evaluate_look, report_line, stage_served, AnalysisError, AtMax, LookContext,
+};
 use crate::api::limits::{bounded, MAX_HISTORY_TEXT, MAX_TEXT};
 use crate::api::release;
 use crate::api::{
@@ -90,8 +92,22 @@ fn set_condition(
     set_condition_to(status, type_, value, reason, message, now);
 }
 
-/// Sets condition `type_` to `value` ("True", "False" or "Unknown"); its transition time
-/// moves only when its status does.
+/// Whether `value` is the usual state of condition `type_`, which the status leaves out:
+/// kstatus's `Reconciling` and `Stalled` appear only while True (absent means False, as
+/// kstatus and Flux read them), the outcomes `Promoted` and `RolledBack` only once reached,
+/// and the preconditions only while they fail (`SpecValid=False`, `Conflict=True`, ...), as
+/// Argo Rollouts does with `InvalidSpec`. `Ready` is always there. A Canary on its way
+/// thus shows two conditions, not nine.
+fn is_usual(type_: &str, value: &str) -> bool {
+    match type_ {
+        "Ready" => false,
+        "SpecValid" | "ReferencesAllowed" | "SigningKeysReady" | "TrafficReady" => value == "True",
+        _ => value == "False",
+    }
+}
+
+/// Sets condition `type_` to `value` ("True", "False" or "Unknown"), or drops it when that
+/// is its usual state ([`is_usual`]); its transition time moves only when its status does.
 fn set_condition_to(
     status: &mut CanaryStatus,
     type_: &str,
@@ -100,9 +116,13 @@ fn set_condition_to(
     message: &str,
     now: Timestamp,
 ) {
+    let conditions = &mut status.conditions;
+    if is_usual(type_, value) {
+        conditions.retain(|c| c.type_ != type_);
+        return;
+    }
     let message = bounded(message, MAX_TEXT);
     let message = message.as_str();
-    let conditions = &mut status.conditions;
     match conditions.iter_mut().find(|c| c.type_ == type_) {
         Some(c) if c.status == value && c.reason == reason && c.message == message => {}
         Some(c) => {
@@ -129,7 +149,8 @@ fn set_condition_to(
 /// when the rollout needs a person or the Canary can do nothing, Unknown while a rollout
 /// runs or a new stage revision is awaited), `Reconciling` and `Stalled`
 /// (what kstatus and Flux read), `Promoted` (the last rollout ended with prod on the new
-/// release) and `RolledBack`, for `kubectl wait --for=condition=...`.
+/// release) and `RolledBack`, for `kubectl wait --for=condition=...`; each but `Ready` only
+/// while it is not in its usual state ([`is_usual`]).
 fn summarize(status: &mut CanaryStatus, now: Timestamp) {
     let blocked = status
         .conditions
@@ -158,26 +179,24 @@ fn summarize(status: &mut CanaryStatus, now: Timestamp) {
         .map_or(message.as_str(), |(_, m)| m.as_str());
     set_condition_to(status, "Ready", ready, &reason, ready_message, now);
     let active = blocked.is_none() && ready == "Unknown";
-    let (reconciling_reason, stalled, stalled_reason) = match (&blocked, status.phase) {
-        (Some((reason, _)), _) => ("Blocked", true, reason.clone()),
-        (None, _) if active => ("Progressing", false, "Progressing".into()),
-        (None, Phase::RolledBack | Phase::Paused) => {
-            ("Finished", true, status.phase.as_str().into())
-        }
-        (None, _) => ("Finished", false, status.phase.as_str().into()),
-    };
     set_condition(
         status,
         "Reconciling",
         active,
-        reconciling_reason,
+        "Progressing",
         ready_message,
         now,
     );
+    let stalled = match (&blocked, status.phase) {
+        (Some((reason, _)), _) => Some(reason.clone()),
+        (None, Phase::RolledBack | Phase::Paused) if !active => Some(status.phase.as_str().into()),
+        _ => None,
+    };
+    let stalled_reason = stalled.clone().unwrap_or_default();
     set_condition(
         status,
         "Stalled",
-        stalled,
+        stalled.is_some(),
         &stalled_reason,
         ready_message,
         now,
@@ -187,31 +206,18 @@ fn summarize(status: &mut CanaryStatus, now: Timestamp) {
         .as_deref()
         .map(release::shorten)
         .unwrap_or_else(|| "-".into());
-    let (promoted, why) = match status.phase {
-        Phase::Succeeded => (true, format!("prod runs {release} with all traffic")),
-        Phase::RolledBack => (false, format!("{release} was rolled back")),
-        Phase::Idle => (false, "no rollout yet".into()),
-        Phase::Paused => (false, format!("the rollout of {release} is paused")),
-        _ => (false, format!("the rollout of {release} is in progress")),
-    };
-    let promoted_reason = if promoted {
-        "Promoted"
-    } else {
-        status.phase.as_str()
-    };
-    set_condition(status, "Promoted", promoted, promoted_reason, &why, now);
+    let promoted = status.phase == Phase::Succeeded;
+    let why = format!("prod runs {release} with all traffic");
+    set_condition(status, "Promoted", promoted, "Promoted", &why, now);
     let rolled_back = status.phase == Phase::RolledBack;
-    let reason = if rolled_back {
-        "RolledBack"
-    } else {
-        status.phase.as_str()
-    };
-    let why = if rolled_back {
-        message.as_str()
-    } else {
-        "not rolled back"
-    };
-    set_condition(status, "RolledBack", rolled_back, reason, why, now);
+    set_condition(
+        status,
+        "RolledBack",
+        rolled_back,
+        "RolledBack",
+        &message,
+        now,
+    );
 }
 
 /// Records that the status was decided on `generation` of the Canary: in
@@ -249,7 +255,7 @@ impl Round<'_> {
             }
             return false;
         }
-        self.condition("SpecValid", true, "Valid", "the spec passed every check");
+        self.condition_usual("SpecValid");
         if let Some(problem) = &self.obs.reference_problem {
             if !self.obs.deleted {
                 self.condition("ReferencesAllowed", false, "NotGranted", problem);
@@ -258,17 +264,13 @@ impl Round<'_> {
             return false;
         }
         match &self.obs.signing {
-            Some(Ok(())) => {
-                let ready = "every webhook signing key is readable and long enough";
-                self.condition("SigningKeysReady", true, "KeysReadable", ready);
-            }
+            Some(Ok(())) => self.condition_usual("SigningKeysReady"),
             // Not a hold: the webhooks whose key cannot sign are not called (a gate with
             // one fails), everything else goes on.
             Some(Err(problem)) => self.condition("SigningKeysReady", false, "KeyProblem", problem),
             None => {}
         }
-        let allowed = "every object this Canary drives is in its namespace or granted";
-        self.condition("ReferencesAllowed", true, "Allowed", allowed);
+        self.condition_usual("ReferencesAllowed");
         if let Some(owner) = &self.obs.route_owner {
             if !self.obs.deleted {
                 let message = format!(
@@ -280,12 +282,7 @@ impl Round<'_> {
             }
             return false;
         }
-        self.condition(
-            "Conflict",
-            false,
-            "RouteOwned",
-            "this Canary alone drives its route",
-        );
+        self.condition_usual("Conflict");
         match &self.obs.traffic {
             // Being deleted without a route: there is no traffic to restore.
             Err(_) if self.obs.deleted => false,
@@ -295,8 +292,7 @@ impl Round<'_> {
                 false
             }
             Ok(_) => {
-                let ready = "the route carries prod and stage";
-                self.condition("TrafficReady", true, "RouteFound", ready);
+                self.condition_usual("TrafficReady");
                 true
             }
         }
@@ -304,6 +300,11 @@ impl Round<'_> {
 
     fn condition(&mut self, type_: &str, ok: bool, reason: &str, message: &str) {
         set_condition(&mut self.status, type_, ok, reason, message, self.now);
+    }
+
+    /// Condition `type_` is in its usual state, which the status leaves out ([`is_usual`]).
+    fn condition_usual(&mut self, type_: &str) {
+        self.status.conditions.retain(|c| c.type_ != type_);
     }
 
     fn step(&mut self) {
@@ -704,19 +705,7 @@ impl Round<'_> {
     /// A person resumed, or a new rollout started: foreign writes are counted afresh.
     fn clear_contest(&mut self) {
         self.status.traffic_contest = None;
-        if self
-            .status
-            .conditions
-            .iter()
-            .any(|c| c.type_ == "TrafficContested")
-        {
-            self.condition(
-                "TrafficContested",
-                false,
-                "NotContested",
-                "nobody else has changed the weights since the last resume or rollout",
-            );
-        }
+        self.condition_usual("TrafficContested");
     }
 
     fn on_deleted(&mut self) {
@@ -1056,13 +1045,14 @@ impl Round<'_> {
             self.record_decision(Verdict::Advance, why.clone());
             return self.enter_promoting(false);
         }
+        // Recorded where it was taken: the step and weight the evidence was gathered at.
+        self.record_decision(Verdict::Advance, why.clone());
         let weight = self.spec.steps[next];
         self.status.phase = Phase::Progressing;
         self.status.step = next as u32;
         self.status.step_started_at = Some(self.now);
         self.status.no_data_since = None;
         self.status.pending_gate = None;
-        self.record_decision(Verdict::Advance, why.clone());
         self.set_weight(weight);
         self.start_step_checks();
         let msg = format!("{weight} % to stage (step {next}): {why}");
@@ -1281,14 +1271,8 @@ impl Round<'_> {
                 } else {
                     self.status.no_data_since.get_or_insert(self.now);
                 }
-                self.status.last_decision = Some(DecisionRecord {
-                    at: Some(self.now),
-                    verdict: j.verdict,
-                    step: self.status.step,
-                    stage_weight: self.status.stage_weight,
-                    reason: bounded(&j.reason, MAX_TEXT),
-                    metrics: j.metrics.iter().map(MetricReport::rounded).collect(),
-                });
+                let metrics = j.metrics.iter().map(MetricReport::rounded).collect();
+                self.status.last_decision = Some(self.decision(j.verdict, &j.reason, metrics));
                 Some(j)
             }
         }
@@ -1330,6 +1314,27 @@ impl Round<'_> {
         (metrics, held, served)
     }
 
+    /// A decision taken now at the current step, with its reports and their summary lines.
+    fn decision(
+        &self,
+        verdict: Verdict,
+        reason: &str,
+        metrics: Vec<MetricReport>,
+    ) -> DecisionRecord {
+        DecisionRecord {
+            at: Some(self.now),
+            verdict,
+            step: self.status.step,
+            stage_weight: self.status.stage_weight,
+            reason: bounded(reason, MAX_TEXT),
+            summary: metrics
+                .iter()
+                .map(|m| bounded(&report_line(m), MAX_TEXT))
+                .collect(),
+            metrics,
+        }
+    }
+
     /// Records a decision that was not a plain look (gates, timeouts, commands), keeping
     /// the last look's statistics when it belongs to the same step.
     fn record_decision(&mut self, verdict: Verdict, reason: String) {
@@ -1340,14 +1345,7 @@ impl Round<'_> {
             .filter(|d| d.step == self.status.step)
             .map(|d| d.metrics.clone())
             .unwrap_or_default();
-        self.status.last_decision = Some(DecisionRecord {
-            at: Some(self.now),
-            verdict,
-            step: self.status.step,
-            stage_weight: self.status.stage_weight,
-            reason: bounded(&reason, MAX_TEXT),
-            metrics,
-        });
+        self.status.last_decision = Some(self.decision(verdict, &reason, metrics));
     }
 
     fn event(&mut self, warning: bool, reason: &'static str, message: String) {

@@ -174,29 +174,8 @@ fn status(phase: Phase, message: &str, conditions: Vec<Condition>) -> CanaryStat
     }
 }
 
-/// The conditions of a spec canaryd accepts, plus `rest`.
-fn accepted(rest: Vec<Condition>) -> Vec<Condition> {
-    let mut all = vec![
-        cond("SpecValid", "True", "Valid", "the spec passed every check"),
-        cond(
-            "ReferencesAllowed",
-            "True",
-            "Allowed",
-            "every reference is granted",
-        ),
-        cond("TrafficReady", "True", "RouteFound", "route primary"),
-        cond(
-            "Conflict",
-            "False",
-            "RouteOwned",
-            "this Canary drives its route",
-        ),
-    ];
-    all.extend(rest);
-    all
-}
-
-/// Ready, Reconciling and Stalled, plus `rest`, as the contract sets them.
+/// Ready, and Reconciling and Stalled when True, plus `rest`, as the contract sets them (a
+/// condition in its usual state is left out: absent Reconciling is False).
 fn rollout_conditions(
     ready: (&str, &str),
     reconciling: bool,
@@ -204,26 +183,13 @@ fn rollout_conditions(
     message: &str,
     rest: Vec<Condition>,
 ) -> Vec<Condition> {
-    let flag = |b: bool| if b { "True" } else { "False" };
-    let mut all = accepted(vec![
-        cond("Ready", ready.0, ready.1, message),
-        cond(
-            "Reconciling",
-            flag(reconciling),
-            if reconciling {
-                "Progressing"
-            } else {
-                "Finished"
-            },
-            message,
-        ),
-        cond(
-            "Stalled",
-            flag(stalled.is_some()),
-            stalled.unwrap_or(ready.1),
-            message,
-        ),
-    ]);
+    let mut all = vec![cond("Ready", ready.0, ready.1, message)];
+    if reconciling {
+        all.push(cond("Reconciling", "True", "Progressing", message));
+    }
+    if let Some(reason) = stalled {
+        all.push(cond("Stalled", "True", reason, message));
+    }
     all.extend(rest);
     all
 }
@@ -309,13 +275,11 @@ fn paused_is_suspended() {
 fn invalid_spec_is_degraded() {
     let msg = "spec.steps[2]: 30 does not exceed the step before it (60); make the weights \
                strictly increasing";
-    let mut conditions = vec![
+    let conditions = vec![
         cond("SpecValid", "False", "InvalidSpec", msg),
         cond("Ready", "False", "InvalidSpec", msg),
-        cond("Reconciling", "False", "Blocked", msg),
         cond("Stalled", "True", "InvalidSpec", msg),
     ];
-    conditions.push(cond("Promoted", "False", "Idle", "no rollout yet"));
     let c = canary(GENERATION, Some(status(Phase::Idle, msg, conditions)));
     assert_health(&c, "Degraded", msg);
 }
@@ -324,7 +288,6 @@ fn invalid_spec_is_degraded() {
 fn reference_not_granted_and_route_conflict_are_degraded() {
     let msg = "spec.stage.deployment: stage/flaskapp needs a ReferenceGrant in stage";
     let conditions = vec![
-        cond("SpecValid", "True", "Valid", "the spec passed every check"),
         cond("ReferencesAllowed", "False", "NotGranted", msg),
         cond("Ready", "False", "NotGranted", msg),
     ];
@@ -333,7 +296,6 @@ fn reference_not_granted_and_route_conflict_are_degraded() {
 
     let msg = "the route primary of prod/demoapp is driven by Canary prod/flaskapp-old";
     let conditions = vec![
-        cond("SpecValid", "True", "Valid", "the spec passed every check"),
         cond("Conflict", "True", "RouteOwnedByAnother", msg),
         cond("Ready", "False", "RouteOwnedByAnother", msg),
     ];

@@ -779,8 +779,15 @@ pub struct CanaryStatus {
     )]
     #[schemars(with = "Option<String>")]
     pub analysis: Option<AnalysisState>,
-    /// The last decision and the statistics behind it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The last decision and the statistics behind it: its reason, one line per metric
+    /// (`summary`), and the per-metric reports packed on one line (`metrics`, `z1:` like
+    /// `analysis`; `canaryd status` and the rollout page read them).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "stored_decision"
+    )]
+    #[schemars(with = "Option<StoredDecision>")]
     pub last_decision: Option<DecisionRecord>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
@@ -1048,8 +1055,73 @@ pub struct DecisionRecord {
     pub step: u32,
     pub stage_weight: u8,
     pub reason: String,
+    /// One line per metric in words (what `kubectl describe` shows).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub summary: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub metrics: Vec<MetricReport>,
+}
+
+/// [`DecisionRecord`] as the status stores it: the per-metric reports packed on one line
+/// (`z1:` and base64 of deflated JSON), next to their one-line summaries, so that `kubectl
+/// describe` shows three lines for three metrics instead of fifty. The list form of older
+/// statuses is still read. Notifications carry the reports unpacked.
+#[derive(Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+struct StoredDecision {
+    at: Option<Timestamp>,
+    verdict: Verdict,
+    step: u32,
+    stage_weight: u8,
+    reason: String,
+    /// One line per metric in words.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    summary: Vec<String>,
+    /// The reports behind the summary (four significant digits), packed.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::compact::packed"
+    )]
+    #[schemars(with = "Option<String>")]
+    metrics: Option<Vec<MetricReport>>,
+}
+
+/// `#[serde(with = ...)]` for `status.lastDecision`: stored as a [`StoredDecision`].
+mod stored_decision {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::{DecisionRecord, StoredDecision};
+
+    pub fn serialize<S: Serializer>(d: &Option<DecisionRecord>, s: S) -> Result<S::Ok, S::Error> {
+        d.as_ref()
+            .map(|d| StoredDecision {
+                at: d.at,
+                verdict: d.verdict,
+                step: d.step,
+                stage_weight: d.stage_weight,
+                reason: d.reason.clone(),
+                summary: d.summary.clone(),
+                metrics: (!d.metrics.is_empty()).then(|| d.metrics.clone()),
+            })
+            .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<DecisionRecord>, D::Error> {
+        Ok(
+            Option::<StoredDecision>::deserialize(d)?.map(|d| DecisionRecord {
+                at: d.at,
+                verdict: d.verdict,
+                step: d.step,
+                stage_weight: d.stage_weight,
+                reason: d.reason,
+                summary: d.summary,
+                metrics: d.metrics.unwrap_or_default(),
+            }),
+        )
+    }
 }
 
 /// What one compared quantity showed at the last look.

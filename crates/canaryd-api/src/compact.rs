@@ -193,4 +193,59 @@ mod tests {
             .unwrap_err();
         assert!(bad.to_string().contains("z1:"), "{bad}");
     }
+
+    #[test]
+    fn the_last_decision_keeps_its_summary_in_words_and_its_reports_packed() {
+        use crate::canary::{CanaryStatus, DecisionRecord, MetricReport, Verdict};
+        let reports: Vec<_> = ["errors", "latency@250", "slo:errors"]
+            .iter()
+            .map(|name| MetricReport {
+                name: name.to_string(),
+                verdict: Verdict::Continue,
+                e_value: 0.3094,
+                rollback_threshold: 316.2,
+                ratio_lower: 0.35,
+                ratio_upper: Some(1.7),
+                margin: 1.5,
+                stage_rate: Some(0.005),
+                prod_rate: Some(0.0049),
+                stage_requests: 12_000,
+                prod_requests: 28_000,
+                ..MetricReport::default()
+            })
+            .collect();
+        let decision = DecisionRecord {
+            verdict: Verdict::Continue,
+            step: 1,
+            stage_weight: 30,
+            reason: "not known yet".into(),
+            summary: vec!["errors: continue".into(), "latency: continue".into()],
+            metrics: reports.clone(),
+            ..DecisionRecord::default()
+        };
+        let status = CanaryStatus {
+            last_decision: Some(decision.clone()),
+            ..CanaryStatus::default()
+        };
+        let json = serde_json::to_value(&status).unwrap();
+        let stored = &json["lastDecision"];
+        assert!(stored["metrics"].as_str().unwrap().starts_with("z1:"));
+        assert_eq!(stored["summary"][1], "latency: continue");
+        // What `kubectl describe` prints: a line per field, one per summary line.
+        let yaml = serde_yaml_ng::to_string(stored).unwrap();
+        assert!(yaml.lines().count() <= 10, "{yaml}");
+        let back: CanaryStatus = serde_json::from_value(json).unwrap();
+        assert_eq!(back.last_decision, Some(decision.clone()));
+
+        // A status written before the reports were packed.
+        let mut old = serde_json::to_value(&decision).unwrap();
+        old["metrics"] = serde_json::to_value(&reports).unwrap();
+        let read: CanaryStatus =
+            serde_json::from_value(serde_json::json!({"lastDecision": old})).unwrap();
+        assert_eq!(read.last_decision.unwrap().metrics, reports);
+
+        // Notifications carry the decision with its reports unpacked.
+        let plain = serde_json::to_value(&decision).unwrap();
+        assert_eq!(plain["metrics"][0]["name"], "errors");
+    }
 }

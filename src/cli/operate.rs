@@ -117,7 +117,10 @@ pub fn run_daemon(path: &Path) -> ExitCode {
         let metrics: Arc<dyn crate::cluster::MetricsSource> =
             match crate::telemetry::Telemetry::new(&config.prometheus, config.mesh) {
                 Ok(t) => Arc::new(crate::telemetry::Timed {
-                    inner: Arc::new(t),
+                    inner: Arc::new(crate::telemetry::Batched::start(
+                        t,
+                        Some(admin.queries.clone()),
+                    )),
                     metrics: admin.queries.clone(),
                 }),
                 Err(e) => return fail(format!("prometheus: {e}")),

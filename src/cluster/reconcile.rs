@@ -239,7 +239,7 @@ async fn observe(
 }
 
 /// The counts of one look when one is due: the window runs from the end of the last window
-/// (or the start of the step) to now, evaluated at a whole second so both arms share it.
+/// (or the start of the step) to [`window_end`], at least one look interval long.
 async fn take_look(
     canary: &Canary,
     status: &CanaryStatus,
@@ -253,8 +253,7 @@ async fn take_look(
         .as_ref()
         .and_then(|a| a.window_end)
         .map_or(step_start, |end| end.max(step_start));
-    // The window ends one scrape interval ago, so its last scrape has been ingested.
-    let end = now - jiff::SignedDuration::try_from(ctx.scrape_interval).ok()?;
+    let end = window_end(now, ctx.scrape_interval, interval)?;
     let window = end.duration_since(start);
     if window < jiff::SignedDuration::try_from(interval).ok()? {
         return None;
@@ -273,6 +272,37 @@ async fn take_look(
         window_end: end,
         result,
     })
+}
+
+/// Where a look taken at `now` ends its window: one scrape interval ago (so the window's last
+/// scrape has been ingested), rounded down to a multiple of the look `interval` since the Unix
+/// epoch. Every Canary with the same interval thus reads windows with the same ends, and
+/// their looks, due at the same instant, are read by one batched query
+/// ([`crate::telemetry::Batched`]). Consecutive windows still tile time: each starts where the
+/// last ended.
+pub(super) fn window_end(
+    now: Timestamp,
+    scrape: Duration,
+    interval: Duration,
+) -> Option<Timestamp> {
+    let lagged = now - jiff::SignedDuration::try_from(scrape).ok()?;
+    let grid = i64::try_from(interval.as_millis()).ok()?.max(1);
+    Timestamp::from_millisecond(lagged.as_millisecond().div_euclid(grid) * grid).ok()
+}
+
+/// When the look after a window ending at `from` is due: at the first multiple of `interval`
+/// at least one interval after `from`, plus one scrape interval (see [`window_end`]).
+pub(super) fn look_due(from: Timestamp, scrape: Duration, interval: Duration) -> Option<Timestamp> {
+    let grid = i64::try_from(interval.as_millis()).ok()?.max(1);
+    let earliest = from.as_millisecond().checked_add(grid)?;
+    let aligned = earliest.div_euclid(grid) * grid;
+    let aligned = if aligned < earliest {
+        aligned + grid
+    } else {
+        aligned
+    };
+    let lag = i64::try_from(scrape.as_millis()).ok()?;
+    Timestamp::from_millisecond(aligned.checked_add(lag)?).ok()
 }
 
 /// The runner's key of this Canary's gate `id` (see [`GateKey`]).
@@ -335,10 +365,9 @@ fn next_round(
                 .chain(status.step_started_at)
                 .max()
                 .unwrap_or(now);
-            // A look is due once its window, ending one scrape interval ago, is long enough.
-            let due = from
-                + jiff::SignedDuration::try_from(interval + ctx.scrape_interval)
-                    .unwrap_or_default();
+            // A look is due once its window, ending one scrape interval ago on the interval's
+            // grid, is long enough.
+            let due = look_due(from, ctx.scrape_interval, interval).unwrap_or(now);
             let wait = Duration::try_from(due.duration_since(now)).unwrap_or_default();
             if status.pending_gate.is_some() {
                 Requeue::requeue(wait.min(soon))

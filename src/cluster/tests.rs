@@ -1002,3 +1002,39 @@ async fn an_older_canary_whose_spec_does_not_decode_owns_no_route() {
     let status = status_in(&seen.lock().unwrap()[1].2);
     assert_eq!(status.phase, Phase::Testing, "{}", status.message);
 }
+
+#[test]
+fn windows_end_on_the_interval_grid_so_canaries_due_together_share_one_batch() {
+    use super::reconcile::{look_due, window_end};
+    let at = |s: &str| s.parse::<Timestamp>().unwrap();
+    let (scrape, interval) = (Duration::from_secs(15), Duration::from_secs(30));
+    // Two Canaries looking 7 s apart read the same window end: one scrape interval back,
+    // rounded down to the 30 s grid.
+    for now in ["2026-12-08T10:00:47Z", "2026-12-08T10:00:54Z"] {
+        assert_eq!(
+            window_end(at(now), scrape, interval),
+            Some(at("2026-12-08T10:00:30Z"))
+        );
+    }
+    // A step started at :12 has its first look due when a grid point one interval later
+    // has been scraped: the window (:12, :60] ends at 10:01:00, read at 10:01:15.
+    let due = look_due(at("2026-12-08T10:00:12Z"), scrape, interval).unwrap();
+    assert_eq!(due, at("2026-12-08T10:01:15Z"));
+    assert_eq!(
+        window_end(due, scrape, interval),
+        Some(at("2026-12-08T10:01:00Z"))
+    );
+    // Then every 30 s, tiling time: each window starts where the last ended.
+    let next = look_due(at("2026-12-08T10:01:00Z"), scrape, interval).unwrap();
+    assert_eq!(next, at("2026-12-08T10:01:45Z"));
+    assert_eq!(
+        window_end(next, scrape, interval),
+        Some(at("2026-12-08T10:01:30Z"))
+    );
+    // Not due a millisecond early.
+    let early = next - jiff::SignedDuration::from_millis(1);
+    assert_eq!(
+        window_end(early, scrape, interval),
+        Some(at("2026-12-08T10:01:00Z"))
+    );
+}

@@ -4,7 +4,9 @@
 //! the counts go to `analysis`, and an error goes to the caller, which holds the Canary.
 //!
 //! # Batching
-//! [`Telemetry::fetch`] takes every Canary due at one tick and issues one query per metric
+//! [`Batched`] (the daemon's [`MetricsSource`]) gathers the looks that the Canaries' reconciles
+//! request within [`LINGER`] of each other, groups them by window, and hands each group to
+//! [`Telemetry::fetch`], which takes every Canary due at one tick and issues one query per metric
 //! kind for all of them (per chunk of [`MAX_ARMS_PER_QUERY`] arms): one traffic query (requests
 //! and 5xx together; every Canary needs its requests), one latency query if any Canary has a
 //! latency metric, and one query per
@@ -35,6 +37,7 @@
 //!   the Canary holds and never advances.
 //! - NaN: `Err(TelemetryError::NotANumber)`, since no count can be NaN.
 
+mod batch;
 mod client;
 mod error;
 pub mod promql;
@@ -47,6 +50,7 @@ use std::time::Duration;
 use futures::StreamExt as _;
 use jiff::Timestamp;
 
+pub use batch::{Batched, LINGER};
 pub use client::{PromClient, Sample};
 use error::shown_query;
 pub use error::TelemetryError;
@@ -168,7 +172,18 @@ impl Telemetry {
         window_end: Timestamp,
         window: Duration,
     ) -> HashMap<K, Result<LookCounts, TelemetryError>> {
+        self.fetch_counted(targets, window_end, window).await.0
+    }
+
+    /// [`Telemetry::fetch`], and how many queries it sent.
+    pub async fn fetch_counted<K: Clone + Eq + Hash>(
+        &self,
+        targets: &[QueryTarget<'_, K>],
+        window_end: Timestamp,
+        window: Duration,
+    ) -> (HashMap<K, Result<LookCounts, TelemetryError>>, usize) {
         let plan = self.plan(targets, window);
+        let sent = plan.queries.len();
         let results: Vec<Result<Vec<Sample>, TelemetryError>> =
             // Futures built up front (not in a stream closure) keep `fetch` Send for callers
             // that box it.
@@ -243,7 +258,7 @@ impl Telemetry {
             });
             out.insert(target.key.clone(), counts);
         }
-        out
+        (out, sent)
     }
 
     fn plan<K>(&self, targets: &[QueryTarget<'_, K>], window: Duration) -> Plan {

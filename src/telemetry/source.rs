@@ -56,15 +56,20 @@ impl MetricsSource for Telemetry {
 pub struct QueryMetrics {
     duration: Histogram,
     errors: Counter,
+    queries: Counter,
+    batch: Histogram,
 }
 
 impl QueryMetrics {
-    /// Registers `canaryd_prometheus_query_duration_seconds` and
-    /// `canaryd_prometheus_query_errors_total` in `registry`.
+    /// Registers `canaryd_prometheus_query_duration_seconds`,
+    /// `canaryd_prometheus_query_errors_total`, `canaryd_prometheus_queries_total` and
+    /// `canaryd_look_batch_canaries` in `registry`.
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self {
             duration: Histogram::new(exponential_buckets(0.005, 2.0, 12)),
             errors: Counter::default(),
+            queries: Counter::default(),
+            batch: Histogram::new(exponential_buckets(1.0, 4.0, 8)),
         };
         let canaryd = registry.sub_registry_with_prefix("canaryd");
         canaryd.register_with_unit(
@@ -78,7 +83,23 @@ impl QueryMetrics {
             "Analysis looks whose Prometheus queries failed",
             m.errors.clone(),
         );
+        canaryd.register(
+            "prometheus_queries",
+            "Queries sent to Prometheus for analysis looks (batched over the Canaries due together)",
+            m.queries.clone(),
+        );
+        canaryd.register(
+            "look_batch_canaries",
+            "Canaries whose looks were read together by one batch of queries",
+            m.batch.clone(),
+        );
         m
+    }
+
+    /// One batch: the looks of `canaries` Canaries read with `queries` queries.
+    pub fn batch(&self, canaries: usize, queries: usize) {
+        self.batch.observe(canaries as f64);
+        self.queries.inc_by(queries as u64);
     }
 
     /// One look's fetch: how long it took and whether it failed.

@@ -148,7 +148,10 @@ async fn a_canary_that_does_not_decode_holds_up_no_other_after_a_restart() {
     let shown = canaryd(&["status", "flaskapp", "-n", "prod"]);
     assert!(shown.starts_with("Canary prod/flaskapp: "), "{shown}");
     assert!(shown.contains("condition Reconciling=True"), "{shown}");
-    assert!(!shown.contains("SpecValid"), "valid: no such condition: {shown}");
+    assert!(
+        !shown.contains("SpecValid"),
+        "valid: no such condition: {shown}"
+    );
     canaryd(&["abort", "broken", "-n", "prod"]);
 
     // Deleted, it goes: canaryd removes its finalizer (there is no route to restore).

@@ -474,3 +474,86 @@ async fn exact_counts_tile_time_across_series_births_and_counter_resets() {
         "{totals:?}"
     );
 }
+
+/// The daemon's source of counts: looks of many Canaries due at the same tick (the
+/// reconciler aligns their windows) are read with one traffic and one latency query in all.
+#[tokio::test]
+async fn looks_due_together_are_read_in_one_batch_whatever_the_number_of_canaries() {
+    use canaryd::api::Canary;
+    use canaryd::telemetry::{Batched, MetricsSource, QueryMetrics};
+    use prometheus_client::registry::Registry;
+
+    let arms = [
+        flaskapp_prod(),
+        flaskapp_stage(),
+        checkout_prod(),
+        checkout_stage(),
+    ];
+    let lab = Lab::start(&arms).await;
+    let mut registry = Registry::default();
+    let metrics = QueryMetrics::register(&mut registry);
+    let batched = Batched::start(
+        lab.telemetry(MeshPreset::Istio, SelectBy::Host),
+        Some(metrics),
+    );
+    let errors_and_latency = r#"
+    - {name: errors, kind: errorRate}
+    - {name: latency, kind: latency, thresholdsMs: [250]}
+"#;
+    // 40 Canaries in 4 namespaces: even ones on flaskapp's arms with a latency metric, odd
+    // ones on checkout's with errors only.
+    let canaries: Vec<Canary> = (0..40)
+        .map(|i| {
+            let spec = if i % 2 == 0 {
+                canary(&arms[1], &arms[0], errors_and_latency)
+            } else {
+                canary(&arms[3], &arms[2], "[{name: errors, kind: errorRate}]")
+            };
+            let mut c = Canary::new(&format!("app-{i}"), spec);
+            c.metadata.namespace = Some(format!("team-{}", i % 4));
+            c
+        })
+        .collect();
+    let looks = futures::future::join_all(
+        canaries
+            .iter()
+            .map(|c| batched.counts(c, lab.window_end, WINDOW)),
+    )
+    .await;
+    for (i, look) in looks.iter().enumerate() {
+        let expected = if i % 2 == 0 {
+            LookCounts {
+                stage: arms[1].expected(true, None),
+                prod: arms[0].expected(true, None),
+            }
+        } else {
+            LookCounts {
+                stage: arms[3].expected(false, None),
+                prod: arms[2].expected(false, None),
+            }
+        };
+        assert_eq!(look.as_ref().unwrap(), &expected, "Canary app-{i}");
+    }
+    let counter = |registry: &Registry, name: &str| {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    };
+    assert_eq!(
+        counter(&registry, "canaryd_prometheus_queries_total"),
+        2.0,
+        "one traffic and one latency query for 40 Canaries"
+    );
+    assert_eq!(counter(&registry, "canaryd_look_batch_canaries_sum"), 40.0);
+
+    // A look over another window (a step's first, longer one) is another batch, still exact.
+    let longer = WINDOW + Duration::from_secs(30);
+    let look = batched
+        .counts(&canaries[1], lab.window_end, longer)
+        .await
+        .unwrap();
+    assert_eq!(look.stage, arms[3].expected(false, None));
+    assert_eq!(counter(&registry, "canaryd_prometheus_queries_total"), 3.0);
+}

@@ -158,7 +158,7 @@ pub fn evaluate_look(
             } else {
                 0.0
             };
-            let mut look = HeldCounts {
+            let look = HeldCounts {
                 stage_requests: c.stage_requests as u64,
                 stage_bad: c.stage_bad as u64,
                 prod_requests: c.prod_requests as u64,
@@ -166,15 +166,18 @@ pub fn evaluate_look(
                 looks: 1,
                 stage_share_of_bad: share * (c.stage_bad + c.prod_bad),
             };
-            if let Some(h) = st.held.take() {
-                look = pooled(&h, &look);
+            let held = st.held.take();
+            let (folded, held) = match grid {
+                Some(_) => pool(&st, held, look),
+                None => (Some(look), None),
+            };
+            if let Some(look) = &folded {
+                fold(&mut st, rollout_grid.as_ref().zip(grid.as_ref()), look);
             }
-            if grid.is_some() && look.looks <= MAX_HELD_LOOKS && jumped(&st, &look) {
-                st.held = Some(look);
+            if held.is_some() {
                 holding.push(s.name.as_str());
-            } else {
-                fold(&mut st, rollout_grid.as_ref().zip(grid.as_ref()), &look);
             }
+            st.held = held;
         }
         let rate = |bad: u64, n: u64| (n > 0).then(|| bad as f64 / n as f64);
         let (mut detectable, mut worse_p) = (None, None);
@@ -261,8 +264,8 @@ pub fn evaluate_look(
             reason = "not advancing while a look is held back".into();
         }
         reason.push_str(&format!(
-            " ({}: this look's bad events in both arms jumped above the rollout's rate, so it \
-             is pooled with the next look before it is judged)",
+            " ({}: pooled with the next look before it is judged, because bad events in both \
+             arms jumped above the rate so far, or there is no rate yet to compare them with)",
             holding.join(", ")
         ));
     }
@@ -276,24 +279,58 @@ pub fn evaluate_look(
     })
 }
 
-/// At most this many looks are held back and pooled before they are folded, whatever the
-/// rate: a real regression is judged at most this many looks late.
-const MAX_HELD_LOOKS: u32 = 2;
+/// At most this many looks are held back and pooled; the look after them is folded with them
+/// whatever its rate: a real regression is judged at most this many looks late.
+const MAX_HELD_LOOKS: u32 = 6;
 
-/// Whether the bad events of both arms together (`m` of `n` requests, never the split
-/// between the arms, so the conditional binomial of the split stays valid) jumped far above
-/// the rate folded so far by more than four Poisson standard deviations (and 3 events). No
-/// look is held before 10 bad events have been folded: there is no rate to compare with yet.
-fn jumped(st: &SeriesState, look: &HeldCounts) -> bool {
-    let (m0, n0) = (
+/// What to fold now and what to hold back, given the looks held so far and this look.
+/// Prometheus scrapes each pod at its own instant, so a look's window ends at a different
+/// instant for each pod, and a burst of errors that hits both arms near a look's end falls
+/// into that look for some pods and into the next for others: on its own, either look
+/// would read the burst as stage's or as prod's. So a look whose bad events jumped is held,
+/// and held looks are judged together with their neighbours: pooled with the next look
+/// while either the held looks or the next look jumped (each measured against the other
+/// while the rollout has too few bad events for a rate of its own), and folded together
+/// with the first next look once neither did. A burst straddling either end of a held look
+/// is then summed back whole for both arms. After [`MAX_HELD_LOOKS`] held looks the next is
+/// folded with them whatever its rate. Every choice reads the bad events of both arms
+/// together and the requests (m and n), never how the bad events split between the arms.
+fn pool(
+    st: &SeriesState,
+    held: Option<HeldCounts>,
+    look: HeldCounts,
+) -> (Option<HeldCounts>, Option<HeldCounts>) {
+    match held {
+        None if jumped(st, &look, None) => (None, Some(look)),
+        None => (Some(look), None),
+        Some(h) if !jumped(st, &look, Some(&h)) && !jumped(st, &h, Some(&look)) => {
+            (Some(pooled(&h, &look)), None)
+        }
+        Some(h) if h.looks < MAX_HELD_LOOKS => (None, Some(pooled(&h, &look))),
+        Some(h) => (Some(pooled(&h, &look)), None),
+    }
+}
+
+/// Whether the bad events of both arms together in `look` (m of n requests) jumped above
+/// the reference rate by more than four Poisson standard deviations (and 3 events). The
+/// reference is the rate folded so far; while that holds fewer than 10 bad events (the
+/// first looks of a rollout), the neighbouring counts `other` are added to it, and with no
+/// rate at all any look of more than 3 bad events counts as a jump: a burst in the first
+/// look has nothing else to stand out against.
+fn jumped(st: &SeriesState, look: &HeldCounts, other: Option<&HeldCounts>) -> bool {
+    let (mut m0, mut n0) = (
         st.stage_bad.saturating_add(st.prod_bad) as f64,
         st.stage_requests.saturating_add(st.prod_requests) as f64,
     );
-    if m0 < 10.0 || n0 <= 0.0 {
-        return false;
+    if m0 < 10.0 {
+        if let Some(o) = other {
+            m0 += o.stage_bad.saturating_add(o.prod_bad) as f64;
+            n0 += o.stage_requests.saturating_add(o.prod_requests) as f64;
+        }
     }
-    let m = (look.stage_bad + look.prod_bad) as f64;
-    let expected = m0 / n0 * (look.stage_requests + look.prod_requests) as f64;
+    let rate = if n0 > 0.0 { m0 / n0 } else { 0.0 };
+    let m = look.stage_bad.saturating_add(look.prod_bad) as f64;
+    let expected = rate * look.stage_requests.saturating_add(look.prod_requests) as f64;
     m > expected + 4.0 * expected.sqrt() + 3.0
 }
 
@@ -929,9 +966,10 @@ pub(super) mod tests {
             prod: arm(400.0, 0.0, 4.0),
         };
         counts.stage.requests = 401.0;
-        let out = &run(&s, &counts, 1, 50)[0];
-        assert_eq!(out.metrics[1].stage_requests, 400);
-        assert_eq!(out.metrics[0].stage_requests, 401);
+        // Two looks: the rollout's first is held back for the second.
+        let out = &run(&s, &counts, 2, 50)[1];
+        assert_eq!(out.metrics[1].stage_requests, 800);
+        assert_eq!(out.metrics[0].stage_requests, 802);
     }
 
     #[test]
@@ -1027,14 +1065,75 @@ pub(super) mod tests {
             out.state.series[0].held.is_some(),
             "still above the rate: held again"
         );
-        let out = evaluate_look(&s, &out.state, &calm, &ctx(1, 30, 180)).unwrap();
-        assert!(
-            out.state.series[0].held.is_none(),
-            "at most {MAX_HELD_LOOKS} looks are held"
+        // The pool still jumps above the rollout's rate, so calm looks join it until the
+        // cap, then the whole is folded at once.
+        let mut out = out;
+        let mut calm_looks = 0;
+        while out.state.series[0].held.is_some() {
+            calm_looks += 1;
+            let at = ctx(1, 30, 150 + 30 * calm_looks);
+            out = evaluate_look(&s, &out.state, &calm, &at).unwrap();
+            assert_ne!(out.verdict, Verdict::Rollback, "{}", out.reason);
+        }
+        // Held: the two halves and all but the last calm look.
+        assert_eq!(
+            2 + calm_looks - 1,
+            u64::from(MAX_HELD_LOOKS),
+            "at most {MAX_HELD_LOOKS} looks held"
         );
-        assert_eq!(out.state.series[0].stage_bad, 90 + 330 + 30 + 30);
-        assert_ne!(out.verdict, Verdict::Rollback, "{}", out.reason);
+        assert_eq!(
+            out.state.series[0].stage_bad,
+            90 + 330 + 30 + 30 * calm_looks as u64
+        );
         assert!(out.metrics[0].e_value < 1.0, "{:?}", out.metrics[0]);
+    }
+
+    #[test]
+    fn a_burst_split_across_the_first_two_looks_is_summed_back_before_it_is_judged() {
+        // The rollout's first look has no rate to compare with. Scrape timing put stage's
+        // share of a burst in it and prod's in the next look: folded alone, the first look
+        // would roll stage back at once.
+        let s = spec();
+        let stage_half = LookCounts {
+            stage: arm(3000.0, 330.0, 30.0),
+            prod: arm(7000.0, 70.0, 70.0),
+        };
+        let prod_half = LookCounts {
+            stage: arm(3000.0, 30.0, 30.0),
+            prod: arm(7000.0, 770.0, 70.0),
+        };
+        let calm = LookCounts {
+            stage: arm(3000.0, 30.0, 30.0),
+            prod: arm(7000.0, 70.0, 70.0),
+        };
+        let mut state = AnalysisState::default();
+        let looks = [&stage_half, &prod_half].into_iter().chain([&calm; 8]);
+        for (i, counts) in looks.enumerate() {
+            let out = evaluate_look(&s, &state, counts, &ctx(1, 30, 30 * (i as u64 + 1))).unwrap();
+            assert_ne!(
+                out.verdict,
+                Verdict::Rollback,
+                "look {}: {}",
+                i + 1,
+                out.reason
+            );
+            if i == 0 {
+                assert!(out.held, "nothing to compare the first look with: held");
+                assert_eq!(out.state.series[0].stage_bad, 0);
+            }
+            state = out.state;
+        }
+        let errors = &state.series[0];
+        assert!(errors.held.is_none());
+        assert_eq!(errors.stage_bad, 330 + 30 * 9, "every look folded");
+        // A first look without a burst is folded with the second: one look late, no more.
+        let mut state = AnalysisState::default();
+        for i in 1..=2 {
+            let out = evaluate_look(&s, &state, &calm, &ctx(1, 30, 30 * i)).unwrap();
+            assert_eq!(out.held, i == 1);
+            state = out.state;
+        }
+        assert_eq!(state.series[0].stage_bad, 60);
     }
 
     #[test]

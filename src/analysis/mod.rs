@@ -71,17 +71,23 @@
 //! probability of advancing it while some metric's ratio during that step is at or above its
 //! margin is at most alpha.
 //!
-//! **Pooling.** Prometheus scrapes every pod at its own instant, so a burst of errors that
-//! hits both arms (a shared dependency failing) can land in one look for stage's pods and in
-//! the next for prod's, which the per-look binomial would read as evidence against stage. A
-//! look whose bad events in both arms together (m of n requests) jump beyond the rollout's
-//! rate (more than four Poisson standard deviations) is held back and pooled with the looks
-//! after it, at most two, before it is folded; it blocks an advance meanwhile. The decision
-//! reads only m and n, never the split between the arms, and pooled looks use stage's share
-//! weighted by each look's bad events, so the rollback e-process stays a supermartingale under
-//! the null (a sum of binomials is dominated by the binomial of the same mean in convex
-//! order). It reduces, but does not remove, the effect of bursts split across looks at 30 s
-//! scrapes (tests/it/analyze_aa_scrapes.rs measures it).
+//! **Pooling.** Prometheus scrapes every pod at its own instant, so a look's window ends at a
+//! different instant for each pod (and further back for a pod whose scrapes an outage
+//! missed), and a burst of errors that hits both arms (a shared dependency failing) can land
+//! in one look for stage's pods and in the next for prod's, which the per-look binomial
+//! would read as evidence against stage. A look whose bad events in both arms together (m of
+//! n requests) jump beyond the rate folded so far (more than four Poisson standard
+//! deviations) is held back; held looks are pooled with the next look while either they or
+//! it jump, and folded together with the first next look once neither does, so a burst
+//! straddling either end of a held look is summed back whole for both arms. While the
+//! rollout has folded fewer than 10 bad events there is no rate of its own: a held look and
+//! the next are then measured against each other, and the rollout's first look (more than 3
+//! bad events) is held for the second. At most six looks are held; the seventh is folded with
+//! them. A held look blocks an advance. The decisions read only m and n, never the split
+//! between the arms, and pooled looks use stage's share weighted by each look's bad events,
+//! so the rollback e-process stays a supermartingale under the null (a sum of binomials is
+//! dominated by the binomial of the same mean in convex order). tests/it/analyze_aa_scrapes.rs
+//! measures the false rollbacks this leaves at 15 s and 30 s scrapes.
 //!
 //! A look at weight 0 is not folded (no live traffic; the checks decide). At weight 100 prod
 //! gets no requests, so pi = 1 and the comparative likelihood does not move by construction;

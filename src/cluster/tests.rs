@@ -295,7 +295,40 @@ async fn run(
     canary: Canary,
     server: tokio::task::JoinHandle<()>,
 ) -> kube::runtime::controller::Action {
+    let canary = looked_before(&ctx, canary).await;
     finished(reconcile::reconcile(Arc::new(canary), ctx), server).await
+}
+
+/// A progressing rollout without analysis state gets the state of two earlier looks at the
+/// same counts: the first look of a rollout is held back for the second (there is no rate
+/// yet to tell a burst from it), and the rounds tested here decide on their own look.
+async fn looked_before(ctx: &Context, mut canary: Canary) -> Canary {
+    let Some(status) = canary.status.as_ref() else {
+        return canary;
+    };
+    if status.phase != Phase::Progressing || status.analysis.is_some() {
+        return canary;
+    }
+    let counts = ctx
+        .metrics
+        .counts(&canary, fixed_now(), ctx.interval)
+        .await
+        .unwrap();
+    let mut state = crate::api::AnalysisState::default();
+    for look in 1..=2 {
+        let at = crate::analysis::LookContext {
+            step: status.step,
+            stage_weight: status.stage_weight,
+            elapsed_in_step: ctx.interval * look,
+            min_duration: canary.spec.step_duration.min.0,
+            comparative_steps: crate::analysis::comparative_steps(&canary.spec.steps),
+        };
+        state = crate::analysis::evaluate_look(&canary.spec.analysis, &state, &counts, &at)
+            .unwrap()
+            .state;
+    }
+    canary.status.as_mut().unwrap().analysis = Some(state);
+    canary
 }
 
 /// The outcome of `round`, once it succeeded and every expected request was made.

@@ -88,7 +88,8 @@ fn one_early_look_is_not_enough_to_decide() {
     for m in metrics {
         assert!(m["e_value"].as_f64().unwrap() < 200.0);
         assert!(m["ratio_lower"].as_f64().unwrap() < 1.0);
-        assert!(m["ratio_upper"].as_f64().unwrap() > 1.5);
+        // Unbounded while the rollout's first look is held back for the second.
+        assert!(m["ratio_upper"].as_f64().is_none_or(|u| u > 1.5));
     }
 }
 

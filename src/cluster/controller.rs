@@ -106,6 +106,7 @@ pub async fn run_with(
         watcher::Config::default(),
     )
     .default_backoff()
+    .modify(super::trim::deployment)
     .reflect(dep_writer);
     let dep_stream =
         log_watch_errors("Deployments", mark_synced(dep_stream, dep_synced)).touched_objects();
@@ -114,6 +115,7 @@ pub async fn run_with(
         watcher::Config::default(),
     )
     .default_backoff()
+    .modify(super::trim::virtual_service)
     .reflect(vs_writer);
     let vs_stream =
         log_watch_errors("VirtualServices", mark_synced(vs_stream, vs_synced)).touched_objects();
@@ -122,6 +124,7 @@ pub async fn run_with(
         watcher::Config::default(),
     )
     .default_backoff()
+    .modify(super::trim::canary)
     .reflect(canary_writer);
     let canary_stream =
         log_watch_errors("Canaries", mark_synced(canary_stream, canary_synced)).applied_objects();

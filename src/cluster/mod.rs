@@ -10,6 +10,7 @@ pub mod gates;
 pub mod leader;
 pub mod reconcile;
 pub mod traffic;
+pub mod trim;
 pub mod workload;
 
 use std::sync::Arc;

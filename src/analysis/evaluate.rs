@@ -1083,7 +1083,7 @@ pub(super) mod tests {
         );
         assert_eq!(
             out.state.series[0].stage_bad,
-            90 + 330 + 30 + 30 * calm_looks as u64
+            90 + 330 + 30 + 30 * calm_looks
         );
         assert!(out.metrics[0].e_value < 1.0, "{:?}", out.metrics[0]);
     }

@@ -24,6 +24,7 @@ use super::Admin;
 use crate::analysis::{power_of_ten, series_words, sig2};
 use crate::api::{CanarySpec, CanaryStatus, HistoryEntry, Phase};
 use crate::cluster::decode;
+use kube::api::DynamicObject;
 
 /// How often the page fetches its main part again.
 const REFRESH_MS: u32 = 2000;
@@ -42,16 +43,61 @@ struct Entry {
     status: CanaryStatus,
 }
 
-fn entries(admin: &Admin) -> Vec<Entry> {
-    let mut all: Vec<Entry> = admin
-        .board
-        .canaries()
-        .iter()
-        .map(|obj| Entry {
+impl Entry {
+    fn decode(obj: &DynamicObject) -> Self {
+        Entry {
             namespace: obj.metadata.namespace.clone().unwrap_or_default(),
             name: obj.metadata.name.clone().unwrap_or_default(),
             spec: decode::spec(obj),
             status: decode::status(obj).ok().flatten().unwrap_or_default(),
+        }
+    }
+}
+
+/// What the list shows of a Canary's status, read without the rest: the packed analysis
+/// state and the last decision's packed reports are never inflated, so a list of the whole
+/// fleet costs a few fields per Canary.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct Listed {
+    phase: Phase,
+    step: u32,
+    stage_weight: u8,
+    stage_revision: Option<String>,
+    prod_revision: Option<String>,
+    message: String,
+    last_decision: Option<ListedDecision>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ListedDecision {
+    reason: String,
+}
+
+/// One row of the list.
+struct Row {
+    namespace: String,
+    name: String,
+    /// The number of steps, when the spec is readable.
+    steps: Option<usize>,
+    status: Listed,
+}
+
+fn rows(admin: &Admin) -> Vec<Row> {
+    let mut all: Vec<Row> = admin
+        .board
+        .canaries()
+        .iter()
+        .map(|obj| Row {
+            namespace: obj.metadata.namespace.clone().unwrap_or_default(),
+            name: obj.metadata.name.clone().unwrap_or_default(),
+            steps: decode::spec(obj).ok().map(|s| s.steps.len()),
+            status: obj
+                .data
+                .get("status")
+                .and_then(|s| Listed::deserialize(s).ok())
+                .unwrap_or_default(),
         })
         .collect();
     all.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
@@ -60,7 +106,7 @@ fn entries(admin: &Admin) -> Vec<Entry> {
 
 pub async fn list(State(admin): State<Admin>, Query(q): Query<PageQuery>) -> Response {
     let now = Timestamp::now();
-    let main = list_main(&entries(&admin), now);
+    let main = list_main(&rows(&admin), now);
     respond("canaryd: rollouts", main, q.fragment.is_some())
 }
 
@@ -69,9 +115,15 @@ pub async fn rollout(
     Path((namespace, name)): Path<(String, String)>,
     Query(q): Query<PageQuery>,
 ) -> Response {
-    let found = entries(&admin)
-        .into_iter()
-        .find(|e| e.namespace == namespace && e.name == name);
+    let found = admin
+        .board
+        .canaries()
+        .iter()
+        .find(|o| {
+            o.metadata.namespace.as_deref() == Some(namespace.as_str())
+                && o.metadata.name.as_deref() == Some(name.as_str())
+        })
+        .map(|o| Entry::decode(o));
     let Some(entry) = found else {
         let main = html! {
             p { "No Canary " (namespace) "/" (name) " in the cache. " a href="/" { "All rollouts" } }
@@ -158,40 +210,34 @@ fn span_words(seconds: i64) -> String {
     humantime::format_duration(std::time::Duration::from_secs(seconds.max(0) as u64)).to_string()
 }
 
-fn list_main(entries: &[Entry], now: Timestamp) -> Markup {
+fn list_main(rows: &[Row], now: Timestamp) -> Markup {
     html! {
         h1 { "Rollouts" }
-        p.muted { (entries.len()) " Canaries · " (clock(now)) " UTC" }
+        p.muted { (rows.len()) " Canaries · " (clock(now)) " UTC" }
         table {
             tr { th { "Canary" } th { "Phase" } th { "Step" } th { "To stage" } th { "Stage runs" } th { "Prod runs" } th { "Last decision" } }
-            @for e in entries {
+            @for r in rows {
                 tr {
-                    td { a href={ "/rollouts/" (e.namespace) "/" (e.name) } { (e.namespace) "/" (e.name) } }
-                    td { (phase_badge(e.status.phase)) }
-                    td { (step_text(e)) }
-                    td { (e.status.stage_weight) " %" }
-                    td { (e.status.stage_revision.as_deref().unwrap_or("-")) }
-                    td { (e.status.prod_revision.as_deref().unwrap_or("-")) }
-                    td.muted { (last_reason(&e.status)) }
+                    td { a href={ "/rollouts/" (r.namespace) "/" (r.name) } { (r.namespace) "/" (r.name) } }
+                    td { (phase_badge(r.status.phase)) }
+                    td { (step_text(r.status.step, r.steps)) }
+                    td { (r.status.stage_weight) " %" }
+                    td { (r.status.stage_revision.as_deref().unwrap_or("-")) }
+                    td { (r.status.prod_revision.as_deref().unwrap_or("-")) }
+                    td.muted {
+                        (r.status.last_decision.as_ref().map_or(r.status.message.as_str(), |d| d.reason.as_str()))
+                    }
                 }
             }
         }
     }
 }
 
-fn step_text(e: &Entry) -> String {
-    match &e.spec {
-        Ok(spec) => format!("{}/{}", e.status.step, spec.steps.len().saturating_sub(1)),
-        Err(_) => "spec unreadable".into(),
+fn step_text(step: u32, steps: Option<usize>) -> String {
+    match steps {
+        Some(n) => format!("{step}/{}", n.saturating_sub(1)),
+        None => "spec unreadable".into(),
     }
-}
-
-fn last_reason(status: &CanaryStatus) -> String {
-    status
-        .last_decision
-        .as_ref()
-        .map(|d| d.reason.clone())
-        .unwrap_or_else(|| status.message.clone())
 }
 
 /// The stretch of time the charts cover: from the rollout's start to now while it runs, or
@@ -234,7 +280,7 @@ fn rollout_main(e: &Entry, looks: &Looks, now: Timestamp) -> Markup {
         p.facts.muted {
             span { "stage runs " b { (status.stage_revision.as_deref().unwrap_or("-")) } }
             span { "prod runs " b { (status.prod_revision.as_deref().unwrap_or("-")) } }
-            span { "step " (step_text(e)) " · " (status.stage_weight) " % to stage" }
+            span { "step " (step_text(status.step, e.spec.as_ref().ok().map(|s| s.steps.len()))) " · " (status.stage_weight) " % to stage" }
             @if let Some(s) = status.rollout_started_at {
                 span { "started " (clock(s)) " UTC, " (span_words(end.duration_since(s).as_secs())) " shown" }
             }

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use super::counts::{ArmCounts, Bucket, LookCounts};
 use super::eprocess::{self, Grid, StepEvents};
-use super::series::{rollback_threshold, series_of, SeriesSpec, Source};
+use super::series::{
+    rollback_threshold, series_of, SeriesSpec, Source, SHIFT_POINTS, THRESHOLD_WEIGHT,
+};
 use super::validate::{validate_arm, AnalysisError};
 use super::{explain, histogram};
 use crate::api::{
@@ -71,7 +73,12 @@ pub fn evaluate_look(
         per_series.push(series_counts(look, s, counts)?);
     }
 
-    let threshold = rollback_threshold(spec.alpha, series.len());
+    // Shift series add to their latency series' test; they are not tests of their own.
+    let reported = series
+        .iter()
+        .filter(|s| s.source.shift_of().is_none())
+        .count();
+    let threshold = rollback_threshold(spec.alpha, reported);
     let log_threshold = threshold.ln();
     // Advance needs every compared series to pass (an intersection-union test), so each
     // confidence sequence may use alpha itself: advancing a step in which any one metric is
@@ -88,6 +95,9 @@ pub fn evaluate_look(
     let mut reports = Vec::with_capacity(series.len());
     let mut restarted = Vec::new();
     let mut holding: Vec<&str> = Vec::new();
+    // Per reported series its own log e-value; per shift series what it adds to its parent.
+    let mut own_log_e = Vec::with_capacity(reported);
+    let mut shifts: Vec<ShiftPart> = Vec::new();
     for (s, c) in series.iter().zip(&per_series) {
         let guardrail = s.source.is_guardrail();
         // The rollout-wide likelihood lives on the base grid plus the tolerance only, so an
@@ -175,7 +185,10 @@ pub fn evaluate_look(
                 fold(&mut st, rollout_grid.as_ref().zip(grid.as_ref()), look);
             }
             if held.is_some() {
-                holding.push(s.name.as_str());
+                let shown = s.source.shift_of().map_or(s, |p| &series[p]);
+                if !holding.contains(&shown.name.as_str()) {
+                    holding.push(shown.name.as_str());
+                }
             }
             st.held = held;
         }
@@ -211,6 +224,18 @@ pub fn evaluate_look(
                 None,
             ),
         };
+        if let Some(parent) = s.source.shift_of() {
+            shifts.push(ShiftPart {
+                parent,
+                log_e,
+                boundary_ms: c.boundary_ms,
+                stage_rate: rate(st.stage_bad, st.stage_requests),
+                prod_rate: rate(st.prod_bad, st.prod_requests),
+            });
+            next.series.push(st);
+            continue;
+        }
+        own_log_e.push(log_e);
         let verdict = if live && log_e >= log_threshold {
             Verdict::Rollback
         } else if !guardrail && upper.is_some_and(|u| u <= s.margin) {
@@ -254,9 +279,60 @@ pub fn evaluate_look(
         next.series.push(st);
     }
 
+    // A latency series rolls back on its threshold's evidence and its shift series' together.
+    let mut shift_notes = Vec::new();
+    for (parent, r) in reports.iter_mut().enumerate() {
+        let parts: Vec<&ShiftPart> = shifts.iter().filter(|p| p.parent == parent).collect();
+        if parts.is_empty() {
+            continue;
+        }
+        let own = THRESHOLD_WEIGHT.ln() + own_log_e[parent];
+        let log_e = parts
+            .iter()
+            .zip(SHIFT_POINTS)
+            .fold(own, |acc, (p, (_, w))| {
+                eprocess::log_add(acc, w.ln() + p.log_e)
+            });
+        r.e_value = log_e.min(700.0).exp();
+        r.verdict = if live && log_e >= log_threshold {
+            Verdict::Rollback
+        } else if r.ratio_upper.is_some_and(|u| u <= r.margin) {
+            Verdict::Advance
+        } else {
+            Verdict::Continue
+        };
+        let strongest = parts
+            .iter()
+            .zip(SHIFT_POINTS)
+            .map(|(p, (_, w))| (w.ln() + p.log_e, p))
+            .max_by(|a, b| a.0.total_cmp(&b.0));
+        if let Some((shift_log_e, p)) = strongest {
+            if r.verdict == Verdict::Rollback && shift_log_e > own {
+                shift_notes.push(explain::shift_note(
+                    &r.name,
+                    p.boundary_ms,
+                    p.stage_rate,
+                    p.prod_rate,
+                ));
+            }
+        }
+    }
+
     let held = !holding.is_empty();
-    let (mut verdict, mut reason) =
-        explain::decide(&series, &reports, &restarted, ctx, live, stage_has_data);
+    // Shift series come last (`series_of`).
+    let (mut verdict, mut reason) = explain::decide(
+        &series[..reported],
+        &reports,
+        &restarted,
+        ctx,
+        live,
+        stage_has_data,
+    );
+    if verdict == Verdict::Rollback {
+        for note in shift_notes {
+            reason.push_str(&note);
+        }
+    }
     if !holding.is_empty() {
         // Evidence held back may hold a regression: no advance until it is folded.
         if verdict == Verdict::Advance {
@@ -277,6 +353,15 @@ pub fn evaluate_look(
         stage_has_data,
         held,
     })
+}
+
+/// What one shift series adds to its latency series' rollback test at this look.
+struct ShiftPart {
+    parent: usize,
+    log_e: f64,
+    boundary_ms: Option<f64>,
+    stage_rate: Option<f64>,
+    prod_rate: Option<f64>,
 }
 
 /// At most this many looks are held back and pooled; the look after them is folded with them
@@ -531,6 +616,27 @@ fn series_counts(look: u32, s: &SeriesSpec, c: &LookCounts) -> Result<SeriesCoun
                 boundary_ms: Some(le),
             }
         }
+        Source::LatencyShift { at_ms, .. } => {
+            // Nothing to count without both histograms or a shared boundary this low: no
+            // evidence (the parent series reports a missing histogram).
+            let (sb, pb) = (&c.stage.latency_buckets, &c.prod.latency_buckets);
+            match histogram::shared_slower_than(sb, pb, at_ms) {
+                Some((le, bad_s, bad_p)) if !sb.is_empty() && !pb.is_empty() => {
+                    let (hs, hp) = (
+                        histogram::requests(sb).round(),
+                        histogram::requests(pb).round(),
+                    );
+                    SeriesCounts {
+                        stage_requests: hs,
+                        stage_bad: bad_s.round().clamp(0.0, hs),
+                        prod_requests: hp,
+                        prod_bad: bad_p.round().clamp(0.0, hp),
+                        boundary_ms: Some(le),
+                    }
+                }
+                _ => SeriesCounts::default(),
+            }
+        }
         Source::SloLatency { limit_ms, .. } => {
             let (le, bad) = latency(&c.stage, "stage", limit_ms, true)?;
             SeriesCounts {
@@ -618,6 +724,97 @@ pub(super) mod tests {
                 out
             })
             .collect()
+    }
+
+    /// Requests per look of one arm on the buckets 50, 100, 250 ms: `shares` of them slower
+    /// than each boundary.
+    fn spread(requests: f64, shares: [f64; 3]) -> ArmCounts {
+        let bucket = |le_ms: f64, slower: f64| Bucket {
+            le_ms,
+            count: (requests * (1.0 - slower)).round(),
+        };
+        ArmCounts {
+            requests,
+            latency_buckets: vec![
+                bucket(50.0, shares[0]),
+                bucket(100.0, shares[1]),
+                bucket(250.0, shares[2]),
+                bucket(f64::INFINITY, 0.0),
+            ],
+            ..ArmCounts::default()
+        }
+    }
+
+    #[test]
+    fn a_slowdown_of_the_whole_distribution_is_caught_below_the_threshold() {
+        let mut s = spec();
+        s.metrics[1].thresholds_ms = vec![250.0];
+        // Stage is slower across the body (50 % instead of 40 % slower than 50 ms, 20 %
+        // instead of 12 % slower than 100 ms) while its tail at 250 ms equals prod's: the
+        // threshold's test alone never sees it, the shift part does.
+        let slower = LookCounts {
+            stage: spread(600.0, [0.5, 0.2, 0.01]),
+            prod: spread(1400.0, [0.4, 0.12, 0.01]),
+        };
+        let outs = run(&s, &slower, 30, 30);
+        let first = outs
+            .iter()
+            .position(|o| o.verdict == Verdict::Rollback)
+            .expect("rolled back");
+        assert!(first < 10, "look {}", first + 1);
+        let reason = &outs[first].reason;
+        assert!(
+            reason.contains("the evidence is mostly in requests slower than 100 ms"),
+            "{reason}"
+        );
+        let latency = &outs[first].metrics[1];
+        assert_eq!(latency.name, "latency@250");
+        assert!(latency.ratio_lower < 1.0, "the tail itself is not worse");
+
+        // The same arms, identical: nothing in 60 looks, and the state keeps the two shift
+        // series after the reported ones.
+        let same = LookCounts {
+            stage: spread(600.0, [0.4, 0.12, 0.01]),
+            prod: spread(1400.0, [0.4, 0.12, 0.01]),
+        };
+        let outs = run(&s, &same, 60, 30);
+        assert!(outs.iter().all(|o| o.verdict != Verdict::Rollback));
+        let names: Vec<_> = outs[59]
+            .state
+            .series
+            .iter()
+            .map(|x| x.name.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "errors",
+                "latency@250",
+                "latency@250<0.5",
+                "latency@250<0.25"
+            ]
+        );
+        assert_eq!(outs[59].metrics.len(), 2, "shift series are not reported");
+    }
+
+    #[test]
+    fn a_tail_only_regression_is_still_caught_by_the_threshold() {
+        let mut s = spec();
+        s.metrics[1].thresholds_ms = vec![250.0];
+        // Only the tail: 3 % of stage's requests are slower than 250 ms against 1 %.
+        let tail = LookCounts {
+            stage: spread(600.0, [0.4, 0.12, 0.03]),
+            prod: spread(1400.0, [0.4, 0.12, 0.01]),
+        };
+        let outs = run(&s, &tail, 30, 30);
+        let first = outs
+            .iter()
+            .position(|o| o.verdict == Verdict::Rollback)
+            .expect("rolled back");
+        assert!(first < 10, "look {}", first + 1);
+        assert!(!outs[first]
+            .reason
+            .contains("mostly in requests slower than"));
     }
 
     #[test]

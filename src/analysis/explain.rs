@@ -168,6 +168,27 @@ fn describe_rollback(s: &SeriesSpec, r: &MetricReport) -> String {
     }
 }
 
+/// Why a latency rollback came mostly from the shift part of its test: " (latency: the
+/// evidence is mostly in requests slower than 100 ms, stage 9.1 % vs prod 6.2 %)".
+pub(super) fn shift_note(
+    name: &str,
+    boundary_ms: Option<f64>,
+    stage_rate: Option<f64>,
+    prod_rate: Option<f64>,
+) -> String {
+    let pct = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{} %", sig2(r * 100.0)));
+    let metric = name.split_once('@').map_or(name, |(m, _)| m);
+    let at = boundary_ms.map_or("a lower boundary".to_string(), |b| {
+        format!("{} ms", sig_ms(b))
+    });
+    format!(
+        " ({metric}: the evidence is mostly in requests slower than {at}, stage {} vs prod {}: \
+         the whole distribution moved, not only the tail)",
+        pct(stage_rate),
+        pct(prod_rate)
+    )
+}
+
 /// A series name in words: `latency@250` is `latency (slower than 250 ms)`.
 pub fn series_words(name: &str) -> String {
     match name.split_once('@') {

@@ -71,6 +71,18 @@
 //! probability of advancing it while some metric's ratio during that step is at or above its
 //! margin is at most alpha.
 //!
+//! **Latency: threshold and shift.** A latency threshold T's rollback e-value is
+//! 1/2 E(T) + 1/4 E(b1) + 1/4 E(b2), where E(b) is the e-process above (rollout plus step parts)
+//! on requests slower than b, b1 and b2 the largest boundaries both arms share at or below T/2
+//! and T/4 (the "shift" series, kept in the state after the reported ones and never reported
+//! or advanced on). Each E(b) is a test supermartingale for the common filtration of looks under
+//! "stage's rate of requests slower than b is at most `tolerance` times prod's" (each look's
+//! factor has conditional expectation at most 1 given the past), so the average is one under
+//! the intersection of these nulls, and the threshold is unchanged (shift series do not count
+//! in K). A slowdown of the whole distribution shows far more events below T than above it and
+//! is caught sooner; a tail-only regression keeps half the weight. Advance uses E(T)'s
+//! confidence sequence only.
+//!
 //! **Pooling.** Prometheus scrapes every pod at its own instant, so a look's window ends at a
 //! different instant for each pod (and further back for a pod whose scrapes an outage
 //! missed), and a burst of errors that hits both arms (a shared dependency failing) can land

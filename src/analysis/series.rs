@@ -16,17 +16,44 @@ pub(super) struct SeriesSpec<'a> {
 /// Which counts of a look a series reads.
 pub(super) enum Source<'a> {
     Errors,
-    Latency { threshold_ms: f64 },
-    Ratio { metric: &'a str },
+    Latency {
+        threshold_ms: f64,
+    },
+    Ratio {
+        metric: &'a str,
+    },
     SloErrors,
-    SloLatency { limit_ms: f64 },
+    SloLatency {
+        limit_ms: f64,
+    },
+    /// The shift part of latency series `parent`'s rollback test: requests slower than the
+    /// largest boundary both arms share at or below `at_ms` (a fraction of the threshold).
+    /// Its evidence adds to the parent's; it is never reported or advanced on by itself.
+    LatencyShift {
+        at_ms: f64,
+        parent: usize,
+    },
 }
 
 impl Source<'_> {
     pub(super) fn is_guardrail(&self) -> bool {
         matches!(self, Source::SloErrors | Source::SloLatency { .. })
     }
+
+    /// The parent series of a shift series.
+    pub(super) fn shift_of(&self) -> Option<usize> {
+        match self {
+            Source::LatencyShift { parent, .. } => Some(*parent),
+            _ => None,
+        }
+    }
 }
+
+/// Where a latency threshold's shift series count slow requests, as fractions of the
+/// threshold, and the weight of each in the latency rollback test (the threshold's own
+/// evidence weighs [`THRESHOLD_WEIGHT`]; the weights sum to 1).
+pub(super) const SHIFT_POINTS: [(f64, f64); 2] = [(0.5, 0.25), (0.25, 0.25)];
+pub(super) const THRESHOLD_WEIGHT: f64 = 0.5;
 
 pub(super) fn series_of(spec: &AnalysisSpec) -> Vec<SeriesSpec<'_>> {
     let mut out = Vec::new();
@@ -52,6 +79,15 @@ pub(super) fn series_of(spec: &AnalysisSpec) -> Vec<SeriesSpec<'_>> {
             }
         }
     }
+    // The shift series of every latency threshold, after all the series that are reported.
+    let parents: Vec<(usize, f64, f64, f64)> = out
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| match s.source {
+            Source::Latency { threshold_ms } => Some((i, threshold_ms, s.tolerance, s.margin)),
+            _ => None,
+        })
+        .collect();
     if let Some(slo) = &spec.slo {
         if let Some(limit) = slo.max_error_rate {
             out.push(SeriesSpec {
@@ -67,6 +103,19 @@ pub(super) fn series_of(spec: &AnalysisSpec) -> Vec<SeriesSpec<'_>> {
                 source: Source::SloLatency { limit_ms },
                 tolerance: 1.0 - quantile,
                 margin: 1.0 - quantile,
+            });
+        }
+    }
+    for (parent, threshold_ms, tolerance, margin) in parents {
+        for (fraction, _) in SHIFT_POINTS {
+            out.push(SeriesSpec {
+                name: format!("{}<{}", out[parent].name, fraction),
+                source: Source::LatencyShift {
+                    at_ms: threshold_ms * fraction,
+                    parent,
+                },
+                tolerance,
+                margin,
             });
         }
     }

@@ -8,7 +8,9 @@
 
 use std::time::Duration;
 
-use canaryd::analysis::{evaluate_look, ArmCounts, Bucket, LookContext, LookCounts};
+use canaryd::analysis::{
+    at_max, evaluate_look, stage_served, ArmCounts, AtMax, Bucket, LookContext, LookCounts,
+};
 use canaryd::api::{AnalysisSpec, AnalysisState, Verdict};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -69,8 +71,18 @@ struct Scenario {
     /// Chance per look that Prometheus misses every scrape from the look's start for 10 s
     /// up to a whole look (a pod may then have no sample in the look at all).
     outages: f64,
-    /// Stage's error rate is this many times prod's (1: identical releases).
-    stage_factor: f64,
+    /// Stage's error rate is this many times prod's at the 30 % and at the 60 % step (1:
+    /// identical releases).
+    stage_factor: [f64; 2],
+}
+
+/// How a simulated rollout ended.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum End {
+    RolledBack,
+    /// Both steps advanced (proven, or at the step maximum by `analysis.atMax`).
+    Promoted,
+    Paused,
 }
 
 fn arm_counts(pods: &[Pod], from: u64, to: u64) -> ArmCounts {
@@ -98,9 +110,11 @@ fn arm_counts(pods: &[Pod], from: u64, to: u64) -> ArmCounts {
     }
 }
 
-/// One release over the 30 % and 60 % steps (looks of 4 scrape intervals, 2 to 20
-/// minutes per step); true when it was rolled back.
-fn rolled_back(spec: &AnalysisSpec, s: &Scenario, rng: &mut StdRng) -> bool {
+/// One release over the 30 % and 60 % steps (looks of 4 scrape intervals, at least 2
+/// minutes per step). With `max`, a step that reaches it undecided is settled by the spec's
+/// `analysis.atMax` policy, as in the daemon (kept comparing up to twice `max` when it says
+/// extend); without, a step moves on after 20 minutes.
+fn rollout(spec: &AnalysisSpec, s: &Scenario, max: Option<u64>, rng: &mut StdRng) -> End {
     let mut pods: Vec<Pod> = (0..5)
         .map(|_| Pod {
             offset: rng.random_range(0..s.scrape / TICK) * TICK,
@@ -116,7 +130,8 @@ fn rolled_back(spec: &AnalysisSpec, s: &Scenario, rng: &mut StdRng) -> bool {
     let mut burst_until = 0u64;
     for (step, weight) in [(1u32, 30u8), (2, 60)] {
         let step_start = t;
-        for k in 1..=(1200 / look) {
+        let last_look = max.map_or(1200, |m| 2 * m) / look;
+        for k in 1..=last_look {
             let edge = step_start + k * look;
             if rng.random_bool(s.outages) {
                 missed_until = t + rng.random_range(0..look / TICK) * TICK + 10;
@@ -157,7 +172,7 @@ fn rolled_back(spec: &AnalysisSpec, s: &Scenario, rng: &mut StdRng) -> bool {
                     };
                     pod.now.requests += mine;
                     let factor = if stage.contains(&i) {
-                        s.stage_factor
+                        s.stage_factor[step as usize - 1]
                     } else {
                         1.0
                     };
@@ -180,18 +195,35 @@ fn rolled_back(spec: &AnalysisSpec, s: &Scenario, rng: &mut StdRng) -> bool {
                 comparative_steps: 2,
             };
             let out = evaluate_look(spec, &state, &counts, &ctx).unwrap();
-            match out.verdict {
-                Verdict::Rollback => return true,
-                Verdict::Advance => {
-                    // The next step starts from this state, as in the daemon.
-                    state = out.state;
-                    break;
+            let elapsed = k * look;
+            let verdict = match (out.verdict, max) {
+                (Verdict::Continue, Some(m)) if elapsed >= m => {
+                    let over = Duration::from_secs(elapsed - m);
+                    let served = stage_served(&out.state, step);
+                    let max = Duration::from_secs(m);
+                    match at_max(&spec.at_max, max, over, &out.metrics, out.held, served) {
+                        AtMax::Advance(_) => Verdict::Advance,
+                        AtMax::Extend(_) if k < last_look => Verdict::Continue,
+                        AtMax::Extend(_) | AtMax::Pause(_) => return End::Paused,
+                    }
                 }
-                Verdict::Continue => state = out.state,
+                (v, _) => v,
+            };
+            state = out.state;
+            match verdict {
+                Verdict::Rollback => return End::RolledBack,
+                // The next step starts from this state, as in the daemon.
+                Verdict::Advance => break,
+                Verdict::Continue if k == last_look && max.is_some() => return End::Paused,
+                Verdict::Continue => {}
             }
         }
     }
-    false
+    End::Promoted
+}
+
+fn rolled_back(spec: &AnalysisSpec, s: &Scenario, rng: &mut StdRng) -> bool {
+    rollout(spec, s, None, rng) == End::RolledBack
 }
 
 /// Rollouts run and rolled back over random scenarios at one scrape interval.
@@ -209,7 +241,7 @@ fn rollbacks(scrape: u64, bursts: bool, stage_factor: f64, rollouts: u32, seed: 
             bursts: bursts && rng.random_bool(0.5),
             restarts: 0.02,
             outages: 0.1,
-            stage_factor,
+            stage_factor: [stage_factor; 2],
         };
         if rolled_back(&spec, &s, &mut rng) {
             rolled += 1;
@@ -265,4 +297,70 @@ fn the_same_simulation_catches_a_tripled_error_rate() {
     let (n, k) = rollbacks(15, true, 3.0, 100, 7);
     println!("3x at 15 s scrapes: {k} rollbacks in {n} rollouts");
     assert!(k >= 0.8 * n, "only {k} of {n} caught");
+}
+
+/// The issue's targets on Prometheus-semantics counts at 15 s scrapes (restarts, outages, no
+/// bursts), with the default policy at a 15-minute step maximum: (family, stage's factor at
+/// 30 % and 60 %, what the family must show).
+#[test]
+fn the_targets_hold_on_counts_as_prometheus_gives_them() {
+    let rollouts = std::env::var("CANARYD_AA_ROLLOUTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300u32);
+    let spec = spec();
+    let run = |factor: [f64; 2], seed: u64| {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut ends = [0u32; 3];
+        for _ in 0..rollouts {
+            let s = Scenario {
+                scrape: 15,
+                rps: 50.0,
+                error_rate: 0.01,
+                slow_rate: 0.01,
+                drift: 0.2,
+                bursts: false,
+                restarts: 0.02,
+                outages: 0.1,
+                stage_factor: factor,
+            };
+            let end = rollout(&spec, &s, Some(900), &mut rng);
+            ends[end as usize] += 1;
+        }
+        let share = |e: End| f64::from(ends[e as usize]) / f64::from(rollouts);
+        (
+            share(End::RolledBack),
+            share(End::Promoted),
+            share(End::Paused),
+        )
+    };
+    let healthy = run([1.0, 1.0], 11);
+    let twice = run([2.0, 2.0], 12);
+    let late = run([1.0, 1.6], 13);
+    for (family, (rb, pr, pa)) in [
+        ("healthy, 50 req/s", healthy),
+        ("errors 2x, 50 req/s", twice),
+        ("errors 1.6x only at 60 %", late),
+    ] {
+        println!(
+            "15 s scrapes, {family}: rolled back {:.1} %, promoted {:.1} %, paused {:.1} % \
+             ({rollouts} rollouts)",
+            100.0 * rb,
+            100.0 * pr,
+            100.0 * pa
+        );
+    }
+    // Each target with three binomial standard deviations of sampling noise, as `check`.
+    let noise = |p: f64| 3.0 * (p * (1.0 - p) / f64::from(rollouts)).sqrt();
+    assert!(
+        healthy.1 >= 0.95 - noise(0.95),
+        "healthy promoted {:.3}",
+        healthy.1
+    );
+    assert!(twice.0 >= 0.99 - noise(0.99), "2x caught {:.3}", twice.0);
+    assert!(
+        late.1 <= 0.01 + noise(0.01),
+        "1.6x at 60 % promoted {:.3}",
+        late.1
+    );
 }

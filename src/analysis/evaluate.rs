@@ -745,10 +745,23 @@ pub(super) mod tests {
         }
     }
 
-    #[test]
-    fn a_slowdown_of_the_whole_distribution_is_caught_below_the_threshold() {
+    /// The look at which `outs` first rolled back.
+    fn first_rollback(outs: &[LookOutcome]) -> usize {
+        outs.iter()
+            .position(|o| o.verdict == Verdict::Rollback)
+            .expect("rolled back")
+    }
+
+    /// Errors, and latency slower than 250 ms on the buckets of [`spread`].
+    fn spec_at_250() -> AnalysisSpec {
         let mut s = spec();
         s.metrics[1].thresholds_ms = vec![250.0];
+        s
+    }
+
+    #[test]
+    fn a_slowdown_of_the_whole_distribution_is_caught_below_the_threshold() {
+        let s = spec_at_250();
         // Stage is slower across the body (50 % instead of 40 % slower than 50 ms, 20 %
         // instead of 12 % slower than 100 ms) while its tail at 250 ms equals prod's: the
         // threshold's test alone never sees it, the shift part does.
@@ -757,10 +770,7 @@ pub(super) mod tests {
             prod: spread(1400.0, [0.4, 0.12, 0.01]),
         };
         let outs = run(&s, &slower, 30, 30);
-        let first = outs
-            .iter()
-            .position(|o| o.verdict == Verdict::Rollback)
-            .expect("rolled back");
+        let first = first_rollback(&outs);
         assert!(first < 10, "look {}", first + 1);
         let reason = &outs[first].reason;
         assert!(
@@ -799,18 +809,14 @@ pub(super) mod tests {
 
     #[test]
     fn a_tail_only_regression_is_still_caught_by_the_threshold() {
-        let mut s = spec();
-        s.metrics[1].thresholds_ms = vec![250.0];
+        let s = spec_at_250();
         // Only the tail: 3 % of stage's requests are slower than 250 ms against 1 %.
         let tail = LookCounts {
             stage: spread(600.0, [0.4, 0.12, 0.03]),
             prod: spread(1400.0, [0.4, 0.12, 0.01]),
         };
         let outs = run(&s, &tail, 30, 30);
-        let first = outs
-            .iter()
-            .position(|o| o.verdict == Verdict::Rollback)
-            .expect("rolled back");
+        let first = first_rollback(&outs);
         assert!(first < 10, "look {}", first + 1);
         assert!(!outs[first]
             .reason

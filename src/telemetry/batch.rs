@@ -16,6 +16,7 @@ use futures::future::BoxFuture;
 use jiff::Timestamp;
 use tokio::sync::{mpsc, oneshot};
 
+use super::source::no_result;
 use super::{MetricsSource, QueryMetrics, QueryTarget, Telemetry, TelemetryError};
 use crate::analysis::LookCounts;
 use crate::api::canary::CanarySpec;
@@ -62,24 +63,19 @@ impl MetricsSource for Batched {
         window: Duration,
     ) -> BoxFuture<'a, Result<LookCounts, TelemetryError>> {
         Box::pin(async move {
-            let namespace = kube::ResourceExt::namespace(canary).unwrap_or_default();
-            let name = kube::ResourceExt::name_any(canary);
-            let lost = || TelemetryError::NoResult {
-                canary: format!("{namespace}/{name}"),
-            };
             let (reply, answer) = oneshot::channel();
             let request = Request {
                 spec: canary.spec.clone(),
-                namespace: namespace.clone(),
-                name: name.clone(),
+                namespace: kube::ResourceExt::namespace(canary).unwrap_or_default(),
+                name: kube::ResourceExt::name_any(canary),
                 window_end,
                 window,
                 reply,
             };
             if self.requests.send(request).await.is_err() {
-                return Err(lost());
+                return Err(no_result(canary));
             }
-            answer.await.unwrap_or_else(|_| Err(lost()))
+            answer.await.unwrap_or_else(|_| Err(no_result(canary)))
         })
     }
 }

@@ -42,12 +42,21 @@ impl MetricsSource for Telemetry {
                 namespace: &namespace,
             };
             let mut results = self.fetch(&[target], window_end, window).await;
-            results.remove(&()).unwrap_or_else(|| {
-                Err(TelemetryError::NoResult {
-                    canary: format!("{namespace}/{}", kube::ResourceExt::name_any(canary)),
-                })
-            })
+            results
+                .remove(&())
+                .unwrap_or_else(|| Err(no_result(canary)))
         })
+    }
+}
+
+/// The error of a fetch that came back without this Canary's counts.
+pub(super) fn no_result(canary: &Canary) -> TelemetryError {
+    TelemetryError::NoResult {
+        canary: format!(
+            "{}/{}",
+            kube::ResourceExt::namespace(canary).unwrap_or_default(),
+            kube::ResourceExt::name_any(canary)
+        ),
     }
 }
 

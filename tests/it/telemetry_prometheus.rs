@@ -10,14 +10,19 @@ use canaryd::api::canary::CanarySpec;
 use canaryd::config::MeshPreset;
 use canaryd::telemetry::{QueryTarget, SelectBy, TelemetryError};
 
-#[tokio::test]
-async fn istio_preset_reads_exact_counts_of_many_canaries_in_three_queries() {
-    let arms = [
+/// Prod and stage of flaskapp and of checkout.
+fn two_apps() -> [Arm; 4] {
+    [
         flaskapp_prod(),
         flaskapp_stage(),
         checkout_prod(),
         checkout_stage(),
-    ];
+    ]
+}
+
+#[tokio::test]
+async fn istio_preset_reads_exact_counts_of_many_canaries_in_three_queries() {
+    let arms = two_apps();
     let lab = Lab::start(&arms).await;
     let flaskapp = canary(&arms[1], &arms[0], THREE_METRICS);
     let checkout = canary(&arms[3], &arms[2], "[{name: errors, kind: errorRate}]");
@@ -483,12 +488,7 @@ async fn looks_due_together_are_read_in_one_batch_whatever_the_number_of_canarie
     use canaryd::telemetry::{Batched, MetricsSource, QueryMetrics};
     use prometheus_client::registry::Registry;
 
-    let arms = [
-        flaskapp_prod(),
-        flaskapp_stage(),
-        checkout_prod(),
-        checkout_stage(),
-    ];
+    let arms = two_apps();
     let lab = Lab::start(&arms).await;
     let mut registry = Registry::default();
     let metrics = QueryMetrics::register(&mut registry);

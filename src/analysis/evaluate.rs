@@ -338,6 +338,14 @@ pub fn evaluate_look(
         if verdict == Verdict::Advance {
             verdict = Verdict::Continue;
             reason = "not advancing while a look is held back".into();
+        } else if verdict == Verdict::Continue
+            && reports
+                .iter()
+                .filter(|r| holding.contains(&r.name.as_str()))
+                .all(|r| r.stage_requests == 0 && r.prod_requests == 0)
+        {
+            // Nothing of the held series is folded yet: its counts are held, not missing.
+            reason = "not known yet: the first look is judged together with the next".into();
         }
         reason.push_str(&format!(
             " ({}: pooled with the next look before it is judged, because bad events in both \
@@ -1323,6 +1331,13 @@ pub(super) mod tests {
             if i == 0 {
                 assert!(out.held, "nothing to compare the first look with: held");
                 assert_eq!(out.state.series[0].stage_bad, 0);
+                // Held, not missing: the reason does not say "no requests".
+                assert!(
+                    out.reason
+                        .starts_with("not known yet: the first look is judged together"),
+                    "{}",
+                    out.reason
+                );
             }
             state = out.state;
         }

@@ -197,26 +197,31 @@ pub fn evaluate_look(
         let (log_e, lower, upper) = match &grid {
             Some(g) => {
                 let rg = rollout_grid.as_ref().expect("a comparison has both grids");
-                let events = StepEvents {
-                    bad: st.step_bad as f64,
-                    stage_bad: st.step_stage_bad as f64,
-                    share: st.step_stage_share_of_bad,
-                };
-                detectable = g.detectable_ratio(
-                    &st.step_log_likelihood,
-                    events,
-                    log_threshold - step_weight_ln,
-                    1.0 - spec.at_max.beta,
-                );
-                worse_p = eprocess::worse_p_value(events, s.tolerance);
                 let full = rg.log_e_above(&st.log_likelihood, rg.tolerance_idx);
                 let step = g.log_e_above(&st.step_log_likelihood, g.tolerance_idx);
                 let log_e = eprocess::log_add(rollout_weight_ln + full, step_weight_ln + step);
-                // Step-local: a release that regresses only at this weight cannot ride on
-                // the evidence of the steps before it.
-                let (lo, hi) = g.bounds(&st.step_log_likelihood, advance_log_threshold);
-                let (lo, hi) = narrowed(&mut st, lo, hi);
-                (log_e, lo, hi)
+                if s.source.shift_of().is_some() {
+                    // A shift part only adds evidence to its parent: no bounds, no power.
+                    (log_e, 0.0, None)
+                } else {
+                    let events = StepEvents {
+                        bad: st.step_bad as f64,
+                        stage_bad: st.step_stage_bad as f64,
+                        share: st.step_stage_share_of_bad,
+                    };
+                    detectable = g.detectable_ratio(
+                        &st.step_log_likelihood,
+                        events,
+                        log_threshold - step_weight_ln,
+                        1.0 - spec.at_max.beta,
+                    );
+                    worse_p = eprocess::worse_p_value(events, s.tolerance);
+                    // Step-local: a release that regresses only at this weight cannot ride on
+                    // the evidence of the steps before it.
+                    let (lo, hi) = g.bounds(&st.step_log_likelihood, advance_log_threshold);
+                    let (lo, hi) = narrowed(&mut st, lo, hi);
+                    (log_e, lo, hi)
+                }
             }
             None => (
                 eprocess::slo_log_e(st.stage_bad as f64, st.stage_requests as f64, s.tolerance),

@@ -188,6 +188,10 @@ async fn hold_unreadable(
         }
         return Ok(Requeue::await_change());
     }
+    // The cache has not seen our last write yet: deciding on it would write (and warn) twice.
+    if super::reconcile::is_stale(&obj.metadata, ctx) {
+        return Ok(Requeue::requeue(Duration::from_millis(200)));
+    }
     let mut new = status.clone();
     crate::rollout::hold_invalid_spec(&mut new, problem, (ctx.now)());
     crate::rollout::observed(&mut new, obj.metadata.generation);
@@ -199,6 +203,7 @@ async fn hold_unreadable(
         let patch = Patch::Json::<()>(patch);
         ctx.write("the status", api.patch_status(&name, &params, &patch))
             .await?;
+        super::reconcile::wrote_status(&obj.metadata, ctx);
         tracing::warn!(
             canary = %name,
             %namespace,

@@ -34,6 +34,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
+use kube::core::ObjectMeta;
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::runtime::finalizer::{finalizer, Event as Finalize};
@@ -84,7 +85,7 @@ pub fn error_policy<K: Resource>(canary: Arc<K>, error: &Error, _ctx: Arc<Contex
 }
 
 async fn apply(canary: &Canary, ctx: &Context, deleting: bool) -> Result<Requeue, Error> {
-    if is_stale(canary, ctx) {
+    if is_stale(&canary.metadata, ctx) {
         return Ok(Requeue::requeue(Duration::from_millis(200)));
     }
     let now = Timestamp::from_second((ctx.now)().as_second()).unwrap_or_else(|_| (ctx.now)());
@@ -762,9 +763,8 @@ async fn update_prod(
 }
 
 /// True while the cache still holds a version one of our status writes was based on.
-fn is_stale(canary: &Canary, ctx: &Context) -> bool {
-    let (Some(uid), Some(version)) = (&canary.metadata.uid, &canary.metadata.resource_version)
-    else {
+pub(super) fn is_stale(meta: &ObjectMeta, ctx: &Context) -> bool {
+    let (Some(uid), Some(version)) = (&meta.uid, &meta.resource_version) else {
         return false;
     };
     let mut written = ctx.written.lock().expect("written lock");
@@ -809,7 +809,13 @@ async fn write_status(
     let stored = ctx
         .write("the status", api.patch_status(&name, &params, &patch))
         .await?;
-    if let (Some(uid), Some(version)) = (&canary.metadata.uid, &canary.metadata.resource_version) {
+    wrote_status(&canary.metadata, ctx);
+    Ok(stored.metadata.resource_version)
+}
+
+/// Remembers that a status write was based on this version of the object (see [`is_stale`]).
+pub(super) fn wrote_status(meta: &ObjectMeta, ctx: &Context) {
+    if let (Some(uid), Some(version)) = (&meta.uid, &meta.resource_version) {
         ctx.written
             .lock()
             .expect("written lock")
@@ -817,5 +823,4 @@ async fn write_status(
             .or_default()
             .push(version.clone());
     }
-    Ok(stored.metadata.resource_version)
 }

@@ -967,6 +967,8 @@ async fn a_spec_that_does_not_decode_is_a_condition_naming_the_field_written_onc
     let again = stored(|v| {
         bad_step_duration(v);
         v["status"] = serde_json::to_value(&status).unwrap();
+        // As stored after that write: a newer resourceVersion than the one it was based on.
+        v["metadata"]["resourceVersion"] = json!("6");
     });
     let action = decode::reconcile(again, ctx).await.expect("no request");
     assert_eq!(action, kube::runtime::controller::Action::await_change());
